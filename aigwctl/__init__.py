@@ -1,0 +1,1 @@
+"""aigwctl: the admin shell for aigwd."""
