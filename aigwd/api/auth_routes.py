@@ -1,0 +1,68 @@
+"""POST /auth/token and POST /auth/refresh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .. import logs
+from ..auth.tokens import TokenError
+from ..errors import ApiError, bad_request
+from .context import SERVICES
+from .validation import parse_json
+
+MAX_FIELD = 1024
+
+
+async def _fields(request: web.Request) -> dict[str, Any]:
+    """Form fields as in the API contract; a JSON object is accepted too."""
+    if request.content_type == "application/json":
+        return parse_json(await request.read())
+    try:
+        form = await request.post()
+    except ValueError as exc:
+        raise bad_request(f"Cannot read the form: {exc}") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _text(fields: dict[str, Any], key: str) -> str:
+    value = fields.get(key)
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"{key} is required (form field or JSON string)")
+    if len(value) > MAX_FIELD:
+        raise bad_request(f"{key} is longer than {MAX_FIELD} characters")
+    return value
+
+
+async def token(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    fields = await _fields(request)
+    username, password = _text(fields, "username"), _text(fields, "password")
+    user = await services.users.authenticate(username, password)
+    if user is None:
+        logs.event("login_failed", user=username[:64], peer=request.remote)
+        raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})
+    logs.event("login", user=user.name, role=user.role)
+    return web.json_response(await services.tokens.issue_pair(user.name, user.role))
+
+
+async def refresh(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    fields = await _fields(request)
+    refresh_token = _text(fields, "refresh_token")
+
+    def role_of(name: str) -> str | None:
+        user = services.users.active(name)
+        return user.role if user else None
+
+    try:
+        pair = await services.tokens.refresh(refresh_token, role_of)
+    except TokenError as exc:
+        raise ApiError(401, exc.detail, {"WWW-Authenticate": "Bearer"}) from None
+    return web.json_response(pair)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/auth/token", token)
+    app.router.add_post("/auth/refresh", refresh)

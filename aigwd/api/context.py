@@ -1,0 +1,29 @@
+"""What the HTTP handlers share, stored once on the application."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..auth.tokens import TokenService
+from ..auth.users import UserDirectory
+from ..backends.supervisor import Supervisor
+from ..config import Config
+from ..gateway import Gateway
+from ..scheduling.ratelimit import RateLimiter
+
+
+@dataclass(eq=False)
+class Services:
+    cfg: Config
+    gateway: Gateway
+    tokens: TokenService
+    users: UserDirectory
+    limiter: RateLimiter
+    supervisor: Supervisor | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,158 @@
+"""Checks of what a client sends: headers and chat/OCR bodies. Each failure says what to change."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..config import RESOLUTIONS
+from ..errors import ApiError, bad_request
+from ..images import decode_data_url, sniff
+from ..scheduling.fairqueue import Priority
+
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+MAX_MESSAGES = 1024
+MAX_TOKENS_LIMIT = 131072
+MAX_DEPTH = 32
+
+
+def client_id(headers: Any) -> str:
+    value = headers.get("X-Client-ID")
+    if value is None:
+        raise bad_request("X-Client-ID header is required: 1-64 characters of letters, digits, '.', '_', '-'")
+    if not CLIENT_ID_RE.match(value):
+        raise bad_request("X-Client-ID must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return str(value)
+
+
+def priority(headers: Any) -> Priority:
+    value = headers.get("X-Priority")
+    if value is None:
+        return Priority.NORMAL
+    try:
+        return Priority.parse(value.strip().lower())
+    except ValueError:
+        raise bad_request("X-Priority must be one of low, normal, high") from None
+
+
+def resolution(headers: Any, default: str) -> str:
+    value = headers.get("X-Resolution")
+    if value is None:
+        return default
+    value = value.strip().lower()
+    if value not in RESOLUTIONS:
+        raise bad_request(f"X-Resolution must be one of {', '.join(RESOLUTIONS)}")
+    return str(value)
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Nesting depth, stopping early once over `limit` (so a hostile body costs little)."""
+    stack = [(obj, 1)]
+    deepest = 0
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise bad_request("Request body is empty; send a JSON object with model and messages")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise bad_request("Request body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object with model and messages")
+    if _depth(body, MAX_DEPTH) > MAX_DEPTH:
+        raise bad_request(f"Request body is nested deeper than {MAX_DEPTH} levels")
+    return body
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float, integer: bool = False) -> None:
+    if key not in body or body[key] is None:
+        return
+    value = body[key]
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        raise bad_request(f"{key} must be {'an integer' if integer else 'a number'}")
+    if not low <= value <= high:
+        raise bad_request(f"{key} must be between {low:g} and {high:g}")
+
+
+def chat_body(body: dict[str, Any], *, allow_stream: bool = False) -> str:
+    """Check an OpenAI-shaped chat body; returns the model name."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required: a model name string, e.g. gemma-3-4b-it")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages must be a non-empty list of {role, content} objects")
+    if len(messages) > MAX_MESSAGES:
+        raise bad_request(f"messages holds {len(messages)} items; at most {MAX_MESSAGES} are accepted")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise bad_request(f"messages[{i}] must be an object with role and content")
+        if msg.get("role") not in ROLES:
+            raise bad_request(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
+        content = msg.get("content")
+        if content is None and msg.get("role") == "assistant":
+            continue
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not content:
+            raise bad_request(f"messages[{i}].content must be a string or a non-empty list of parts")
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
+                raise bad_request(f"messages[{i}].content[{j}] must be a part with type text or image_url")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise bad_request(f"messages[{i}].content[{j}].text must be a string")
+    _number(body, "max_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
+    _number(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _number(body, "n", 1, 1, integer=True)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("stream must be true or false")
+    if stream and not allow_stream:
+        raise bad_request("stream is not supported here; results are fetched from GET /api/requests/{id}")
+    return model
+
+
+def image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for msg in body["messages"]:
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts.extend(p for p in content if p.get("type") == "image_url")
+    return parts
+
+
+def ocr_image(body: dict[str, Any], max_bytes: int) -> None:
+    """Exactly one image, a data: URL of real PNG, JPEG or WebP bytes (the bytes decide, not the label)."""
+    parts = image_parts(body)
+    if len(parts) != 1:
+        raise bad_request(f"OCR needs exactly one image_url part; this request has {len(parts)}")
+    image_url = parts[0].get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str):
+        raise bad_request("image_url must be an object with a url string: data:image/png;base64,...")
+    try:
+        _mime, data = decode_data_url(url, max_bytes)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    info = sniff(data)
+    if info is None:
+        raise ApiError(400, "The image is not a PNG, JPEG or WebP file (checked by its bytes); "
+                            "send one of those formats")

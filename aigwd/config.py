@@ -1,0 +1,340 @@
+"""The configuration schema in one place: every setting's name, type, default, check and help.
+
+A config file is TOML. Loading checks every key against the schema below and fails with the file, the
+dotted key and what is wrong, before the daemon binds anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover - Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+RESOLUTIONS = ("tiny", "small", "base", "large", "gundam")
+BACKEND_KINDS = ("chat", "ocr")
+ROLES = ("admin", "user")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the file, the key and the problem."""
+
+
+Check = Callable[[Any], str | None]
+
+
+def _opt(default: Any, help: str, check: Check | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def _opt_factory(factory: Callable[[], Any], help: str, check: Check | None = None) -> Any:
+    return field(default_factory=factory, metadata={"help": help, "check": check})
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _port(v: Any) -> str | None:
+    return None if 1 <= v <= 65535 else "must be a port number 1-65535"
+
+
+def _listen(v: Any) -> str | None:
+    try:
+        parse_listen(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _resolution(v: Any) -> str | None:
+    return None if v in RESOLUTIONS else f"must be one of {', '.join(RESOLUTIONS)}"
+
+
+def _kind(v: Any) -> str | None:
+    return None if v in BACKEND_KINDS else f"must be one of {', '.join(BACKEND_KINDS)}"
+
+
+def _role(v: Any) -> str | None:
+    return None if v in ROLES else f"must be one of {', '.join(ROLES)}"
+
+
+def _name(v: Any) -> str | None:
+    return None if NAME_RE.match(v) else "must be 1-64 characters of letters, digits, '.', '_' or '-'"
+
+
+def _non_empty(v: Any) -> str | None:
+    return None if len(v) > 0 else "must not be empty"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:8080') -> (host, port)."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise ValueError(f"must be HOST:PORT, e.g. 127.0.0.1:8080 (got {value!r})")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"host must be an IP address or localhost (got {host!r})") from None
+    port = int(port_s)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535 (got {port})")
+    return host, port
+
+
+@dataclass
+class ServerConfig:
+    listen: str = _opt("127.0.0.1:8080", "Address of the client HTTP API, HOST:PORT.", _listen)
+    state_dir: str = _opt("/var/lib/aigw", "Directory for the database, spooled bodies, secrets and PID files.",
+                          _non_empty)
+    control_socket: str = _opt("/run/aigw/control.sock", "Path of the local admin control socket.", _non_empty)
+    max_body_mib: float = _opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", _positive)
+    shutdown_grace_s: float = _opt(10.0, "On stop, how long processing requests may run before they are "
+                                         "cut off (they are queued again at the next start).", _non_negative)
+
+
+@dataclass
+class AuthConfig:
+    secret_file: str = _opt("", "File holding the JWT signing secret; created with mode 0600 when missing. "
+                                "Empty: <state_dir>/jwt.secret.")
+    access_ttl_s: int = _opt(900, "Lifetime of an access token, seconds.", _positive)
+    refresh_ttl_s: int = _opt(7 * 86400, "Lifetime of a refresh token, seconds.", _positive)
+
+
+@dataclass
+class UserConfig:
+    name: str = _opt("", "User name.", _name)
+    role: str = _opt("user", "admin (everything) or user (client endpoints only).", _role)
+    password_hash: str = _opt("", "Salted scrypt hash, as written by `aigwd --hash-password`.")
+    password: str = _opt("", "Plain password, hashed at start. For demos only; production uses password_hash.")
+
+
+@dataclass
+class ClientLimit:
+    per_minute: float = _opt(60.0, "Requests per minute for this client ID.", _positive)
+    burst: int = _opt(10, "Burst size for this client ID.", _positive)
+
+
+@dataclass
+class RateLimitConfig:
+    per_minute: float = _opt(60.0, "Sustained submissions per minute per (token subject, client ID).",
+                             _positive)
+    burst: int = _opt(10, "Submissions allowed at once before the sustained rate applies.", _positive)
+    clients: dict[str, ClientLimit] = _opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
+
+
+@dataclass
+class QueueConfig:
+    max_concurrent: int = _opt(8, "Requests processed at once per backend (default for backends).", _positive)
+    max_waiting: int = _opt(100, "Requests waiting per backend; one more gets 503.", _non_negative)
+    timeout_s: float = _opt(300.0, "Deadline from acceptance: still queued or processing then -> timeout.",
+                            _positive)
+    aging_s: float = _opt(60.0, "A request waiting this long moves up one priority class; 0 disables.",
+                          _non_negative)
+    max_poll_wait_s: float = _opt(60.0, "Longest ?wait= a client may ask for on GET /api/requests/{id}.",
+                                  _positive)
+
+
+@dataclass
+class ResultsConfig:
+    retention_h: float = _opt(24.0, "Hours finished requests and their results are kept.", _positive)
+
+
+@dataclass
+class OcrConfig:
+    default_resolution: str = _opt("large", "Resolution when a request sends no X-Resolution.", _resolution)
+
+
+@dataclass
+class BackendConfig:
+    name: str = _opt("", "Backend name (the table's key).")
+    kind: str = _opt("chat", "chat or ocr: which client route it serves.", _kind)
+    models: list[str] = _opt_factory(list, "Model names clients may ask for; the first is sent upstream "
+                                           "if the server does not know the alias.", _non_empty)
+    command: list[str] = _opt_factory(list, "Command line of the server, one argument per item; {host}, "
+                                            "{port}, {gpu}, {python}, {state_dir} and {name} are filled in.",
+                                      _non_empty)
+    host: str = _opt("127.0.0.1", "Loopback address the server listens on.")
+    port: int = _opt(8000, "Port the server listens on.", _port)
+    gpu: int = _opt(0, "GPU index the server runs on.", _non_negative)
+    env: dict[str, str] = _opt_factory(dict, "Extra environment for the server process.")
+    extra_body: dict[str, Any] = _opt_factory(dict, "Fields merged into every request body sent upstream "
+                                                    "(e.g. vllm_xargs for DeepSeek-OCR).")
+    startup_timeout_s: float = _opt(600.0, "How long the server may take to answer /health with 200.",
+                                    _positive)
+    stop_grace_s: float = _opt(30.0, "After SIGTERM, how long before SIGKILL to its process group.",
+                               _non_negative)
+    health_path: str = _opt("/health", "Readiness path: 200 means ready.")
+    max_concurrent: int = _opt(0, "Override of queue.max_concurrent for this backend; 0 = default.",
+                               _non_negative)
+    max_waiting: int = _opt(-1, "Override of queue.max_waiting for this backend; -1 = default.")
+    resolution: str = _opt("large", "OCR backends: the resolution mode the server starts in.", _resolution)
+
+
+@dataclass
+class Config:
+    path: Path
+    server: ServerConfig
+    auth: AuthConfig
+    users: list[UserConfig]
+    rate_limit: RateLimitConfig
+    queue: QueueConfig
+    results: ResultsConfig
+    ocr: OcrConfig
+    backends: dict[str, BackendConfig]
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.server.state_dir)
+
+    def secret_path(self) -> Path:
+        return Path(self.auth.secret_file) if self.auth.secret_file else self.state_dir / "jwt.secret"
+
+    def model_index(self) -> dict[str, str]:
+        """Model name -> backend name."""
+        return {m: b.name for b in self.backends.values() for m in b.models}
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
+    "results": ResultsConfig, "ocr": OcrConfig,
+}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    if tp in ("float", float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp in ("int", int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp in ("str", str):
+        return isinstance(value, str)
+    if tp in ("bool", bool):
+        return isinstance(value, bool)
+    if tp == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if tp == "dict[str, str]":
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if tp == "dict[str, Any]":
+        return isinstance(value, dict)
+    return True
+
+
+def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigError]) -> Any:
+    if not isinstance(raw, dict):
+        raise fail(where, "must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = known.get(key)
+        if f is None or (key == "name" and cls is BackendConfig):
+            raise fail(f"{where}.{key}", f"unknown setting; known: {', '.join(sorted(known))}")
+        if cls is RateLimitConfig and key == "clients":
+            if not isinstance(value, dict):
+                raise fail(f"{where}.{key}", "must be a table of client IDs")
+            values[key] = {cid: _build(ClientLimit, v, f"{where}.clients.{cid}", fail)
+                           for cid, v in value.items()}
+            continue
+        if not _type_ok(value, f.type):
+            raise fail(f"{where}.{key}", f"must be of type {f.type}, got {type(value).__name__}")
+        if isinstance(value, int) and not isinstance(value, bool) and f.type in ("float", float):
+            value = float(value)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise fail(f"{where}.{key}", problem)
+        values[key] = value
+    return cls(**values)
+
+
+def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
+    """Read and check a config file; `overrides` are server settings from the command line."""
+    path = Path(path)
+
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{path}: {key}: {problem}")
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    allowed = {*SECTIONS, "users", "backends"}
+    for key in raw:
+        if key not in allowed:
+            raise fail(key, f"unknown section; known: {', '.join(sorted(allowed))}")
+    sections = {name: _build(cls, raw.get(name, {}), name, fail) for name, cls in SECTIONS.items()}
+    server: ServerConfig = sections["server"]
+    for key, value in (overrides or {}).items():
+        problem = dict(listen=_listen, state_dir=_non_empty, control_socket=_non_empty)[key](value)
+        if problem:
+            raise ConfigError(f"--{key.replace('_', '-')}: {problem}")
+        setattr(server, key, value)
+
+    users_raw = raw.get("users", [])
+    if not isinstance(users_raw, list):
+        raise fail("users", "must be an array of tables: [[users]]")
+    users = [_build(UserConfig, u, f"users[{i}]", fail) for i, u in enumerate(users_raw)]
+    seen: set[str] = set()
+    for i, u in enumerate(users):
+        if not u.name:
+            raise fail(f"users[{i}].name", "is required")
+        if u.name in seen:
+            raise fail(f"users[{i}].name", f"user {u.name!r} is defined twice")
+        seen.add(u.name)
+        if bool(u.password) == bool(u.password_hash):
+            raise fail(f"users[{i}]", "set exactly one of password_hash or password")
+
+    backends_raw = raw.get("backends", {})
+    if not isinstance(backends_raw, dict):
+        raise fail("backends", "must be a table of backends: [backends.NAME]")
+    backends: dict[str, BackendConfig] = {}
+    owners: dict[str, str] = {}
+    ports: dict[int, str] = {}
+    for name, b in backends_raw.items():
+        where = f"backends.{name}"
+        if _name(name):
+            raise fail(where, f"backend name {_name(name)}")
+        for required in ("command", "models", "port"):
+            if isinstance(b, dict) and required not in b:
+                raise fail(f"{where}.{required}", "is required")
+        backend = _build(BackendConfig, b, where, fail)
+        backend.name = name
+        for model in backend.models:
+            if model in owners:
+                raise fail(f"{where}.models", f"model {model!r} is already served by {owners[model]}")
+            owners[model] = name
+        if backend.port in ports:
+            raise fail(f"{where}.port", f"port {backend.port} is already used by {ports[backend.port]}")
+        ports[backend.port] = name
+        backends[name] = backend
+    return Config(path=path, users=users, backends=backends, **sections)
+
+
+def describe() -> str:
+    """Every setting with its default and help, for `aigwd --print-settings`."""
+    lines = []
+    for section, cls in [*SECTIONS.items(), ("users", UserConfig), ("backends.NAME", BackendConfig)]:
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Composition root: builds the parts, starts them in order, stops them in reverse, handles signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+
+from aiohttp import web
+
+from . import __version__, logs
+from .api.app import build_app
+from .api.context import Services
+from .auth.tokens import SecretFileError, TokenService, load_or_create_secret
+from .auth.users import User, UserDirectory, hash_in_thread
+from .backends.supervisor import Supervisor
+from .config import Config, parse_listen
+from .gateway import Gateway
+from .scheduling.ratelimit import RateLimiter
+from .store import Store
+
+MAINTENANCE_INTERVAL_S = 300.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why."""
+
+
+async def build_users(cfg: Config) -> UserDirectory:
+    users = []
+    for u in cfg.users:
+        pw_hash = u.password_hash or await hash_in_thread(u.password)
+        users.append(User(name=u.name, role=u.role, password_hash=pw_hash))
+    return UserDirectory(users)
+
+
+def rate_limiter(cfg: Config) -> RateLimiter:
+    per_client = {cid: (c.per_minute, c.burst) for cid, c in cfg.rate_limit.clients.items()}
+    return RateLimiter(cfg.rate_limit.per_minute, cfg.rate_limit.burst, per_client)
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_requested = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.bound: tuple[str, int] | None = None
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        os.makedirs(cfg.state_dir, mode=0o750, exist_ok=True)
+        store = Store(cfg.state_dir)
+        await store.open()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(store.close)
+            try:
+                secret = load_or_create_secret(cfg.secret_path())
+            except SecretFileError as exc:
+                raise StartupError(str(exc)) from None
+            tokens = TokenService(secret, store.refresh_ledger(), access_ttl_s=cfg.auth.access_ttl_s,
+                                  refresh_ttl_s=cfg.auth.refresh_ttl_s)
+            await tokens.load()
+            gateway = Gateway(cfg, store)
+            stack.push_async_callback(gateway.close)
+
+            def on_ready(name: str, ready: bool) -> None:
+                gateway.backends[name].queue.set_ready(ready)
+
+            def in_flight(name: str) -> list[str]:
+                return gateway.backends[name].queue.processing_ids()
+
+            supervisor = Supervisor(cfg.backends, cfg.state_dir, store, on_ready=on_ready,
+                                    in_flight=in_flight)
+            stack.push_async_callback(supervisor.close)
+            supervisor.sweep_leftovers()
+            services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=await build_users(cfg),
+                                limiter=rate_limiter(cfg), supervisor=supervisor)
+            await gateway.recover()
+
+            runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None,
+                                   shutdown_timeout=2.0, handler_cancellation=True)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            host, port = parse_listen(cfg.server.listen)
+            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {cfg.server.listen}: {exc.strerror or exc}") from None
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+            logs.event("ready", version=__version__, listen=f"{self.bound[0]}:{self.bound[1]}",
+                       state_dir=cfg.state_dir, backends=",".join(cfg.backends) or "-",
+                       startup_s=round(time.monotonic() - started, 3))
+            self.ready.set()
+            supervisor.start_all()
+            maintenance = asyncio.create_task(self._maintain(gateway))
+            await self.stop_requested.wait()
+            logs.event("stopping", reason="signal")
+            maintenance.cancel()
+            await self._drain(gateway)
+        logs.event("stopped")
+
+    async def _drain(self, gateway: Gateway) -> None:
+        """Let processing requests finish for up to the grace period; nothing new starts meanwhile."""
+        for rt in gateway.backends.values():
+            rt.queue.set_ready(False)
+        deadline = time.monotonic() + self.cfg.server.shutdown_grace_s
+        while time.monotonic() < deadline:
+            if all(rt.queue.stats().processing == 0 for rt in gateway.backends.values()):
+                return
+            await asyncio.sleep(0.05)
+
+    async def _maintain(self, gateway: Gateway) -> None:
+        while True:
+            await gateway.maintain_once()
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)

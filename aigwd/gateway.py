@@ -1,0 +1,307 @@
+"""The life of a client request: accepted, queued, sent upstream, finished, kept; recovered after a crash.
+
+Statuses: queued -> processing -> completed | failed | timeout | cancelled. Every accepted request is
+stored before its 202 goes out, so a daemon killed at any moment finds it again at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import logs
+from .backends.upstream import Upstream, UpstreamError
+from .config import BackendConfig, Config
+from .errors import ApiError
+from .scheduling.fairqueue import Job, Priority
+from .scheduling.modelqueue import ModelQueue, QueueFull
+from .store import MissingModelRecord, RequestRecord, Store, StoreError
+
+FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
+# A request interrupted this many times by daemon restarts fails instead of running again.
+MAX_ATTEMPTS = 3
+
+
+@dataclass(eq=False)
+class Live:
+    """A request not yet safely finished on disk."""
+
+    record: RequestRecord
+    payload: bytes | None  # None when spooled: read back from the store when it runs
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    saved: bool = False
+
+
+@dataclass(eq=False)
+class BackendRuntime:
+    cfg: BackendConfig
+    queue: ModelQueue
+    upstream: Upstream
+
+
+class Gateway:
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.live: dict[str, Live] = {}
+        self.backends: dict[str, BackendRuntime] = {}
+        self.model_index = cfg.model_index()
+        self.stopped: set[str] = set()  # backends an admin stopped: their models answer 404
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        for name, bcfg in cfg.backends.items():
+            max_concurrent = bcfg.max_concurrent or cfg.queue.max_concurrent
+            max_waiting = bcfg.max_waiting if bcfg.max_waiting >= 0 else cfg.queue.max_waiting
+            queue = ModelQueue(name, max_concurrent=max_concurrent, max_waiting=max_waiting,
+                               aging_s=cfg.queue.aging_s, runner=self._run, on_timeout=self._timed_out)
+            upstream = Upstream(name, f"http://{bcfg.host}:{bcfg.port}", max_concurrent)
+            self.backends[name] = BackendRuntime(bcfg, queue, upstream)
+
+    # --- accepting -------------------------------------------------------------------------------
+
+    def backend_for(self, model: str, kind: str, client_id: str, subject: str) -> BackendRuntime:
+        """The backend serving `model`, or 404 (recorded as a missing model)."""
+        name = self.model_index.get(model)
+        rt = self.backends.get(name) if name else None
+        if rt is None or not self.serving(rt):
+            self._background(self.store.add_missing_model(
+                MissingModelRecord(model_name=model, client_id=client_id, subject=subject,
+                                   timestamp=time.time())))
+            raise ApiError(404, f"Model {model} not available")
+        if rt.cfg.kind != kind:
+            route = "/api/ocr" if rt.cfg.kind == "ocr" else "/api/chat"
+            raise ApiError(400, f"Model {model} is a{'n OCR' if rt.cfg.kind == 'ocr' else ' chat'} model; "
+                                f"send it to {route}")
+        return rt
+
+    def serving(self, rt: BackendRuntime) -> bool:
+        """A configured backend accepts work (and queues it while starting) unless an admin stopped it."""
+        return rt.cfg.name not in self.stopped
+
+    async def submit(self, rt: BackendRuntime, *, subject: str, client_id: str, model: str,
+                     priority: Priority, resolution: str | None, payload: bytes) -> RequestRecord:
+        now_wall, now_mono = time.time(), time.monotonic()
+        timeout = self.cfg.queue.timeout_s
+        rec = RequestRecord(
+            id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=rt.cfg.name, model=model,
+            kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
+            queued_at=now_wall, deadline_at=now_wall + timeout)
+        live = Live(rec, payload)
+        job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
+                  deadline=now_mono + timeout, data=live)
+        self.live[rec.id] = live
+        try:
+            rt.queue.submit(job)  # reserves the slot at once, so the bound holds while we store
+        except QueueFull:
+            del self.live[rec.id]
+            raise ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"}) from None
+        try:
+            await self.store.add_request(rec, payload)
+        except StoreError as exc:
+            rt.queue.cancel(rec.id)
+            self.live.pop(rec.id, None)
+            logs.event("request_not_stored", request_id=rec.id, reason=str(exc))
+            raise ApiError(503, "Cannot store the request right now; please try again later",
+                           {"Retry-After": "5"}) from None
+        if len(payload) > self.store.spool_threshold:
+            live.payload = None  # on disk now; do not hold large bodies in memory while queued
+        logs.event("request_accepted", request_id=rec.id, client=client_id, model=model,
+                   backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
+        return rec
+
+    # --- running ---------------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> str:
+        live: Live = job.data
+        rec = live.record
+        rt = self.backends[rec.backend]
+        rec.status, rec.started_at = "processing", time.time()
+        rec.attempts += 1
+        self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts))
+        try:
+            payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
+            body = self._upstream_body(rt, payload)
+            status, answer = await rt.upstream.chat(body, rec.id)
+        except (UpstreamError, StoreError) as exc:
+            await self._finish(live, "failed", error=str(exc))
+            return "failed"
+        if status != 200:
+            await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {status}: "
+                                                     f"{_error_message(answer)}")
+            return "failed"
+        try:
+            json.loads(answer)
+        except ValueError:
+            await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered something that "
+                                                     "is not JSON")
+            return "failed"
+        await self._finish(live, "completed", result=answer)
+        return "completed"
+
+    @staticmethod
+    def _upstream_body(rt: BackendRuntime, payload: bytes) -> bytes:
+        if not rt.cfg.extra_body:
+            return payload
+        body = json.loads(payload)
+        body.update(rt.cfg.extra_body)
+        return json.dumps(body).encode()
+
+    def _timed_out(self, job: Job, was_processing: bool) -> None:
+        live: Live = job.data
+        where = "processing" if was_processing else "queued"
+        self._background(self._finish(
+            live, "timeout", error=f"deadline of {self.cfg.queue.timeout_s:g} s passed while {where}"))
+
+    async def _finish(self, live: Live, status: str, *, result: bytes | None = None,
+                      error: str | None = None) -> None:
+        rec = live.record
+        if rec.status in FINAL_STATUSES:
+            return
+        rec.status, rec.finished_at, rec.result, rec.error = status, time.time(), result, error
+        live.payload = None
+        live.done.set()
+        wait_s = (rec.started_at or rec.finished_at) - rec.queued_at
+        service_s = rec.finished_at - rec.started_at if rec.started_at else 0.0
+        logs.event("request_finished", request_id=rec.id, client=rec.client_id, model=rec.model,
+                   priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
+                   service_s=round(service_s, 4), error=error)
+        await self._save(live)
+
+    async def _save(self, live: Live) -> None:
+        rec = live.record
+        try:
+            await self.store.finish(rec.id, rec.status, rec.finished_at or time.time(), rec.result, rec.error)
+        except StoreError as exc:
+            # Kept in memory; the maintenance loop writes it again once the disk takes it.
+            logs.event("request_save_failed", request_id=rec.id, reason=str(exc))
+            return
+        live.saved = True
+        self.live.pop(rec.id, None)
+
+    # --- reading and cancelling ------------------------------------------------------------------
+
+    async def lookup(self, request_id: str) -> tuple[RequestRecord, int | None] | None:
+        """The record and, while queued, its 1-based position in its queue."""
+        live = self.live.get(request_id)
+        if live is not None:
+            rec = live.record
+            position = None
+            if rec.status == "queued" and rec.backend in self.backends:
+                position = self.backends[rec.backend].queue.position(rec.id)
+            return rec, position
+        rec_db = await self.store.get_request(request_id)
+        return (rec_db, None) if rec_db is not None else None
+
+    async def wait(self, request_id: str, timeout_s: float) -> None:
+        live = self.live.get(request_id)
+        if live is None or timeout_s <= 0:
+            return
+        try:
+            await asyncio.wait_for(live.done.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    async def cancel(self, request_id: str) -> RequestRecord | None:
+        """Cancel a queued or processing request; None when it is not live (already finished)."""
+        live = self.live.get(request_id)
+        if live is None or live.record.status in FINAL_STATUSES:
+            return None
+        rt = self.backends[live.record.backend]
+        was = rt.queue.cancel(request_id)
+        await self._finish(live, "cancelled",
+                           error="cancelled by the client" + (" while processing" if was == "processing"
+                                                              else ""))
+        return live.record
+
+    # --- start-up and shutdown -------------------------------------------------------------------
+
+    async def recover(self) -> dict[str, int]:
+        """Requeue what an earlier run accepted but did not finish; fail what cannot run again."""
+        counts = {"requeued": 0, "failed": 0, "timeout": 0}
+        now_wall, now_mono = time.time(), time.monotonic()
+        for rec in await self.store.unfinished():
+            live = Live(rec, None)
+            self.live[rec.id] = live
+            rt = self.backends.get(rec.backend)
+            reason = None
+            if rec.deadline_at <= now_wall:
+                await self._finish(live, "timeout", error="deadline passed while the daemon was down")
+                counts["timeout"] += 1
+                continue
+            if rt is None:
+                reason = f"backend {rec.backend} is no longer configured"
+            elif rec.attempts >= MAX_ATTEMPTS:
+                reason = f"interrupted by {rec.attempts} daemon restarts while processing"
+            if reason is None and rt is not None:
+                rec.status, rec.started_at = "queued", None
+                job = Job(id=rec.id, client_id=rec.client_id, priority=Priority.parse(rec.priority),
+                          enqueued_at=now_mono - max(0.0, now_wall - rec.queued_at),
+                          deadline=now_mono + (rec.deadline_at - now_wall), data=live)
+                try:
+                    rt.queue.submit(job)
+                except QueueFull:
+                    reason = "the queue bound was lowered across a restart and it no longer fits"
+                else:
+                    await self.store.requeue(rec.id, rec.attempts)
+                    counts["requeued"] += 1
+                    continue
+            await self._finish(live, "failed", error=reason)
+            counts["failed"] += 1
+        if any(counts.values()):
+            logs.event("requests_recovered", **counts)
+        return counts
+
+    async def maintain_once(self) -> None:
+        """Purge expired results; write again what a full disk refused."""
+        for live in [v for v in self.live.values() if v.record.status in FINAL_STATUSES and not v.saved]:
+            await self._save(live)
+        cutoff = time.time() - self.cfg.results.retention_h * 3600
+        try:
+            purged = await self.store.purge_finished(cutoff)
+        except StoreError as exc:
+            logs.event("purge_failed", reason=str(exc))
+            return
+        if purged:
+            logs.event("results_purged", count=purged)
+
+    async def close(self) -> None:
+        """Stop running work; what was processing stays 'processing' on disk and runs again next start."""
+        self._closing = True
+        for rt in self.backends.values():
+            await rt.queue.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for rt in self.backends.values():
+            await rt.upstream.close()
+
+    def _background(self, aw: Awaitable[Any]) -> None:
+        async def guarded() -> None:
+            try:
+                await aw
+            except StoreError as exc:
+                logs.event("store_write_failed", reason=str(exc))
+
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an OpenAI-shaped error body, else the first bytes of it."""
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict):
+            err = data.get("error")
+            if isinstance(err, dict) and isinstance(err.get("message"), str):
+                return str(err["message"])[:300]
+            if isinstance(data.get("detail"), str):
+                return str(data["detail"])[:300]
+    except ValueError:
+        pass
+    return body[:200].decode("utf-8", "replace")
