@@ -1,0 +1,133 @@
+"""The SQLite file: creating it private, connection settings and the numbered schema migrations."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+DB_NAME = "aigw.db"
+
+# Each entry moves the schema one version up; append new ones, never edit applied ones.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            model TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            resolution TEXT,
+            status TEXT NOT NULL,
+            queued_at REAL NOT NULL,
+            deadline_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            result BLOB,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            payload BLOB,
+            payload_path TEXT
+        )""",
+        "CREATE INDEX requests_status ON requests(status)",
+        "CREATE INDEX requests_finished_at ON requests(finished_at)",
+        """CREATE TABLE missing_models (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_name TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            timestamp REAL NOT NULL
+        )""",
+        "CREATE INDEX missing_models_timestamp ON missing_models(timestamp)",
+        """CREATE TABLE crashes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            timestamp REAL NOT NULL,
+            model TEXT NOT NULL,
+            error TEXT NOT NULL,
+            exit_code INTEGER,
+            signal INTEGER,
+            stderr_tail TEXT NOT NULL,
+            gpu_memory_mib REAL,
+            request_ids TEXT NOT NULL
+        )""",
+        "CREATE INDEX crashes_timestamp ON crashes(timestamp)",
+        """CREATE TABLE refresh_tokens (
+            jti TEXT PRIMARY KEY,
+            family TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            used INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX refresh_tokens_expires_at ON refresh_tokens(expires_at)",
+        "CREATE INDEX refresh_tokens_family ON refresh_tokens(family)",
+        """CREATE TABLE revoked_families (
+            family TEXT PRIMARY KEY,
+            revoked_at REAL NOT NULL
+        )""",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def ensure_file(path: Path) -> None:
+    """Create the database file owner-only before SQLite does, so it never exists world-readable.
+
+    SQLite gives the -wal and -shm files the mode of the main file, so they stay private too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    # An older file created with a looser umask is tightened as well.
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection in autocommit mode: the writer issues BEGIN/COMMIT itself.
+
+    check_same_thread is off because connections are opened by one thread and then handed to the
+    thread that owns them; each is still used by one thread at a time.
+    """
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
+        # NORMAL in WAL mode: a commit survives a process crash; only power loss may drop the last ones.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if readonly:
+            conn.execute("PRAGMA query_only=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration above the file's version, each in its own transaction."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"database schema version {version} is newer than this daemon knows ({SCHEMA_VERSION})")
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number - 1]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION

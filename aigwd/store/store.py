@@ -1,0 +1,271 @@
+"""The Store facade: every read and write the daemon makes against its state file.
+
+Nothing here blocks the event loop. Writes go to the single writer thread and resolve after the
+commit that holds them; reads run on the reader pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .. import logs
+from . import db
+from .ledger import SqliteRefreshLedger
+from .readers import Readers
+from .records import (
+    CRASH_COLUMNS,
+    FINISHED_STATUSES,
+    MISSING_COLUMNS,
+    REQUEST_COLUMNS,
+    UNFINISHED_STATUSES,
+    CrashRecord,
+    MissingModelRecord,
+    RequestRecord,
+    StoreError,
+    crash_from_row,
+    crash_values,
+    missing_from_row,
+    request_from_row,
+    request_values,
+)
+from .spool import Spool
+from .writer import Txn, Writer
+
+_REQUEST_SELECT = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests"
+_REQUEST_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload, payload_path) "
+                   f"VALUES ({', '.join('?' * (len(REQUEST_COLUMNS) + 2))})")
+_FINISHED = "('" + "', '".join(FINISHED_STATUSES) + "')"
+_UNFINISHED = "('" + "', '".join(UNFINISHED_STATUSES) + "')"
+
+
+class Store:
+    def __init__(self, state_dir: Path, *, batch_max: int = 512, spool_threshold: int = 256 * 1024,
+                 readers: int = 4) -> None:
+        self.state_dir = Path(state_dir)
+        self.db_path = self.state_dir / db.DB_NAME
+        self.spool_threshold = spool_threshold
+        self.spool = Spool(self.state_dir)
+        self._writer = Writer(batch_max)
+        self._readers = Readers(readers)
+        self._ledger = SqliteRefreshLedger(self._writer, self._readers)
+        self._open_lock = asyncio.Lock()
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed by the writer so far (each may hold many writes)."""
+        return self._writer.commits
+
+    @property
+    def failed_batches(self) -> int:
+        return self._writer.failed_batches
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        async with self._open_lock:
+            if self._writer.running:
+                return
+            try:
+                conn, swept = await asyncio.to_thread(self._prepare)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"cannot open {self.db_path}: {exc}") from exc
+            self._writer.start(conn)
+            self._readers.start(self.db_path)
+        if swept:
+            logs.event("spool_swept", level=logging.WARNING, files=swept)
+
+    async def close(self) -> None:
+        """Write what is queued, stop the threads, close connections; safe to call twice."""
+        async with self._open_lock:
+            await self._writer.stop()
+            await self._readers.stop()
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def _prepare(self) -> tuple[sqlite3.Connection, int]:
+        """Blocking part of open(): directories, private db file, migrations, orphan sweep."""
+        self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.spool.dir.mkdir(mode=0o750, exist_ok=True)
+        db.ensure_file(self.db_path)
+        conn = db.connect(self.db_path)
+        try:
+            db.migrate(conn)
+            referenced = [row[0] for row in
+                          conn.execute("SELECT payload_path FROM requests WHERE payload_path IS NOT NULL")]
+            swept = self.spool.sweep(referenced)
+        except BaseException:
+            conn.close()
+            raise
+        return conn, swept
+
+    def refresh_ledger(self) -> SqliteRefreshLedger:
+        return self._ledger
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def add_request(self, rec: RequestRecord, payload: bytes) -> None:
+        """Store a new request; bodies above spool_threshold go to a file, only its path to the row."""
+        values = request_values(rec)  # snapshot now: the caller keeps changing rec
+        spool = len(payload) > self.spool_threshold
+
+        def op(txn: Txn) -> None:
+            inline: bytes | None = payload
+            path: str | None = None
+            if spool:
+                # Checked first so a clashing id can never overwrite another row's spool file.
+                if txn.conn.execute("SELECT 1 FROM requests WHERE id = ?", (rec.id,)).fetchone():
+                    raise StoreError(f"request {rec.id} is already stored")
+                path = self.spool.write(rec.id, payload)
+                written = path
+                txn.on_rollback(lambda: self.spool.remove(written))
+                inline = None
+            txn.conn.execute(_REQUEST_INSERT, (*values, inline, path))
+
+        await self._writer.submit(op)
+
+    async def mark_started(self, request_id: str, started_at: float, attempts: int) -> None:
+        # Only unfinished rows move: a late write must not undo a finish that got in first.
+        def op(txn: Txn) -> None:
+            txn.conn.execute(
+                f"UPDATE requests SET status = 'processing', started_at = ?, attempts = ? "
+                f"WHERE id = ? AND status IN {_UNFINISHED}", (started_at, attempts, request_id))
+
+        await self._writer.submit(op)
+
+    async def finish(self, request_id: str, status: str, finished_at: float, result: bytes | None,
+                     error: str | None) -> None:
+        """Record the outcome and drop the payload, which is no longer needed."""
+        if status not in FINISHED_STATUSES:
+            raise StoreError(f"finish() needs a final status, not {status!r}")
+
+        def op(txn: Txn) -> None:
+            row = txn.conn.execute("SELECT payload_path FROM requests WHERE id = ?", (request_id,)).fetchone()
+            txn.conn.execute(
+                "UPDATE requests SET status = ?, finished_at = ?, result = ?, error = ?, payload = NULL, "
+                "payload_path = NULL WHERE id = ?", (status, finished_at, result, error, request_id))
+            if row is not None and row[0]:
+                path = str(row[0])
+                # Only after commit: if the update is lost the row still needs the file.
+                txn.after_commit(lambda: self.spool.remove(path))
+
+        await self._writer.submit(op)
+
+    async def requeue(self, request_id: str, attempts: int) -> None:
+        def op(txn: Txn) -> None:
+            txn.conn.execute(
+                f"UPDATE requests SET status = 'queued', started_at = NULL, attempts = ? "
+                f"WHERE id = ? AND status IN {_UNFINISHED}", (attempts, request_id))
+
+        await self._writer.submit(op)
+
+    async def add_missing_model(self, rec: MissingModelRecord) -> None:
+        values = (rec.model_name, rec.client_id, rec.subject, rec.timestamp)
+
+        def op(txn: Txn) -> None:
+            txn.conn.execute(
+                "INSERT INTO missing_models (model_name, client_id, subject, timestamp) VALUES (?, ?, ?, ?)",
+                values)
+
+        await self._writer.submit(op)
+
+    async def add_crash(self, rec: CrashRecord) -> int:
+        """Store a crash; returns its new id."""
+        values = crash_values(rec)
+        columns = ", ".join(CRASH_COLUMNS[1:])
+
+        def op(txn: Txn) -> int:
+            cur = txn.conn.execute(
+                f"INSERT INTO crashes ({columns}) VALUES ({', '.join('?' * len(values))})", values)
+            return int(cur.lastrowid or 0)
+
+        return await self._writer.submit(op)
+
+    async def purge_finished(self, older_than: float) -> int:
+        """Delete finished requests with finished_at < older_than; returns how many.
+
+        Also drops expired refresh tokens, and revoked families older than older_than that have
+        no token left: every token of such a family has expired, so the mark guards nothing.
+        """
+        def op(txn: Txn) -> int:
+            conn = txn.conn
+            now = time.time()
+            where = f"status IN {_FINISHED} AND finished_at < ?"
+            paths = [str(row[0]) for row in conn.execute(
+                f"SELECT payload_path FROM requests WHERE {where} AND payload_path IS NOT NULL",
+                (older_than,))]
+            deleted = conn.execute(f"DELETE FROM requests WHERE {where}", (older_than,)).rowcount
+            conn.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
+            conn.execute("DELETE FROM revoked_families WHERE revoked_at < ? AND family NOT IN "
+                         "(SELECT family FROM refresh_tokens)", (older_than,))
+            if paths:
+                txn.after_commit(lambda: self._remove_spooled(paths))
+            return int(deleted)
+
+        return await self._writer.submit(op)
+
+    def _remove_spooled(self, paths: list[str]) -> None:
+        for path in paths:
+            self.spool.remove(path)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        def read(conn: sqlite3.Connection) -> RequestRecord | None:
+            row = conn.execute(f"{_REQUEST_SELECT} WHERE id = ?", (request_id,)).fetchone()
+            return request_from_row(row) if row is not None else None
+
+        return await self._readers.run(read)
+
+    async def load_payload(self, request_id: str) -> bytes:
+        """The request body as stored by add_request; StoreError once it is finished or gone."""
+        def read(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute("SELECT payload, payload_path FROM requests WHERE id = ?",
+                               (request_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"request {request_id} is not stored")
+            inline, path = row
+            if inline is not None:
+                return bytes(inline)
+            if path:
+                try:
+                    return self.spool.read(str(path))
+                except FileNotFoundError as exc:
+                    raise StoreError(f"payload file of request {request_id} is gone") from exc
+            raise StoreError(f"payload of request {request_id} is no longer kept")
+
+        return await self._readers.run(read)
+
+    async def unfinished(self) -> list[RequestRecord]:
+        """Queued or processing requests, oldest first: what to pick up again after a restart."""
+        def read(conn: sqlite3.Connection) -> list[RequestRecord]:
+            rows = conn.execute(f"{_REQUEST_SELECT} WHERE status IN {_UNFINISHED} ORDER BY queued_at, id")
+            return [request_from_row(row) for row in rows]
+
+        return await self._readers.run(read)
+
+    async def crashes(self, limit: int) -> list[CrashRecord]:
+        def read(conn: sqlite3.Connection) -> list[CrashRecord]:
+            rows = conn.execute(f"SELECT {', '.join(CRASH_COLUMNS)} FROM crashes "
+                                "ORDER BY timestamp DESC, id DESC LIMIT ?", (max(0, limit),))
+            return [crash_from_row(row) for row in rows]
+
+        return await self._readers.run(read)
+
+    async def missing_models(self, limit: int) -> list[MissingModelRecord]:
+        def read(conn: sqlite3.Connection) -> list[MissingModelRecord]:
+            rows = conn.execute(f"SELECT {', '.join(MISSING_COLUMNS)} FROM missing_models "
+                                "ORDER BY timestamp DESC, id DESC LIMIT ?", (max(0, limit),))
+            return [missing_from_row(row) for row in rows]
+
+        return await self._readers.run(read)

@@ -1,0 +1,242 @@
+"""The one thread that writes: group commit of everything queued, answered back on the event loop.
+
+Callers enqueue a function of a Txn; the thread takes all that is queued (up to batch_max), runs
+each under its own savepoint inside one transaction and commits once. Every caller's future then
+resolves together, so a burst of requests pays for one commit instead of one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .. import logs
+from .records import StoreError
+
+T = TypeVar("T")
+
+
+class Txn:
+    """What one write operation sees: the connection, and hooks for files that follow its fate."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._after_commit: list[Callable[[], None]] = []
+        self._on_rollback: list[Callable[[], None]] = []
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run fn once the batch is durable (e.g. delete a file the row no longer points at)."""
+        self._after_commit.append(fn)
+
+    def on_rollback(self, fn: Callable[[], None]) -> None:
+        """Run fn if this operation's changes are thrown away (e.g. delete a file just written)."""
+        self._on_rollback.append(fn)
+
+    def committed(self) -> None:
+        _run_hooks(self._after_commit)
+
+    def rolled_back(self) -> None:
+        _run_hooks(self._on_rollback)
+        self._on_rollback.clear()
+
+
+def _run_hooks(hooks: list[Callable[[], None]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception as exc:  # a stray file is swept at the next start; the write itself stands
+            logs.event("store_hook_failed", level=logging.WARNING, reason=repr(exc))
+
+
+@dataclass(slots=True)
+class _Item:
+    fn: Callable[[Txn], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    txn: Txn | None = None
+    value: Any = None
+    error: BaseException | None = field(default=None)
+
+
+class _BatchAborted(Exception):
+    """SQLite threw the whole transaction away; every operation of the batch has failed."""
+
+
+def _as_store_error(exc: BaseException) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    err = StoreError(str(exc) or type(exc).__name__)
+    err.__cause__ = exc
+    return err
+
+
+class Writer:
+    def __init__(self, batch_max: int) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self.batch_max = batch_max
+        # Read from the event loop thread for metrics and tests; only the writer thread changes them.
+        self.commits = 0
+        self.failed_batches = 0
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # makes "check stopping, then enqueue" atomic against stop()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stopping
+
+    def start(self, conn: sqlite3.Connection) -> None:
+        """Hand the connection to a new writer thread; from now on only that thread uses it."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("writer already started")
+            self._conn = conn
+            self._thread = threading.Thread(target=self._run, name="aigw-store-writer", daemon=True)
+            self._thread.start()
+
+    async def submit(self, fn: Callable[[Txn], T]) -> T:
+        """Run fn(txn) in the writer thread; returns once the transaction holding it has committed.
+
+        Cancelling the wait does not take the operation back: it is written anyway.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._thread is None or self._stopping:
+                raise StoreError("store is not open")
+            self._queue.put(_Item(fn, loop, future))
+        return await future
+
+    async def stop(self) -> None:
+        """Write everything already queued, then end the thread and close its connection."""
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            if not self._stopping:
+                self._stopping = True
+                self._queue.put(None)
+        await asyncio.to_thread(thread.join)
+        with self._lock:
+            if self._thread is thread:  # ready for a later start() after a reopen
+                self._thread, self._conn, self._stopping = None, None, False
+
+    # --- writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < self.batch_max:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True  # nothing can follow the stop marker, see submit()
+                        break
+                    batch.append(item)
+                self._run_guarded(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_guarded(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        try:
+            self._run_batch(conn, batch)
+        except Exception as exc:  # the thread must outlive any single batch
+            logs.event("store_batch_failed", level=logging.ERROR, reason=repr(exc), ops=len(batch))
+            _rollback(conn)
+            for item in batch:
+                if item.error is None:
+                    if item.txn is not None:
+                        item.txn.rolled_back()
+                    item.error = exc
+        self._deliver(batch)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                self._run_one(conn, item)
+            conn.execute("COMMIT")
+        except (sqlite3.Error, _BatchAborted) as exc:
+            cause = exc.__cause__ if isinstance(exc, _BatchAborted) and exc.__cause__ else exc
+            self._abort(conn, batch, cause)
+            return
+        self.commits += 1
+        for item in batch:
+            if item.error is None and item.txn is not None:
+                item.txn.committed()
+
+    def _run_one(self, conn: sqlite3.Connection, item: _Item) -> None:
+        txn = Txn(conn)
+        item.txn = txn
+        conn.execute("SAVEPOINT op")
+        try:
+            item.value = item.fn(txn)
+        except Exception as exc:
+            txn.rolled_back()
+            if not conn.in_transaction:
+                # Disk full or I/O errors can make SQLite roll back everything, not just this op.
+                raise _BatchAborted() from exc
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            item.error = exc
+            return
+        conn.execute("RELEASE op")
+
+    def _abort(self, conn: sqlite3.Connection, batch: list[_Item], cause: BaseException) -> None:
+        """Undo the whole batch and fail every operation in it, keeping the thread usable."""
+        self.failed_batches += 1
+        _rollback(conn)
+        for item in batch:
+            if item.txn is not None and item.error is None:
+                item.txn.rolled_back()
+            if item.error is None:
+                item.error = cause
+        logs.event("store_write_failed", level=logging.WARNING, reason=str(cause), ops=len(batch))
+
+    def _deliver(self, batch: list[_Item]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        for item in batch:
+            item.txn = None  # drop hook closures early; they may hold large payloads
+            by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting for these any more
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            logs.event("store_rollback_failed", level=logging.ERROR, reason=str(exc))
+
+
+def _resolve(items: list[_Item]) -> None:
+    """Runs on the event loop: settle each future unless its caller already gave up."""
+    for item in items:
+        if item.future.done():
+            continue
+        if item.error is not None:
+            item.future.set_exception(_as_store_error(item.error))
+        else:
+            item.future.set_result(item.value)
