@@ -67,7 +67,6 @@ class Daemon:
                                   refresh_ttl_s=cfg.auth.refresh_ttl_s)
             await tokens.load()
             gateway = Gateway(cfg, store)
-            stack.push_async_callback(gateway.close)
 
             def on_ready(name: str, ready: bool) -> None:
                 gateway.backends[name].queue.set_ready(ready)
@@ -77,7 +76,11 @@ class Daemon:
 
             supervisor = Supervisor(cfg.backends, cfg.state_dir, store, on_ready=on_ready,
                                     in_flight=in_flight)
+            # Exit order (last pushed runs first): HTTP closed, processing drained, queue tasks
+            # cancelled (so they stay 'processing' on disk and run again), then the servers stopped.
             stack.push_async_callback(supervisor.close)
+            stack.push_async_callback(gateway.close)
+            stack.push_async_callback(self._drain, gateway)
             supervisor.sweep_leftovers()
             services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=await build_users(cfg),
                                 limiter=rate_limiter(cfg), supervisor=supervisor)
@@ -102,10 +105,9 @@ class Daemon:
             self.ready.set()
             supervisor.start_all()
             maintenance = asyncio.create_task(self._maintain(gateway))
+            stack.callback(maintenance.cancel)
             await self.stop_requested.wait()
             logs.event("stopping", reason="signal")
-            maintenance.cancel()
-            await self._drain(gateway)
         logs.event("stopped")
 
     async def _drain(self, gateway: Gateway) -> None:

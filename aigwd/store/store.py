@@ -45,8 +45,9 @@ _UNFINISHED = "('" + "', '".join(UNFINISHED_STATUSES) + "')"
 
 class Store:
     def __init__(self, state_dir: Path, *, batch_max: int = 512, spool_threshold: int = 256 * 1024,
-                 readers: int = 4) -> None:
+                 readers: int = 4, max_records: int = 100_000) -> None:
         self.state_dir = Path(state_dir)
+        self.max_records = max_records  # newest missing-model and crash rows kept by purge_finished
         self.db_path = self.state_dir / db.DB_NAME
         self.spool_threshold = spool_threshold
         self.spool = Spool(self.state_dir)
@@ -208,6 +209,10 @@ class Store:
             conn.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
             conn.execute("DELETE FROM revoked_families WHERE revoked_at < ? AND family NOT IN "
                          "(SELECT family FROM refresh_tokens)", (older_than,))
+            # Records a client can cause are kept by count, so no client can grow the file without end.
+            for table in ("missing_models", "crashes"):
+                conn.execute(f"DELETE FROM {table} WHERE id <= (SELECT id FROM {table} ORDER BY id DESC "
+                             "LIMIT 1 OFFSET ?)", (self.max_records,))
             if paths:
                 txn.after_commit(lambda: self._remove_spooled(paths))
             return int(deleted)

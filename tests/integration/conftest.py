@@ -76,10 +76,9 @@ def write_config(directory: Path, backends: list[Backend], *, port: int, section
                  | None = None, users: list[dict[str, str]] | None = None) -> Path:
     lines = ["[server]", f'listen = "127.0.0.1:{port}"', f'state_dir = "{directory / "state"}"',
              f'control_socket = "{directory / "control.sock"}"', "shutdown_grace_s = 2"]
-    for name, values in (sections or {}).items():
-        if name == "server":
-            lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
-            continue
+    sections = dict(sections or {})
+    lines.extend(f"{k} = {toml_value(v)}" for k, v in sections.pop("server", {}).items())
+    for name, values in sections.items():
         lines.append(f"[{name}]")
         lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
     for user in users or [{"name": "admin", "password": "admin", "role": "admin"},
@@ -187,6 +186,8 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
              users: list[dict[str, str]] | None = None) -> Daemon:
         backends = backends if backends is not None else [chat_backend(), ocr_backend()]
         port = free_port()
+        # Generous limits unless a test is about them: tests send bursts a real client would not.
+        sections = {"rate_limit": {"per_minute": 60000, "burst": 1000}, **(sections or {})}
         config = write_config(tmp_path, backends, port=port, sections=sections, users=users)
         d = Daemon(config, port, tmp_path, backends)
         daemons.append(d)
@@ -263,5 +264,7 @@ class Client:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+    # No pooled connections: tests restart daemons on the same port.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                     connector=aiohttp.TCPConnector(force_close=True)) as s:
         yield s

@@ -92,24 +92,35 @@ async def test_cancel_queued_and_processing(make_daemon, session: aiohttp.Client
     assert q["processing"] == 0 and q["waiting"] == 0
 
 
-async def test_deadline_times_out_and_aborts_upstream(make_daemon, session: aiohttp.ClientSession) -> None:
+async def test_deadline_while_processing_aborts_upstream(make_daemon, session: aiohttp.ClientSession) -> None:
     backend = chat_backend("--hang")
     d = make_daemon([backend], sections={"queue": {"max_concurrent": 1, "max_waiting": 5, "timeout_s": 1}})
     client = Client(session, d.url)
     await client.login()
     _, processing = await client.chat("hangs")
-    _, queued = await client.chat("waits behind it")
     a = await client.finished(processing["request_id"])
-    b = await client.finished(queued["request_id"])
     assert a["status"] == "timeout" and "while processing" in a["error"]
-    assert b["status"] == "timeout" and "while queued" in b["error"]
 
     async def aborted() -> bool:
         return (await standin_stats(session, backend.port))["aborted"] >= 1
 
     await async_wait_until(aborted, what="the upstream call to be aborted")
     status, q, _ = await client.call("GET", "/admin/queue/gemma")
-    assert q["total_timeout"] == 2
+    assert q["total_timeout"] == 1 and q["processing"] == 0
+
+
+async def test_deadline_while_queued(make_daemon, session: aiohttp.ClientSession) -> None:
+    # The backend never gets ready, so the request can only wait.
+    d = make_daemon([chat_backend("--startup-delay", "60")], wait_backends=False,
+                    sections={"queue": {"timeout_s": 1}})
+    client = Client(session, d.url)
+    await client.login()
+    _, queued = await client.chat("waits for a server that never comes")
+    assert (await client.result(queued["request_id"], wait=0))["position"] == 1
+    b = await client.finished(queued["request_id"])
+    assert b["status"] == "timeout" and "while queued" in b["error"]
+    status, q, _ = await client.call("GET", "/admin/queue/gemma")
+    assert q["total_timeout"] == 1 and q["waiting"] == 0
 
 
 async def test_rate_limit_per_subject_and_client(make_daemon, session: aiohttp.ClientSession) -> None:

@@ -34,6 +34,7 @@ def test_bad_config_names_file_and_key_and_binds_nothing(tmp_path) -> None:
     assert str(config) in result.stderr and "queue.max_waiting" in result.stderr and "int" in result.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # still free: nothing was bound
+    config = write_config(tmp_path, [chat_backend()], port=port)
     config.write_text(config.read_text() + "\n[backends.gemma2]\nport = 1\n")
     result = subprocess.run([sys.executable, "-m", "aigwd", "--config", str(config)], cwd=REPO,
                             capture_output=True, text=True, timeout=30)

@@ -267,3 +267,21 @@ async def test_reopen_same_instance(tmp_path: Path) -> None:
         assert len(await s.unfinished()) == 2
     finally:
         await s.close()
+
+
+async def test_purge_keeps_only_the_newest_records(tmp_path: Path) -> None:
+    store = Store(tmp_path, max_records=5)
+    await store.open()
+    try:
+        for i in range(12):
+            await store.add_missing_model(MissingModelRecord(model_name=f"m{i}", client_id="c", subject="s",
+                                                             timestamp=float(i)))
+            await store.add_crash(CrashRecord(id=None, timestamp=float(i), model="gemma", error=f"e{i}",
+                                              exit_code=1, signal=None, stderr_tail="", gpu_memory_mib=None))
+        await store.purge_finished(0.0)
+        missing = await store.missing_models(100)
+        crashes = await store.crashes(100)
+        assert [r.model_name for r in missing] == [f"m{i}" for i in range(11, 6, -1)]
+        assert [r.error for r in crashes] == [f"e{i}" for i in range(11, 6, -1)]
+    finally:
+        await store.close()

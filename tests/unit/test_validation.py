@@ -1,0 +1,93 @@
+"""What the client API accepts and the 400s it gives, without a server."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict
+
+from aigwd.api import validation
+from aigwd.errors import ApiError
+from aigwd.scheduling.fairqueue import Priority
+
+PNG = (Path(__file__).resolve().parents[2] / "examples" / "document.png").read_bytes()
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {"model": "gemma-3-4b-it", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def ocr(image: bytes, label: str = "image/png") -> dict[str, Any]:
+    url = f"data:{label};base64,{base64.b64encode(image).decode()}"
+    return {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Free OCR."}]}]}
+
+
+def detail(fn: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(ApiError) as err:
+        fn(*args, **kwargs)
+    assert err.value.status == 400
+    return err.value.detail
+
+
+def test_headers() -> None:
+    assert validation.client_id(CIMultiDict({"X-Client-ID": "my_app.v2-1"})) == "my_app.v2-1"
+    for bad in ({}, {"X-Client-ID": ""}, {"X-Client-ID": "a b"}, {"X-Client-ID": "x" * 65}, {"X-Client-ID": "é"}):
+        assert "X-Client-ID" in detail(validation.client_id, CIMultiDict(bad))
+    assert validation.priority(CIMultiDict()) is Priority.NORMAL
+    assert validation.priority(CIMultiDict({"X-Priority": "HIGH"})) is Priority.HIGH
+    assert "X-Priority" in detail(validation.priority, CIMultiDict({"X-Priority": "urgent"}))
+    assert validation.resolution(CIMultiDict(), "large") == "large"
+    assert validation.resolution(CIMultiDict({"X-Resolution": "gundam"}), "large") == "gundam"
+    assert "X-Resolution" in detail(validation.resolution, CIMultiDict({"X-Resolution": "4k"}), "large")
+
+
+def test_json_parsing() -> None:
+    assert validation.parse_json(b'{"a": 1}') == {"a": 1}
+    assert "empty" in detail(validation.parse_json, b"")
+    assert "not valid JSON" in detail(validation.parse_json, b"{")
+    assert "UTF-8" in detail(validation.parse_json, b'{"a": "\xff"}')
+    assert "JSON object" in detail(validation.parse_json, b"[1]")
+    deep = b"[" * 50 + b"]" * 50
+    assert "nested deeper" in detail(validation.parse_json, b'{"a": ' + deep + b"}")
+    # Hostile nesting beyond the parser's recursion limit is a 400, not a crash.
+    assert detail(validation.parse_json, b'{"a": ' + b"[" * 100000 + b"]" * 100000 + b"}")
+
+
+def test_chat_body() -> None:
+    assert validation.chat_body(chat(max_tokens=100, temperature=0.7)) == "gemma-3-4b-it"
+    cases = [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        (chat(messages=[]), "messages"),
+        (chat(messages=[{"role": "wizard", "content": "x"}]), "role"),
+        (chat(messages=[{"role": "user", "content": 5}]), "content"),
+        (chat(messages=[{"role": "user", "content": [{"type": "audio"}]}]), "type text or image_url"),
+        (chat(messages=[{"role": "user", "content": "x"}] * 1025), "at most 1024"),
+        (chat(max_tokens=0), "max_tokens"),
+        (chat(max_tokens=True), "max_tokens"),
+        (chat(max_tokens=1.5), "max_tokens"),
+        (chat(temperature=2.5), "temperature"),
+        (chat(top_p=-1), "top_p"),
+        (chat(stream=True), "stream"),
+        (chat(stream="yes"), "stream"),
+    ]
+    for body, needle in cases:
+        assert needle in detail(validation.chat_body, body), needle
+    assert validation.chat_body(chat(stream=True), allow_stream=True) == "gemma-3-4b-it"
+
+
+def test_ocr_image() -> None:
+    validation.ocr_image(ocr(PNG), 10**6)
+    validation.ocr_image(ocr(PNG, "image/jpeg"), 10**6)  # the bytes decide, not the label
+    assert "PNG, JPEG or WebP" in detail(validation.ocr_image, ocr(b"GIF89a......"), 10**6)
+    two = ocr(PNG)
+    two["messages"][0]["content"].append(two["messages"][0]["content"][0])
+    assert "exactly one image" in detail(validation.ocr_image, two, 10**6)
+    body = ocr(PNG)
+    body["messages"][0]["content"][0]["image_url"]["url"] = "data:image/png;base64,@@@"
+    assert "base64" in detail(validation.ocr_image, body, 10**6)
+    body["messages"][0]["content"][0]["image_url"] = "data:image/png;base64,AAAA"
+    assert "url" in detail(validation.ocr_image, body, 10**6)
