@@ -20,8 +20,10 @@ from .config import Config, parse_listen
 from .gateway import Gateway
 from .scheduling.ratelimit import RateLimiter
 from .store import Store
+from .systemd import Notifier
 
 MAINTENANCE_INTERVAL_S = 300.0
+STATUS_INTERVAL_S = 5.0
 
 
 class StartupError(Exception):
@@ -47,6 +49,7 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
         self.bound: tuple[str, int] | None = None
+        self.notifier = Notifier()
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -70,6 +73,7 @@ class Daemon:
 
             def on_ready(name: str, ready: bool) -> None:
                 gateway.backends[name].queue.set_ready(ready)
+                self.notifier.status(self._status_line(gateway))
 
             def in_flight(name: str) -> list[str]:
                 return gateway.backends[name].queue.processing_ids()
@@ -103,11 +107,13 @@ class Daemon:
                        state_dir=cfg.state_dir, backends=",".join(cfg.backends) or "-",
                        startup_s=round(time.monotonic() - started, 3))
             self.ready.set()
+            self.notifier.ready(self._status_line(gateway))
             supervisor.start_all()
             maintenance = asyncio.create_task(self._maintain(gateway))
             stack.callback(maintenance.cancel)
             await self.stop_requested.wait()
             logs.event("stopping", reason="signal")
+            self.notifier.stopping()
         logs.event("stopped")
 
     async def _drain(self, gateway: Gateway) -> None:
@@ -121,6 +127,17 @@ class Daemon:
             await asyncio.sleep(0.05)
 
     async def _maintain(self, gateway: Gateway) -> None:
+        last_purge = 0.0
         while True:
-            await gateway.maintain_once()
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            if time.monotonic() - last_purge >= MAINTENANCE_INTERVAL_S:
+                last_purge = time.monotonic()
+                await gateway.maintain_once()
+            self.notifier.status(self._status_line(gateway))
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+    @staticmethod
+    def _status_line(gateway: Gateway) -> str:
+        stats = [rt.queue.stats() for rt in gateway.backends.values()]
+        running = sum(1 for rt in gateway.backends.values() if rt.queue.ready)
+        return (f"{running}/{len(stats)} models running, {sum(s.waiting for s in stats)} queued, "
+                f"{sum(s.processing for s in stats)} processing")

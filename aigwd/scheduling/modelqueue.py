@@ -114,6 +114,11 @@ class ModelQueue:
 
     # -- control ----------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """Whether jobs are dispatched (the backend is up)."""
+        return self._ready
+
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
         self._dispatch()

@@ -1,0 +1,71 @@
+"""python -m aigwd.standin --host H --port P --model NAME [--model NAME ...] [fault options]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from .server import Settings, serve
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _status(text: str) -> int:
+    value = int(text)
+    if not 400 <= value <= 599:
+        raise argparse.ArgumentTypeError(f"must be an HTTP error status (400-599), not {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(prog="python -m aigwd.standin",
+                                description="A stand-in for a vLLM OpenAI-compatible server; no GPU, no model.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", action="append", required=True, dest="models",
+                   help="a served model name; repeat for aliases")
+    p.add_argument("--startup-delay", type=_seconds, default=0.0, help="seconds before the port opens")
+    p.add_argument("--latency", type=_seconds, default=0.0,
+                   help="seconds before an answer (or before the first stream chunk)")
+    p.add_argument("--tokens-per-second", type=_seconds, default=0.0, help="token pacing; 0 is instant")
+    p.add_argument("--reply-tokens", type=_positive_int, default=8, help="tokens in a reply, at most max_tokens")
+    p.add_argument("--exit-after", type=_positive_int, default=None,
+                   help="exit with code 3 on receiving the Nth chat request, without answering it")
+    p.add_argument("--hang", action="store_true", help="never answer chat requests")
+    p.add_argument("--fail-status", type=_status, default=None, help="answer chat requests with this status")
+    p.add_argument("--fail-health", action="store_true", help="answer /health with 503")
+    p.add_argument("--ocr-mode", default=os.environ.get("AIGW_OCR_MODE") or None,
+                   help="reported in answers about images (default: $AIGW_OCR_MODE)")
+    a = p.parse_args(argv)
+    return Settings(host=a.host, port=a.port, models=tuple(dict.fromkeys(a.models)),
+                    startup_delay=a.startup_delay, latency=a.latency, tokens_per_second=a.tokens_per_second,
+                    reply_tokens=a.reply_tokens, exit_after=a.exit_after, hang=a.hang, fail_status=a.fail_status,
+                    fail_health=a.fail_health, ocr_mode=a.ocr_mode or None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
