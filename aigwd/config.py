@@ -153,6 +153,7 @@ class QueueConfig:
 @dataclass
 class ResultsConfig:
     retention_h: float = _opt(24.0, "Hours finished requests and their results are kept.", _positive)
+    purge_interval_s: float = _opt(300.0, "How often expired results are purged.", _positive)
 
 
 @dataclass

@@ -22,7 +22,6 @@ from .scheduling.ratelimit import RateLimiter
 from .store import Store
 from .systemd import Notifier
 
-MAINTENANCE_INTERVAL_S = 300.0
 STATUS_INTERVAL_S = 5.0
 
 
@@ -129,11 +128,11 @@ class Daemon:
     async def _maintain(self, gateway: Gateway) -> None:
         last_purge = 0.0
         while True:
-            if time.monotonic() - last_purge >= MAINTENANCE_INTERVAL_S:
+            if time.monotonic() - last_purge >= self.cfg.results.purge_interval_s:
                 last_purge = time.monotonic()
                 await gateway.maintain_once()
             self.notifier.status(self._status_line(gateway))
-            await asyncio.sleep(STATUS_INTERVAL_S)
+            await asyncio.sleep(min(STATUS_INTERVAL_S, self.cfg.results.purge_interval_s))
 
     @staticmethod
     def _status_line(gateway: Gateway) -> str:

@@ -195,3 +195,19 @@ async def test_requests_survive_in_the_store(make_daemon, session: aiohttp.Clien
     await client.login()
     body = await client.result(rid, wait=0)
     assert body["status"] == "completed" and body["result"]["object"] == "chat.completion"
+
+
+async def test_results_are_purged_after_retention(make_daemon, session: aiohttp.ClientSession) -> None:
+    d = make_daemon([chat_backend()], sections={"results": {"retention_h": 0.0003, "purge_interval_s": 0.2}})
+    client = Client(session, d.url)
+    await client.login()
+    _, answer = await client.chat()
+    rid = answer["request_id"]
+    assert (await client.finished(rid))["status"] == "completed"
+
+    async def purged() -> bool:
+        status, _, _ = await client.call("GET", f"/api/requests/{rid}")
+        return status == 404
+
+    await async_wait_until(purged, 10, "the result to be purged")
+    assert "results_purged" in d.output()
