@@ -68,6 +68,14 @@ def _kind(v: Any) -> str | None:
     return None if v in BACKEND_KINDS else f"must be one of {', '.join(BACKEND_KINDS)}"
 
 
+def _start_mode(v: Any) -> str | None:
+    return None if v in ("always", "on-demand", "manual") else "must be one of always, on-demand, manual"
+
+
+def _policy(v: Any) -> str | None:
+    return None if v in ("strict", "serve-current") else "must be one of strict, serve-current"
+
+
 def _role(v: Any) -> str | None:
     return None if v in ROLES else f"must be one of {', '.join(ROLES)}"
 
@@ -103,6 +111,8 @@ class ServerConfig:
     state_dir: str = _opt("/var/lib/aigw", "Directory for the database, spooled bodies, secrets and PID files.",
                           _non_empty)
     control_socket: str = _opt("/run/aigw/control.sock", "Path of the local admin control socket.", _non_empty)
+    control_group: str = _opt("aigw-admin", "Group that owns the control socket (mode 0660): its members may "
+                                            "run admin commands. Missing group: the daemon's own group.")
     max_body_mib: float = _opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", _positive)
     shutdown_grace_s: float = _opt(10.0, "On stop, how long processing requests may run before they are "
                                          "cut off (they are queued again at the next start).", _non_negative)
@@ -159,6 +169,13 @@ class ResultsConfig:
 @dataclass
 class OcrConfig:
     default_resolution: str = _opt("large", "Resolution when a request sends no X-Resolution.", _resolution)
+    policy: str = _opt("strict", "strict: a request runs only on a server in its resolution, the server "
+                                 "switches mode for waiting demand; serve-current: any mode serves it and "
+                                 "the result says which.", _policy)
+    min_dwell_s: float = _opt(30.0, "strict: stay in a mode at least this long before switching again.",
+                              _non_negative)
+    max_mismatch_wait_s: float = _opt(120.0, "strict: a request of another mode that waited this long "
+                                             "forces a switch (after the dwell time).", _positive)
 
 
 @dataclass
@@ -185,6 +202,27 @@ class BackendConfig:
                                _non_negative)
     max_waiting: int = _opt(-1, "Override of queue.max_waiting for this backend; -1 = default.")
     resolution: str = _opt("large", "OCR backends: the resolution mode the server starts in.", _resolution)
+    start: str = _opt("always", "always: started with the daemon; on-demand: started by the first request "
+                                "and stopped after idle_ttl_s without work; manual: only by an admin.",
+                      _start_mode)
+    idle_ttl_s: float = _opt(600.0, "on-demand backends: stopped after this long without work.", _positive)
+    health_interval_s: float = _opt(5.0, "While running, GET health_path this often.", _positive)
+    health_timeout_s: float = _opt(3.0, "A health check that takes longer has failed.", _positive)
+    health_failures: int = _opt(3, "This many failed health checks in a row: the server is restarted.",
+                                _positive)
+    gpu_memory_mib: int = _opt(0, "GPU memory the server needs; a start with less free (per NVML) is "
+                                  "refused. 0: no check.", _non_negative)
+    drain_timeout_s: float = _opt(60.0, "A graceful stop waits this long for processing requests.",
+                                  _non_negative)
+    max_start_failures: int = _opt(5, "This many failed starts or crashes within failure_window_s: fatal "
+                                      "(no more tries until an admin starts it).", _positive)
+    failure_window_s: float = _opt(300.0, "Window for max_start_failures.", _positive)
+    backoff_initial_s: float = _opt(1.0, "First restart delay after a failure; doubles each time.", _positive)
+    backoff_max_s: float = _opt(60.0, "Longest restart delay.", _positive)
+    requeue_on_crash: bool = _opt(False, "Requests processing when the server dies are queued again once "
+                                         "instead of failing.")
+    vllm_priority: bool = _opt(False, "The server runs vLLM with --scheduling-policy priority: send the "
+                                      "request's class as vLLM's integer priority (high = 0).")
 
 
 @dataclass
@@ -198,6 +236,8 @@ class Config:
     results: ResultsConfig
     ocr: OcrConfig
     backends: dict[str, BackendConfig]
+    # Server settings given on the command line; a reload applies them again over the file.
+    overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -327,7 +367,7 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
             raise fail(f"{where}.port", f"port {backend.port} is already used by {ports[backend.port]}")
         ports[backend.port] = name
         backends[name] = backend
-    return Config(path=path, users=users, backends=backends, **sections)
+    return Config(path=path, users=users, backends=backends, overrides=dict(overrides or {}), **sections)
 
 
 def describe() -> str:

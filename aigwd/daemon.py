@@ -70,15 +70,8 @@ class Daemon:
             await tokens.load()
             gateway = Gateway(cfg, store)
 
-            def on_ready(name: str, ready: bool) -> None:
-                gateway.backends[name].queue.set_ready(ready)
-                self.notifier.status(self._status_line(gateway))
-
-            def in_flight(name: str) -> list[str]:
-                return gateway.backends[name].queue.processing_ids()
-
-            supervisor = Supervisor(cfg.backends, cfg.state_dir, store, on_ready=on_ready,
-                                    in_flight=in_flight)
+            supervisor = Supervisor(cfg, gateway, store,
+                                    on_change=lambda: self.notifier.status(self._status_line(gateway)))
             # Exit order (last pushed runs first): HTTP closed, processing drained, queue tasks
             # cancelled (so they stay 'processing' on disk and run again), then the servers stopped.
             stack.push_async_callback(supervisor.close)
@@ -86,7 +79,7 @@ class Daemon:
             stack.push_async_callback(self._drain, gateway)
             supervisor.sweep_leftovers()
             services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=await build_users(cfg),
-                                limiter=rate_limiter(cfg), supervisor=supervisor)
+                                limiter=rate_limiter(cfg), supervisor=supervisor, manager=supervisor)
             await gateway.recover()
 
             runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None,
@@ -118,10 +111,10 @@ class Daemon:
     async def _drain(self, gateway: Gateway) -> None:
         """Let processing requests finish for up to the grace period; nothing new starts meanwhile."""
         for rt in gateway.backends.values():
-            rt.queue.set_ready(False)
+            rt.queues.set_ready(False)
         deadline = time.monotonic() + self.cfg.server.shutdown_grace_s
         while time.monotonic() < deadline:
-            if all(rt.queue.stats().processing == 0 for rt in gateway.backends.values()):
+            if all(rt.queues.processing() == 0 for rt in gateway.backends.values()):
                 return
             await asyncio.sleep(0.05)
 
@@ -136,7 +129,7 @@ class Daemon:
 
     @staticmethod
     def _status_line(gateway: Gateway) -> str:
-        stats = [rt.queue.stats() for rt in gateway.backends.values()]
-        running = sum(1 for rt in gateway.backends.values() if rt.queue.ready)
-        return (f"{running}/{len(stats)} models running, {sum(s.waiting for s in stats)} queued, "
-                f"{sum(s.processing for s in stats)} processing")
+        queues = [rt.queues for rt in gateway.backends.values()]
+        running = sum(1 for q in queues if q.ready)
+        return (f"{running}/{len(queues)} models running, {sum(q.waiting() for q in queues)} queued, "
+                f"{sum(q.processing() for q in queues)} processing")

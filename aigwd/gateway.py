@@ -10,16 +10,17 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import logs
 from .backends.upstream import Upstream, UpstreamError
-from .config import BackendConfig, Config
+from .config import RESOLUTIONS, BackendConfig, Config
 from .errors import ApiError
+from .scheduling.backendqueues import BackendQueues
 from .scheduling.fairqueue import Job, Priority
-from .scheduling.modelqueue import ModelQueue, QueueFull
+from .scheduling.modelqueue import REQUEUED, QueueFull
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
 
 FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
@@ -35,13 +36,15 @@ class Live:
     payload: bytes | None  # None when spooled: read back from the store when it runs
     done: asyncio.Event = field(default_factory=asyncio.Event)
     saved: bool = False
+    requeued: bool = False  # already given its one more try after its server died
 
 
 @dataclass(eq=False)
 class BackendRuntime:
     cfg: BackendConfig
-    queue: ModelQueue
+    queues: BackendQueues
     upstream: Upstream
+    mode: str | None = None  # OCR: the resolution mode of the running server
 
 
 class Gateway:
@@ -51,16 +54,23 @@ class Gateway:
         self.live: dict[str, Live] = {}
         self.backends: dict[str, BackendRuntime] = {}
         self.model_index = cfg.model_index()
-        self.stopped: set[str] = set()  # backends an admin stopped: their models answer 404
+        self.stopped: set[str] = set()  # kept for older callers; supervision decides through `accepting`
+        # Set by supervision: whether a backend takes new work, and a hook on every accepted request
+        # (it starts on-demand servers and keeps their idle timers honest).
+        self.accepting: Callable[[str], bool] = lambda name: name not in self.stopped
+        self.on_submit: Callable[[str], None] = lambda name: None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         for name, bcfg in cfg.backends.items():
-            max_concurrent = bcfg.max_concurrent or cfg.queue.max_concurrent
-            max_waiting = bcfg.max_waiting if bcfg.max_waiting >= 0 else cfg.queue.max_waiting
-            queue = ModelQueue(name, max_concurrent=max_concurrent, max_waiting=max_waiting,
-                               aging_s=cfg.queue.aging_s, runner=self._run, on_timeout=self._timed_out)
+            max_concurrent, max_waiting = queue_limits(cfg, bcfg)
+            # strict OCR: one queue per mode, and only the running mode's queue dispatches.
+            modes = list(RESOLUTIONS) if bcfg.kind == "ocr" and cfg.ocr.policy == "strict" else []
+            queues = BackendQueues(name, modes, bcfg.resolution, max_concurrent=max_concurrent,
+                                   max_waiting=max_waiting, aging_s=cfg.queue.aging_s, runner=self._run,
+                                   on_timeout=self._timed_out)
             upstream = Upstream(name, f"http://{bcfg.host}:{bcfg.port}", max_concurrent)
-            self.backends[name] = BackendRuntime(bcfg, queue, upstream)
+            mode = bcfg.resolution if bcfg.kind == "ocr" else None
+            self.backends[name] = BackendRuntime(bcfg, queues, upstream, mode)
 
     # --- accepting -------------------------------------------------------------------------------
 
@@ -81,7 +91,7 @@ class Gateway:
 
     def serving(self, rt: BackendRuntime) -> bool:
         """A configured backend accepts work (and queues it while starting) unless an admin stopped it."""
-        return rt.cfg.name not in self.stopped
+        return self.accepting(rt.cfg.name)
 
     async def submit(self, rt: BackendRuntime, *, subject: str, client_id: str, model: str,
                      priority: Priority, resolution: str | None, payload: bytes) -> RequestRecord:
@@ -96,20 +106,21 @@ class Gateway:
                   deadline=now_mono + timeout, data=live)
         self.live[rec.id] = live
         try:
-            rt.queue.submit(job)  # reserves the slot at once, so the bound holds while we store
+            rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
         except QueueFull:
             del self.live[rec.id]
             raise ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"}) from None
         try:
             await self.store.add_request(rec, payload)
         except StoreError as exc:
-            rt.queue.cancel(rec.id)
+            rt.queues.cancel(rec.id)
             self.live.pop(rec.id, None)
             logs.event("request_not_stored", request_id=rec.id, reason=str(exc))
             raise ApiError(503, "Cannot store the request right now; please try again later",
                            {"Retry-After": "5"}) from None
         if len(payload) > self.store.spool_threshold:
             live.payload = None  # on disk now; do not hold large bodies in memory while queued
+        self.on_submit(rt.cfg.name)
         logs.event("request_accepted", request_id=rec.id, client=client_id, model=model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
         return rec
@@ -122,12 +133,23 @@ class Gateway:
         rt = self.backends[rec.backend]
         rec.status, rec.started_at = "processing", time.time()
         rec.attempts += 1
-        self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts))
+        rec.served_resolution = rt.mode if rt.cfg.kind == "ocr" else None
+        self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
         try:
             payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
-            body = self._upstream_body(rt, payload)
+            body = self._upstream_body(rt, payload, job.priority)
             status, answer = await rt.upstream.chat(body, rec.id)
-        except (UpstreamError, StoreError) as exc:
+        except StoreError as exc:
+            await self._finish(live, "failed", error=str(exc))
+            return "failed"
+        except UpstreamError as exc:
+            if rt.cfg.requeue_on_crash and not live.requeued:
+                # Its server died under it: one more try once the server is back.
+                live.requeued = True
+                rec.status, rec.started_at = "queued", None
+                self._background(self.store.requeue(rec.id, rec.attempts))
+                logs.event("request_requeued", request_id=rec.id, reason=str(exc))
+                return REQUEUED
             await self._finish(live, "failed", error=str(exc))
             return "failed"
         if status != 200:
@@ -144,11 +166,14 @@ class Gateway:
         return "completed"
 
     @staticmethod
-    def _upstream_body(rt: BackendRuntime, payload: bytes) -> bytes:
-        if not rt.cfg.extra_body:
+    def _upstream_body(rt: BackendRuntime, payload: bytes, priority: Priority) -> bytes:
+        """The client's body as sent, plus the backend's extra fields and vLLM's priority when used."""
+        if not rt.cfg.extra_body and not rt.cfg.vllm_priority:
             return payload
         body = json.loads(payload)
         body.update(rt.cfg.extra_body)
+        if rt.cfg.vllm_priority:
+            body["priority"] = int(priority)  # vLLM: lower runs earlier; high = 0
         return json.dumps(body).encode()
 
     def _timed_out(self, job: Job, was_processing: bool) -> None:
@@ -192,7 +217,7 @@ class Gateway:
             rec = live.record
             position = None
             if rec.status == "queued" and rec.backend in self.backends:
-                position = self.backends[rec.backend].queue.position(rec.id)
+                position = self.backends[rec.backend].queues.position(rec.id)
             return rec, position
         rec_db = await self.store.get_request(request_id)
         return (rec_db, None) if rec_db is not None else None
@@ -212,11 +237,49 @@ class Gateway:
         if live is None or live.record.status in FINAL_STATUSES:
             return None
         rt = self.backends[live.record.backend]
-        was = rt.queue.cancel(request_id)
+        was = rt.queues.cancel(request_id)
         await self._finish(live, "cancelled",
                            error="cancelled by the client" + (" while processing" if was == "processing"
                                                               else ""))
         return live.record
+
+    # --- what supervision asks of the queues -----------------------------------------------------
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        self.backends[name].queues.set_ready(ready)
+
+    def set_mode(self, name: str, mode: str) -> None:
+        """The server now runs in `mode`: its queue is the one that dispatches."""
+        rt = self.backends[name]
+        rt.mode = mode
+        rt.queues.set_active(mode)
+
+    def fail_waiting(self, name: str, reason: str) -> int:
+        jobs = self.backends[name].queues.drain_waiting()
+        for job in jobs:
+            self._background(self._finish(job.data, "failed", error=reason))
+        return len(jobs)
+
+    async def wait_idle(self, name: str, timeout_s: float) -> bool:
+        """Wait until nothing of this backend is processing; False when the time ran out first."""
+        queues = self.backends[name].queues
+        deadline = time.monotonic() + timeout_s
+        while queues.processing() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def fail_processing(self, name: str, reason: str) -> int:
+        """Cut off what is processing: failed with `reason` at once, its upstream call aborted."""
+        rt = self.backends[name]
+        ids = rt.queues.processing_ids()
+        for rid in ids:
+            rt.queues.cancel(rid)
+            live = self.live.get(rid)
+            if live is not None:
+                self._background(self._finish(live, "failed", error=reason))
+        return len(ids)
 
     # --- start-up and shutdown -------------------------------------------------------------------
 
@@ -242,14 +305,12 @@ class Gateway:
                 job = Job(id=rec.id, client_id=rec.client_id, priority=Priority.parse(rec.priority),
                           enqueued_at=now_mono - max(0.0, now_wall - rec.queued_at),
                           deadline=now_mono + (rec.deadline_at - now_wall), data=live)
-                try:
-                    rt.queue.submit(job)
-                except QueueFull:
-                    reason = "the queue bound was lowered across a restart and it no longer fits"
-                else:
-                    await self.store.requeue(rec.id, rec.attempts)
-                    counts["requeued"] += 1
-                    continue
+                if rt.cfg.kind == "ocr" and rec.resolution not in RESOLUTIONS:
+                    rec.resolution = rt.cfg.resolution
+                rt.queues.submit(job, rec.resolution, force=True)  # accepted once: it always fits
+                await self.store.requeue(rec.id, rec.attempts)
+                counts["requeued"] += 1
+                continue
             await self._finish(live, "failed", error=reason)
             counts["failed"] += 1
         if any(counts.values()):
@@ -273,7 +334,7 @@ class Gateway:
         """Stop running work; what was processing stays 'processing' on disk and runs again next start."""
         self._closing = True
         for rt in self.backends.values():
-            await rt.queue.close()
+            await rt.queues.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -290,6 +351,13 @@ class Gateway:
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def queue_limits(cfg: Config, bcfg: BackendConfig) -> tuple[int, int]:
+    """(max_concurrent, max_waiting) of a backend: its own settings, else the [queue] defaults."""
+    max_concurrent = bcfg.max_concurrent or cfg.queue.max_concurrent
+    max_waiting = bcfg.max_waiting if bcfg.max_waiting >= 0 else cfg.queue.max_waiting
+    return max_concurrent, max_waiting
 
 
 def _error_message(body: bytes) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -23,19 +21,10 @@ def _limit(request: web.Request) -> int:
 
 
 def model_status(services: Services, name: str) -> dict[str, Any]:
-    cfg = services.cfg.backends[name]
-    proc = services.supervisor.processes.get(name) if services.supervisor else None
-    state = proc.state if proc else "unknown"
-    ready_at = proc.ready_at if proc and proc.ready else None
-    if name in services.gateway.stopped:
-        state = "stopped"
-    return {
-        "name": name, "status": state, "port": cfg.port, "models": cfg.models,
-        "started_at": iso(ready_at), "uptime_seconds": int(time.time() - ready_at) if ready_at else 0,
-        "resolution": cfg.resolution if cfg.kind == "ocr" else None,
-        "is_healthy": bool(proc and proc.ready), "pid": proc.pid if proc else None,
-        "restarts": proc.restarts if proc else 0, "last_error": proc.last_error if proc else None,
-    }
+    if services.supervisor is None:
+        cfg = services.cfg.backends[name]
+        return {"name": name, "status": "unknown", "port": cfg.port, "is_healthy": False}
+    return services.supervisor.describe(name)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -50,7 +39,7 @@ async def queue(request: web.Request) -> web.Response:
     rt = services.gateway.backends.get(name)
     if rt is None:
         raise not_found(f"Model {request.match_info['model'][:100]} not available")
-    stats = asdict(rt.queue.stats())
+    stats = rt.queues.stats()
     return web.json_response({"model": name, **stats})
 
 

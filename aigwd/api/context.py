@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..auth.tokens import TokenService
 from ..auth.users import UserDirectory
+from ..backends.manager import ModelManager
 from ..backends.supervisor import Supervisor
 from ..config import Config
 from ..gateway import Gateway
 from ..scheduling.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from ..control.plane import ControlPlane
 
 
 @dataclass(eq=False)
@@ -24,6 +29,9 @@ class Services:
     limiter: RateLimiter
     supervisor: Supervisor | None = None
     started_at: float = field(default_factory=time.time)
+    manager: ModelManager | None = None
+    # The admin commands; set by the daemon, served on /admin/* and on the control socket.
+    control: ControlPlane | None = None
 
 
 SERVICES = web.AppKey("services", Services)

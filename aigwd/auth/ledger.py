@@ -31,6 +31,10 @@ class RefreshLedger(Protocol):
         """Every family revoked so far (loaded at startup)."""
         ...
 
+    async def families_of(self, subject: str) -> set[str]:
+        """Every family with a refresh token still recorded for this subject."""
+        ...
+
 
 @dataclass
 class _Entry:
@@ -65,3 +69,6 @@ class MemoryRefreshLedger:
 
     async def revoked_families(self) -> set[str]:
         return set(self._revoked)
+
+    async def families_of(self, subject: str) -> set[str]:
+        return {e.family for e in self._entries.values() if e.subject == subject}

@@ -187,3 +187,10 @@ class TokenService:
         # Memory first, so the revocation takes effect here even if recording it fails.
         self._revoked.add(fam)
         await self._ledger.revoke_family(fam)
+
+    async def revoke_subject(self, sub: str) -> int:
+        """Revoke every family of one subject (its access and refresh tokens); returns how many."""
+        families = await self._ledger.families_of(sub) - self._revoked
+        for fam in sorted(families):
+            await self.revoke_family(fam)
+        return len(families)

@@ -1,243 +1,396 @@
-"""One supervised model server: spawn in its own process group, wait for /health, stop with escalation.
+"""One supervised model server: start, readiness, health checks, crash handling, back-off, stop.
 
-The server gets PR_SET_PDEATHSIG=SIGTERM so that it is told to stop (and, like vLLM, stops its own
-children) when the daemon dies without a chance to clean up; a PID file lets the next start kill whatever
-survived even that.
+All OS effects go through a ProcessLayer; the state lives in a StateMachine. The supervisor above
+decides when to start and stop; this object carries each action out and reports what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import json
-import os
-import signal
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import aiohttp
-import psutil
+from typing import Any, Protocol
 
 from .. import logs
 from ..config import BackendConfig
+from .oslayer import ProcessHandle, ProcessLayer, child_env
+from .states import PROCESS_STATES, FailureWindow, State, StateMachine, Transition, backoff_delay
 
-# Environment the daemon gets from systemd that must not leak into a child.
-_STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
 STDERR_TAIL_LINES = 200
-_PR_SET_PDEATHSIG = 1
+# Environment tags on every server process: how a later daemon run recognises its leftovers.
+TAG_BACKEND = "AIGW_BACKEND"
+TAG_STATE_DIR = "AIGW_STATE_DIR"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+class GpuProbe(Protocol):
+    """What supervision needs of the GPU monitor."""
+
+    @property
+    def available(self) -> bool: ...
+
+    async def refresh(self, index: int) -> Any: ...
+
+    def memory_of(self, index: int, pids: set[int]) -> int: ...
+
+    def pids_on(self, index: int) -> set[int]: ...
+
+    def verdict(self, index: int) -> Any: ...
 
 
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV_PREFIXES)}
-    env.update(extra)
-    return env
+@dataclass
+class CrashInfo:
+    backend: str
+    error: str
+    exit_code: int | None
+    signal: int | None
+    stderr_tail: str
+    gpu_memory_bytes: int | None
 
 
-def expand_command(cfg: BackendConfig, state_dir: Path) -> list[str]:
+def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None) -> str:
+    from ..ocrmode import LAUNCHER_PATH
+
     values = {"host": cfg.host, "port": str(cfg.port), "gpu": str(cfg.gpu), "python": sys.executable,
-              "state_dir": str(state_dir), "name": cfg.name, "resolution": cfg.resolution}
-    return [arg.format(**values) for arg in cfg.command]
+              "state_dir": str(state_dir), "name": cfg.name, "resolution": mode or cfg.resolution,
+              "ocr_launcher": str(LAUNCHER_PATH)}
+    return template.format(**values)
 
 
-def kill_leftovers(pid_dir: Path) -> list[int]:
-    """Kill process groups recorded by an earlier run that are still alive; returns the PIDs killed."""
-    killed = []
-    for pid_file in pid_dir.glob("*.pid"):
-        try:
-            info = json.loads(pid_file.read_text())
-            proc = psutil.Process(int(info["pid"]))
-            # The same PID with another start time is an unrelated process: leave it alone.
-            if abs(proc.create_time() - float(info["create_time"])) < 1.0:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                killed.append(proc.pid)
-                logs.event("backend_leftover_killed", pid=proc.pid, pid_file=pid_file.name)
-        except (ValueError, KeyError, OSError, psutil.Error):
-            pass
-        pid_file.unlink(missing_ok=True)
-    return killed
-
-
-class BackendProcess:
-    """Starts, watches and stops one server process. `on_ready(bool)` reports readiness changes;
-    `on_exit(code, signal, stderr_tail)` reports an exit the daemon did not ask for."""
-
-    def __init__(self, cfg: BackendConfig, state_dir: Path, *, on_ready: Callable[[bool], None],
-                 on_exit: Callable[[int | None, int | None, str], None]) -> None:
+class ManagedBackend:
+    def __init__(self, cfg: BackendConfig, state_dir: Path, layer: ProcessLayer, *,
+                 gpu: GpuProbe | None = None,
+                 on_ready: Callable[[bool], None] = lambda ready: None,
+                 on_crash: Callable[[CrashInfo], None] = lambda info: None,
+                 on_transition: Callable[[Transition], None] = lambda t: None,
+                 on_output: Callable[[str, str], None] = lambda name, line: None) -> None:
         self.cfg = cfg
         self.state_dir = state_dir
-        self.on_ready = on_ready
-        self.on_exit = on_exit
-        self.state = "stopped"
-        self.started_at: float | None = None
-        self.ready_at: float | None = None
-        self.restarts = 0
-        self.last_error: str | None = None
+        self.layer = layer
+        self.gpu = gpu
+        self.mode: str | None = cfg.resolution if cfg.kind == "ocr" else None
+        self.machine = StateMachine(cfg.name, on_change=self._changed)
+        self.failures = FailureWindow(cfg.max_start_failures, cfg.failure_window_s, layer.now)
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self._proc: asyncio.subprocess.Process | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = False
-        self._pid_file = state_dir / "run" / f"{cfg.name}.pid"
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.started_at: float | None = None  # wall clock of the last time it became ready
+        self.proc: ProcessHandle | None = None
+        self.group: set[int] = set()
+        self._on_ready = on_ready
+        self._on_crash = on_crash
+        self._on_transition = on_transition
+        self._on_output = on_output
+        self._attempt = 0
+        self._expect_exit = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._restart_task: asyncio.Task[Any] | None = None
+        self._health_task: asyncio.Task[Any] | None = None
+        self._ready_event = asyncio.Event()
+        self._start_lock: asyncio.Lock | None = None
+
+    # --- what others read ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.machine.state
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def running(self) -> bool:
+        return self.machine.state is State.RUNNING
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
 
-    @property
-    def ready(self) -> bool:
-        return self.state == "running"
+    def gpu_memory_bytes(self) -> int | None:
+        if self.gpu is None or not self.gpu.available or self.pid is None:
+            return None
+        return self.gpu.memory_of(self.cfg.gpu, self.group | {self.pid})
 
-    def base_url(self) -> str:
-        return f"http://{self.cfg.host}:{self.cfg.port}"
+    async def wait_ready(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready_event.wait(), timeout_s)
+        return self.state is State.RUNNING
 
-    async def start(self) -> bool:
-        """Spawn the server and wait until it is ready; False (with last_error) when it is not."""
-        self._stopping = False
-        argv = expand_command(self.cfg, self.state_dir)
-        self.state = "starting"
-        self.started_at = time.time()
-        logs.event("backend_starting", backend=self.cfg.name, port=self.cfg.port, argv0=argv[0])
+    # --- starting --------------------------------------------------------------------------------
+
+    def use_start_lock(self, lock: asyncio.Lock) -> None:
+        """Servers on one GPU share a lock, so they load one after another."""
+        self._start_lock = lock
+
+    async def start(self, reason: str = "start") -> bool:
+        """Spawn the server and wait until it is ready. False: it failed, and back-off (or fatal) follows."""
+        if self.state in (State.RUNNING, State.STARTING, State.DRAINING, State.STOPPING):
+            return self.state is State.RUNNING
+        self._cancel_restart()
+        self._ready_event.clear()
+        self.machine.to(State.STARTING, reason)
+        lock = self._start_lock or asyncio.Lock()
+        async with lock:
+            if self.state is not State.STARTING:  # type: ignore[comparison-overlap]  # stopped meanwhile
+                return False
+            refusal, fatal = await self._gpu_refusal()
+            if refusal is not None:
+                # Nothing is spawned; a failed GPU is not worth retrying until an admin says so.
+                self._failed(refusal, fatal=fatal)
+                return False
+            return await self._spawn_and_wait()
+
+    async def _gpu_refusal(self) -> tuple[str | None, bool]:
+        """Why this server must not start now (and whether that is final), judged from NVML."""
+        need = self.cfg.gpu_memory_mib
+        if self.gpu is None or not self.gpu.available:
+            return None, False
+        reading = await self.gpu.refresh(self.cfg.gpu)
+        verdict = self.gpu.verdict(self.cfg.gpu)
+        if verdict.state == "failed":
+            return f"GPU {self.cfg.gpu} failed: {'; '.join(verdict.reasons)}", True
+        if reading is not None and need > 0 and reading.memory_free < need * 2**20:
+            return (f"needs {need} MiB of GPU {self.cfg.gpu} memory but only "
+                    f"{reading.memory_free // 2**20} MiB are free"), False
+        return None, False
+
+    async def _spawn_and_wait(self) -> bool:
+        argv = [expand(arg, self.cfg, self.state_dir, self.mode) for arg in self.cfg.command]
+        extra = {k: expand(v, self.cfg, self.state_dir, self.mode) for k, v in self.cfg.env.items()}
+        extra.update({TAG_BACKEND: self.cfg.name, TAG_STATE_DIR: str(self.state_dir)})
+        if self.mode:
+            extra["AIGW_OCR_MODE"] = self.mode  # the mode this start is for, whatever the config says
+        self.stderr_tail.clear()
+        self._expect_exit = False
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=child_env(self.cfg.env), start_new_session=True,
-                preexec_fn=_die_with_parent)
+            proc = await self.layer.spawn(argv, child_env(extra), self._output)
         except OSError as exc:
-            return self._failed(f"cannot run {argv[0]}: {exc}")
-        self._proc = proc
-        self._write_pid_file(proc.pid)
-        for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-            if stream is not None:
-                self._spawn(self._pump(stream, name))
-        self._spawn(self._watch(proc))
-        if not await self._wait_healthy(proc):
-            await self._kill(proc)
+            self._failed(f"cannot run {argv[0]}: {exc.strerror or exc}")
             return False
-        self.state = "running"
-        self.ready_at = time.time()
-        logs.event("backend_ready", backend=self.cfg.name, pid=proc.pid,
-                   startup_s=round(self.ready_at - self.started_at, 3))
-        self.on_ready(True)
-        return True
+        self.proc = proc
+        self._write_pid_file(proc.pid)
+        logs.event("backend_spawned", backend=self.name, pid=proc.pid, mode=self.mode)
+        self._spawn_task(self._watch(proc))
+        started = self.layer.now()
+        url = f"http://{self.cfg.host}:{self.cfg.port}{self.cfg.health_path}"
+        next_progress = started + 10.0
+        delay = 0.05
+        while self.state is State.STARTING and proc.returncode is None:
+            if await self.layer.probe(url, min(5.0, self.cfg.health_timeout_s)):
+                self._ready(proc, self.layer.now() - started)
+                return True
+            elapsed = self.layer.now() - started
+            if elapsed >= self.cfg.startup_timeout_s:
+                await self._kill(proc)
+                self._failed(f"not ready after {self.cfg.startup_timeout_s:g} s")
+                return False
+            if self.layer.now() >= next_progress:  # vLLM takes minutes: say it is still coming
+                self.machine.reason = f"waiting for {self.cfg.health_path} ({elapsed:.0f} s)"
+                logs.event("backend_starting", backend=self.name, waited_s=round(elapsed), pid=proc.pid)
+                next_progress += 10.0
+            await self.layer.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        return self.state is State.RUNNING
 
-    async def stop(self) -> None:
-        """SIGTERM to the leader, wait the grace period, then SIGKILL the whole group."""
-        self._stopping = True
-        proc = self._proc
-        if proc is None:
-            self.state = "stopped"
+    def _ready(self, proc: ProcessHandle, took_s: float) -> None:
+        import time
+
+        self.machine.to(State.RUNNING, f"ready in {took_s:.1f} s")
+        self.started_at = time.time()
+        self._attempt = 0
+        with contextlib.suppress(Exception):
+            self.group = proc.group_pids()
+        self._ready_event.set()
+        self._health_task = self._spawn_task(self._health_loop(proc))
+        self._on_ready(True)
+
+    def _failed(self, reason: str, *, fatal: bool = False) -> None:
+        """A start failed or the server died: back off and try again, or give up."""
+        self.last_exit = reason
+        logs.event("backend_failed", backend=self.name, reason=reason)
+        if self.failures.record() or fatal:
+            why = reason if fatal else (f"{len(self.failures)} failures within "
+                                        f"{self.cfg.failure_window_s:g} s; last: {reason}")
+            self.machine.to(State.FATAL, why)
+            self._ready_event.set()
             return
-        was_ready = self.ready
-        self.state = "stopping"
-        if was_ready:
-            self.on_ready(False)
-        await self._kill(proc)
-        self.state = "stopped"
-        logs.event("backend_stopped", backend=self.cfg.name, pid=proc.pid, code=proc.returncode)
+        self._attempt += 1
+        delay = backoff_delay(self._attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
+        self.machine.to(State.BACKOFF, f"{reason}; restart in {delay:g} s")
+        self._ready_event.set()
+        self._restart_task = self._spawn_task(self._restart_after(delay))
+
+    async def _restart_after(self, delay: float) -> None:
+        await self.layer.sleep(delay)
+        if self.state is State.BACKOFF:
+            self.restarts += 1
+            self._ready_event.clear()
+            await self.start("restart after back-off")
+
+    # --- watching --------------------------------------------------------------------------------
+
+    async def _watch(self, proc: ProcessHandle) -> None:
+        code = await proc.wait()
+        if self._expect_exit or proc is not self.proc:
+            return
+        sig = -code if code < 0 else None
+        exit_code = code if code >= 0 else None
+        error = f"exited with signal {sig}" if sig else f"exited with code {exit_code}"
+        was = self.state
+        self._lost(proc, error, exit_code, sig, during_start=was is State.STARTING)
+
+    def _lost(self, proc: ProcessHandle, error: str, exit_code: int | None, sig: int | None, *,
+              during_start: bool) -> None:
+        gpu_bytes = self.gpu_memory_bytes()
+        proc.kill_group()  # whatever it left behind in its group goes with it
+        self._remove_pid_file()
+        if self.state is State.RUNNING:
+            self._on_ready(False)
+        self._cancel_health()
+        logs.event("backend_crashed", backend=self.name, pid=proc.pid, error=error)
+        self._on_crash(CrashInfo(self.name, error, exit_code, sig, "\n".join(self.stderr_tail), gpu_bytes))
+        if self.state in (State.RUNNING, State.STARTING):
+            self._failed(error if not during_start else f"{error} during start-up")
+
+    async def _health_loop(self, proc: ProcessHandle) -> None:
+        url = f"http://{self.cfg.host}:{self.cfg.port}{self.cfg.health_path}"
+        failed = 0
+        while self.state in (State.RUNNING, State.DRAINING) and proc.returncode is None:
+            await self.layer.sleep(self.cfg.health_interval_s)
+            if self.state not in (State.RUNNING, State.DRAINING) or proc.returncode is not None:
+                return
+            if await self.layer.probe(url, self.cfg.health_timeout_s):
+                failed = 0
+                with contextlib.suppress(Exception):
+                    self.group = proc.group_pids() or self.group
+                continue
+            failed += 1
+            logs.event("backend_health_failed", backend=self.name, failures=failed)
+            if failed >= self.cfg.health_failures:
+                # Hung or broken: record it as a crash, kill the whole group, restart with back-off.
+                self._expect_exit = True
+                self._health_task = None
+                error = f"health check failed {failed} times in a row"
+                gpu_bytes = self.gpu_memory_bytes()
+                if self.state is State.RUNNING:
+                    self._on_ready(False)
+                self._on_crash(CrashInfo(self.name, error, None, None, "\n".join(self.stderr_tail), gpu_bytes))
+                await self._kill(proc)
+                if self.state is State.RUNNING:
+                    self._failed(error)
+                return
+
+    # --- stopping --------------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        if self.state is State.RUNNING:
+            self.machine.to(State.DRAINING, "admitting no new work")
+            self._on_ready(False)
+
+    async def stop(self, reason: str = "stop") -> None:
+        """SIGTERM to the leader, the grace period, SIGKILL to the group, then sweep for leftovers."""
+        self._cancel_restart()
+        if self.state in (State.BACKOFF, State.FATAL):
+            self.machine.to(State.STOPPED, reason)
+            return
+        if self.state is State.STOPPED:
+            return
+        if self.state is State.RUNNING:
+            self._on_ready(False)
+        if self.state is not State.STOPPING:
+            self.machine.to(State.STOPPING, reason)
+        self._cancel_health()
+        proc = self.proc
+        if proc is not None:
+            await self._kill(proc)
+        self.machine.to(State.STOPPED, reason)
+        self._ready_event.set()
+
+    async def _kill(self, proc: ProcessHandle) -> None:
+        self._expect_exit = True
+        members = set(self.group)
+        with contextlib.suppress(Exception):
+            members |= proc.group_pids()
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), self.cfg.stop_grace_s)
+            except TimeoutError:
+                logs.event("backend_kill", backend=self.name, pid=proc.pid, reason="grace period over")
+        proc.kill_group()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 10)
+        await self._sweep(members)
+        self._remove_pid_file()
+
+    async def _sweep(self, members: set[int]) -> None:
+        """Kill what left the group but still holds the GPU (e.g. engine processes that were reparented)."""
+        if self.gpu is None or not self.gpu.available:
+            return
+        await self.gpu.refresh(self.cfg.gpu)
+        leftovers = self.gpu.pids_on(self.cfg.gpu) & members
+        if leftovers:
+            logs.event("backend_leftovers_killed", backend=self.name, pids=",".join(map(str, sorted(leftovers))))
+            self.layer.kill_pids(leftovers)
 
     async def close(self) -> None:
-        await self.stop()
+        await self.stop("daemon stopping")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _failed(self, reason: str) -> bool:
-        self.state = "failed"
-        self.last_error = reason
-        logs.event("backend_start_failed", backend=self.cfg.name, reason=reason)
-        return False
+    # --- small things ----------------------------------------------------------------------------
 
-    async def _kill(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), self.cfg.stop_grace_s)
-            except TimeoutError:
-                logs.event("backend_kill", backend=self.cfg.name, pid=proc.pid, reason="grace period over")
-        # The leader is gone; whatever it left in its group goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
-        self._pid_file.unlink(missing_ok=True)
+    def _changed(self, t: Transition) -> None:
+        logs.event("backend_state", backend=self.name, before=t.before.value, after=t.after.value, reason=t.reason)
+        self._on_transition(t)
 
-    async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> bool:
-        deadline = time.monotonic() + self.cfg.startup_timeout_s
-        url = self.base_url() + self.cfg.health_path
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            delay = 0.05
-            while time.monotonic() < deadline:
-                if proc.returncode is not None or self._stopping:
-                    return self._failed(f"exited with code {proc.returncode} during start-up"
-                                        if proc.returncode is not None else "stopped during start-up")
-                try:
-                    async with session.get(url) as resp:
-                        if resp.status == 200:
-                            return True
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        return self._failed(f"not ready after {self.cfg.startup_timeout_s:g} s")
+    def _output(self, stream: str, line: str) -> None:
+        if stream == "stderr":
+            self.stderr_tail.append(line)
+        self._on_output(stream, line)
 
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        if self._stopping:
-            return
-        was_ready = self.ready
-        self.state = "exited"
-        sig = -code if code < 0 else None
-        exit_code = code if code >= 0 else None
-        self.last_error = f"exited with signal {sig}" if sig else f"exited with code {exit_code}"
-        logs.event("backend_exited", backend=self.cfg.name, pid=proc.pid, code=exit_code, signal=sig)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        self._pid_file.unlink(missing_ok=True)
-        if was_ready:
-            self.on_ready(False)
-        self.on_exit(exit_code, sig, "\n".join(self.stderr_tail))
+    def _cancel_restart(self) -> None:
+        if self._restart_task is not None and self._restart_task is not asyncio.current_task():
+            self._restart_task.cancel()
+        self._restart_task = None
 
-    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the reader's limit: keep going
-                continue
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()
-            if name == "stderr":
-                self.stderr_tail.append(text)
-            print(f"[{self.cfg.name}] {text}", file=sys.stderr, flush=True)
+    def _cancel_health(self) -> None:
+        if self._health_task is not None and self._health_task is not asyncio.current_task():
+            self._health_task.cancel()
+        self._health_task = None
 
-    def _write_pid_file(self, pid: int) -> None:
-        self._pid_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            create_time = psutil.Process(pid).create_time()
-        except psutil.Error:
-            return
-        tmp = self._pid_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": pid, "create_time": create_time}))
-        os.replace(tmp, self._pid_file)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _pid_file(self) -> Path:
+        return self.state_dir / "run" / f"{self.name}.pid"
+
+    def _write_pid_file(self, pid: int) -> None:
+        import json
+
+        import psutil
+
+        path = self._pid_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": pid, "create_time": created}))
+        tmp.replace(path)
+
+    def _remove_pid_file(self) -> None:
+        self._pid_file().unlink(missing_ok=True)
+
+    @property
+    def has_process(self) -> bool:
+        return self.state in PROCESS_STATES

@@ -1,72 +1,136 @@
-"""Starts every configured backend, restarts one that exits with a doubling back-off, stops them all.
+"""All model servers together: start order, admin actions, drained stops, OCR mode switches, on-demand
+start and idle stop, GPU verdicts, and leftovers of earlier runs.
 
-Backends start one after another: model servers that share a GPU must not load at the same time.
+Implements the ModelManager interface that the admin commands call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
+import os
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .. import logs
-from ..config import BackendConfig
+from ..config import RESOLUTIONS, Config
+from ..errors import ApiError
+from ..gateway import Gateway
+from ..scheduling.ocrmodes import choose_mode
 from ..store import CrashRecord, Store
-from .process import BackendProcess, kill_leftovers
+from .manager import ActionResult, ModelManager
+from .oslayer import ProcessLayer, RealLayer
+from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
+from .states import ACCEPTING_STATES, PROCESS_STATES, State
 
-BACKOFF_FIRST_S = 1.0
-BACKOFF_MAX_S = 60.0
-# A backend that ran this long before exiting starts its back-off from the beginning again.
-STABLE_AFTER_S = 60.0
+POLICY_INTERVAL_S = 0.25
 
 
-class Supervisor:
-    def __init__(self, backends: dict[str, BackendConfig], state_dir: Path, store: Store, *,
-                 on_ready: Callable[[str, bool], None],
-                 in_flight: Callable[[str], list[str]]) -> None:
+class Supervisor(ModelManager):
+    def __init__(self, cfg: Config, gateway: Gateway, store: Store, *, layer: ProcessLayer | None = None,
+                 gpu: GpuProbe | None = None, action_wait_s: float = 30.0,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.cfg = cfg
+        self.gateway = gateway
         self.store = store
-        self._on_ready = on_ready
-        self._in_flight = in_flight
-        self._pid_dir = state_dir / "run"
-        self.processes: dict[str, BackendProcess] = {}
-        self._backoff: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.layer: ProcessLayer = layer or RealLayer()
+        self.gpu = gpu
+        self.action_wait_s = action_wait_s
+        self.backends: dict[str, ManagedBackend] = {}
+        self.admin_stopped: set[str] = set()
+        self.switches: dict[str, int] = {}
+        self._busy: set[str] = set()  # a restart or switch is under way: requests keep queueing
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._last_switch: dict[str, float] = {}
+        self._last_work: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
-        for name, cfg in backends.items():
-            self.processes[name] = BackendProcess(
-                cfg, state_dir,
-                on_ready=lambda ready, n=name: self._on_ready(n, ready),  # type: ignore[misc]
-                on_exit=lambda code, sig, tail, n=name: self._exited(n, code, sig, tail))  # type: ignore[misc]
+        gpu_locks: dict[int, asyncio.Lock] = {}
+        for name, bcfg in cfg.backends.items():
+            backend = ManagedBackend(
+                bcfg, cfg.state_dir, self.layer, gpu=gpu,
+                on_ready=functools.partial(self._ready_changed, name), on_crash=self._crashed)
+            backend.use_start_lock(gpu_locks.setdefault(bcfg.gpu, asyncio.Lock()))
+            self.backends[name] = backend
+            self._locks[name] = asyncio.Lock()
+        self._on_change = on_change
+        gateway.accepting = self.accepting
+        gateway.on_submit = self._submitted
+
+    # --- daemon start and stop -------------------------------------------------------------------
 
     def sweep_leftovers(self) -> list[int]:
-        """Kill servers an earlier run of the daemon left behind."""
-        self._pid_dir.mkdir(parents=True, exist_ok=True)
-        return kill_leftovers(self._pid_dir)
+        """Kill servers an earlier run left behind: by PID file, and by the tags in their environment."""
+        killed = kill_pid_files(self.cfg.state_dir / "run")
+        state_dir = str(self.cfg.state_dir)
+        me = os.getpid()
+        for proc in psutil.process_iter(["pid", "uids"]):
+            try:
+                if proc.pid == me or proc.info["uids"] is None or proc.info["uids"].real != os.getuid():
+                    continue
+                env = proc.environ()
+            except (psutil.Error, OSError):
+                continue
+            if env.get(TAG_STATE_DIR) == state_dir and TAG_BACKEND in env:
+                with contextlib.suppress(psutil.Error, OSError):
+                    proc.kill()
+                    killed.append(proc.pid)
+                    logs.event("backend_leftover_killed", pid=proc.pid, backend=env[TAG_BACKEND])
+        return killed
 
     def start_all(self) -> None:
-        self._spawn(self._start_in_order())
+        self._spawn(self._policy_loop())
+        for backend in self.backends.values():
+            if backend.cfg.start == "always":
+                self._spawn(backend.start("daemon start"))
 
-    async def _start_in_order(self) -> None:
-        for name, proc in self.processes.items():
-            if self._closing:
-                return
-            if not await proc.start():
-                self._schedule_restart(name)
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for backend in reversed(list(self.backends.values())):
+            with contextlib.suppress(Exception):
+                await backend.close()
+        closer = getattr(self.layer, "close", None)
+        if closer is not None:
+            await closer()
 
-    def _exited(self, name: str, code: int | None, sig: int | None, tail: str) -> None:
-        proc = self.processes[name]
-        ran_for = time.time() - (proc.ready_at or time.time())
-        if ran_for >= STABLE_AFTER_S:
-            self._backoff.pop(name, None)
-        error = proc.last_error or "exited"
-        record = CrashRecord(id=None, timestamp=time.time(), model=name, error=error, exit_code=code,
-                             signal=sig, stderr_tail=tail, gpu_memory_mib=None,
-                             request_ids=self._in_flight(name))
+    # --- what the gateway asks -------------------------------------------------------------------
+
+    def accepting(self, name: str) -> bool:
+        backend = self.backends.get(name)
+        if backend is None or name in self.admin_stopped:
+            return False
+        if name in self._busy or backend.state in ACCEPTING_STATES:
+            return True
+        return backend.state is State.STOPPED and backend.cfg.start == "on-demand"
+
+    def _ready_changed(self, name: str, ready: bool) -> None:
+        self.gateway.set_ready(name, ready)
+        self._on_change()
+
+    def _submitted(self, name: str) -> None:
+        self._last_work[name] = time.monotonic()
+        backend = self.backends[name]
+        if backend.state is State.STOPPED and backend.cfg.start == "on-demand" and name not in self._busy:
+            logs.event("backend_on_demand_start", backend=name)
+            self._spawn(backend.start("on-demand: a request arrived"))
+
+    def _crashed(self, info: CrashInfo) -> None:
+        ids = self.gateway.backends[info.backend].queues.processing_ids()
+        mib = info.gpu_memory_bytes / 2**20 if info.gpu_memory_bytes is not None else None
+        record = CrashRecord(id=None, timestamp=time.time(), model=info.backend, error=info.error,
+                             exit_code=info.exit_code, signal=info.signal, stderr_tail=info.stderr_tail,
+                             gpu_memory_mib=mib, request_ids=ids)
         self._spawn(self._record_crash(record))
-        self._schedule_restart(name)
 
     async def _record_crash(self, record: CrashRecord) -> None:
         try:
@@ -74,36 +138,228 @@ class Supervisor:
         except Exception as exc:  # a full disk must not stop the restart
             logs.event("crash_record_failed", model=record.model, reason=str(exc))
 
-    def _schedule_restart(self, name: str) -> None:
-        if self._closing:
+    # --- ModelManager ----------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return list(self.backends)
+
+    def resolutions(self) -> list[str]:
+        return list(RESOLUTIONS)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {name: self.describe(name) for name in self.backends}
+
+    def describe(self, name: str) -> dict[str, Any]:
+        from ..api.client_routes import iso
+
+        b = self.backends[name]
+        running = b.state is State.RUNNING
+        return {
+            "name": name, "status": "stopped" if name in self.admin_stopped and not b.has_process else b.state.value,
+            "state": b.state.value, "reason": b.machine.reason, "port": b.cfg.port, "models": b.cfg.models,
+            "started_at": iso(b.started_at) if running else None,
+            "uptime_seconds": int(time.time() - b.started_at) if running and b.started_at else 0,
+            "resolution": b.mode, "is_healthy": running, "pid": b.pid, "restarts": b.restarts,
+            "last_exit": b.last_exit, "gpu": b.cfg.gpu, "gpu_memory_bytes": b.gpu_memory_bytes(),
+            "start": b.cfg.start, "mode_switches": self.switches.get(name, 0),
+        }
+
+    def _backend(self, name: str) -> ManagedBackend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise ApiError(404, f"Model {name} not available")
+        return backend
+
+    @staticmethod
+    def _check_resolution(resolution: str) -> None:
+        if resolution not in RESOLUTIONS:
+            raise ApiError(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
+
+    async def start(self, name: str, resolution: str | None = None) -> ActionResult:
+        backend = self._backend(name)
+        if resolution is not None:
+            self._check_resolution(resolution)
+            if backend.cfg.kind != "ocr":
+                raise ApiError(400, f"resolution applies to OCR models only; {name} is a chat model")
+        self.admin_stopped.discard(name)
+        if resolution is not None and resolution != backend.mode and backend.has_process:
+            return await self.switch_backend(name, resolution, graceful=True)
+        if resolution is not None and resolution != backend.mode:
+            backend.mode = resolution
+            self.gateway.set_mode(name, resolution)
+        if backend.state is State.RUNNING:
+            return ActionResult({"status": "started", "model": name, "message": f"{name} is already running"})
+        task = self._spawn(backend.start("admin start"))
+        return await self._answer(task, {"status": "started", "model": name},
+                                  {"status": "starting", "model": name, "follow": f"/admin/models#{name}"},
+                                  lambda: backend.running, backend)
+
+    async def stop(self, name: str, graceful: bool = True) -> ActionResult:
+        backend = self._backend(name)
+        self.admin_stopped.add(name)  # from now on its models answer 404
+        if backend.state in (State.STOPPED, State.FATAL, State.BACKOFF) and name not in self._busy:
+            await backend.stop("admin stop")
+            self.gateway.fail_waiting(name, "model stopped")
+            return ActionResult({"status": "stopped", "model": name})
+        task = self._spawn(self._stop(name, graceful))
+        return await self._answer(task, {"status": "stopped", "model": name},
+                                  {"status": "stopping", "model": name, "follow": f"/admin/models#{name}"},
+                                  lambda: backend.state is State.STOPPED, backend)
+
+    async def _stop(self, name: str, graceful: bool) -> None:
+        backend = self.backends[name]
+        async with self._locks[name]:
+            self.gateway.fail_waiting(name, "model stopped")
+            await self._drain(name, graceful, "model stopped")
+            await backend.stop("admin stop")
+            self.gateway.fail_waiting(name, "model stopped")  # what slipped in while it drained
+
+    async def _drain(self, name: str, graceful: bool, reason: str) -> None:
+        """No new work starts; processing requests finish (bounded), or fail at once when forced."""
+        backend = self.backends[name]
+        backend.begin_drain()
+        self.gateway.set_ready(name, False)
+        if graceful and await self.gateway.wait_idle(name, backend.cfg.drain_timeout_s):
             return
-        delay = self._backoff.get(name, BACKOFF_FIRST_S / 2) * 2
-        self._backoff[name] = min(delay, BACKOFF_MAX_S)
-        proc = self.processes[name]
-        proc.state = "backoff"
-        proc.restarts += 1
-        logs.event("backend_restart_scheduled", backend=name, delay_s=self._backoff[name],
-                   reason=proc.last_error)
-        self._spawn(self._restart_later(name, self._backoff[name]))
+        cut = self.gateway.fail_processing(name, reason if not graceful else f"{reason}: drain timeout passed")
+        if cut:
+            logs.event("requests_cut_off", backend=name, count=cut, graceful=graceful)
 
-    async def _restart_later(self, name: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self._closing:
+    async def restart(self, name: str) -> ActionResult:
+        backend = self._backend(name)
+        self.admin_stopped.discard(name)
+        task = self._spawn(self._restart(name, backend.mode, "admin restart"))
+        return await self._answer(task, {"status": "restarted", "model": name},
+                                  {"status": "restarting", "model": name, "follow": f"/admin/models#{name}"},
+                                  lambda: backend.running, backend)
+
+    async def _restart(self, name: str, mode: str | None, reason: str, graceful: bool = True) -> None:
+        """Stop and start again; waiting requests stay queued and run on the new server."""
+        backend = self.backends[name]
+        async with self._locks[name]:
+            self._busy.add(name)
+            try:
+                if backend.has_process:
+                    await self._drain(name, graceful, "model restarted")
+                    await backend.stop(reason)
+                if mode is not None and mode != backend.mode:
+                    backend.mode = mode
+                    self.gateway.set_mode(name, mode)
+                    self.switches[name] = self.switches.get(name, 0) + 1
+                    self._last_switch[name] = time.monotonic()
+                if backend.state in (State.BACKOFF, State.FATAL):
+                    await backend.stop(reason)
+                await backend.start(reason)
+            finally:
+                self._busy.discard(name)
+
+    async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:
+        self._check_resolution(resolution)
+        ocr = [n for n, b in self.backends.items() if b.cfg.kind == "ocr"]
+        if not ocr:
+            raise ApiError(404, "No OCR model is configured")
+        return await self.switch_backend(ocr[0], resolution, graceful)
+
+    async def switch_backend(self, name: str, resolution: str, graceful: bool) -> ActionResult:
+        backend = self._backend(name)
+        done = {"status": "switched", "resolution": resolution,
+                "message": f"OCR resolution switched to {resolution}"}
+        if backend.mode == resolution and backend.state is State.RUNNING:
+            return ActionResult({**done, "message": f"OCR resolution is already {resolution}"})
+        self.admin_stopped.discard(name)
+        logs.event("ocr_switch", backend=name, before=backend.mode, after=resolution, by="admin")
+        task = self._spawn(self._restart(name, resolution, f"switch to {resolution}", graceful))
+        return await self._answer(task, done, {"status": "switching", "resolution": resolution,
+                                               "follow": f"/admin/models#{name}"},
+                                  lambda: backend.running and backend.mode == resolution, backend)
+
+    async def _answer(self, task: asyncio.Task[Any], done: dict[str, Any], pending: dict[str, Any],
+                      succeeded: Any, backend: ManagedBackend) -> ActionResult:
+        """200 when the action finished within action_wait_s, 202 when it goes on in the background."""
+        finished, _ = await asyncio.wait({task}, timeout=self.action_wait_s)
+        if not finished:
+            return ActionResult(pending, 202)
+        if task.exception() is not None:
+            raise ApiError(500, f"{backend.name}: {task.exception()}")
+        if not succeeded():
+            raise ApiError(503, f"{backend.name} is {backend.state.value}: {backend.machine.reason}")
+        return ActionResult(done)
+
+    # --- policies that run on their own ----------------------------------------------------------
+
+    async def _policy_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(POLICY_INTERVAL_S)
+            for name, backend in self.backends.items():
+                try:
+                    self._consider_switch(name, backend)
+                    self._consider_idle_stop(name, backend)
+                except Exception:  # a policy bug must not stop supervision
+                    logs.event("policy_error", backend=name)
+
+    def _consider_switch(self, name: str, backend: ManagedBackend) -> None:
+        queues = self.gateway.backends[name].queues
+        if not queues.per_mode or backend.state is not State.RUNNING or self._locks[name].locked():
             return
-        if not await self.processes[name].start():
-            self._schedule_restart(name)
+        since = time.monotonic() - self._last_switch.get(name, 0.0)
+        decision = choose_mode(backend.mode or queues.active, queues.demand(), queues.processing(), since,
+                               min_dwell_s=self.cfg.ocr.min_dwell_s,
+                               max_mismatch_wait_s=self.cfg.ocr.max_mismatch_wait_s)
+        if decision.target is not None:
+            logs.event("ocr_switch", backend=name, before=backend.mode, after=decision.target,
+                       by="policy", reason=decision.reason)
+            self._spawn(self._restart(name, decision.target, f"switch to {decision.target}"))
 
-    async def close(self) -> None:
-        self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Stop in reverse order of start; each stop escalates to SIGKILL on its own.
-        for proc in reversed(list(self.processes.values())):
-            with contextlib.suppress(Exception):
-                await proc.close()
+    def _consider_idle_stop(self, name: str, backend: ManagedBackend) -> None:
+        if backend.cfg.start != "on-demand" or backend.state is not State.RUNNING or name in self._busy:
+            return
+        queues = self.gateway.backends[name].queues
+        if queues.processing() or queues.waiting():
+            self._last_work[name] = time.monotonic()
+            return
+        idle = time.monotonic() - self._last_work.get(name, 0.0)
+        if idle >= backend.cfg.idle_ttl_s:
+            logs.event("backend_idle_stop", backend=name, idle_s=round(idle))
+            self._spawn(self._idle_stop(name))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    async def _idle_stop(self, name: str) -> None:
+        async with self._locks[name]:
+            await self._drain(name, True, "model stopped after idling")
+            await self.backends[name].stop(f"idle for {self.backends[name].cfg.idle_ttl_s:g} s")
+
+    async def gpu_failed(self, index: int, reasons: list[str]) -> None:
+        """Stop the servers of a failed GPU; their start is refused until the GPU is healthy again."""
+        for name, backend in self.backends.items():
+            if backend.cfg.gpu == index and backend.state in PROCESS_STATES:
+                why = f"GPU {index} failed: {'; '.join(reasons)}"
+                logs.event("backend_gpu_failed", backend=name, reason=why)
+                async with self._locks[name]:
+                    await self._drain(name, False, why)
+                    await backend.stop(why)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def kill_pid_files(pid_dir: Path) -> list[int]:
+    """Kill the process groups recorded by an earlier run that are still alive."""
+    killed: list[int] = []
+    if not pid_dir.is_dir():
+        return killed
+    for pid_file in pid_dir.glob("*.pid"):
+        try:
+            info = json.loads(pid_file.read_text())
+            proc = psutil.Process(int(info["pid"]))
+            # The same PID with another start time is an unrelated process: leave it alone.
+            if abs(proc.create_time() - float(info["create_time"])) < 1.0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+                logs.event("backend_leftover_killed", pid=proc.pid, pid_file=pid_file.name)
+        except (ValueError, KeyError, OSError, psutil.Error):
+            pass
+        pid_file.unlink(missing_ok=True)
+    return killed

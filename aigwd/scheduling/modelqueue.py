@@ -28,6 +28,10 @@ Runner = Callable[[Job], Awaitable[str]]
 OnTimeout = Callable[[Job, bool], None]
 
 
+# A runner outcome: the job goes back to waiting (e.g. its server died and it may run once more).
+REQUEUED = "requeued"
+
+
 class QueueFull(Exception):
     """The job can neither start now nor wait: the waiting list is full (or the queue is closed)."""
 
@@ -222,8 +226,14 @@ class ModelQueue:
         if self._processing.get(job.id) is job:
             # Not cut off: the runner's outcome counts.
             del self._processing[job.id]
-            self._disarm_timer(job.id)
-            self._count(job, self._outcome(task))
+            outcome = self._outcome(task)
+            if outcome == REQUEUED and not self._closed:
+                # Back to waiting with its deadline still running; accepted work is never dropped for
+                # lack of room, so this bypasses max_waiting.
+                self._waiting.push(job)
+            else:
+                self._disarm_timer(job.id)
+                self._count(job, outcome)
         self._dispatch()
 
     @staticmethod

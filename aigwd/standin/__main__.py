@@ -1,4 +1,4 @@
-"""python -m aigwd.standin --host H --port P --model NAME [--model NAME ...] [fault options]"""
+"""python -m aigwd.standin --host H --port P --model NAME [--model NAME ...] [--gpu-memory-mib N] [fault options]"""
 
 from __future__ import annotations
 
@@ -7,14 +7,24 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from .server import Settings, serve
+from .server import Settings, log, serve
+
+GPU_MEMORY_CODE = 4
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
@@ -51,15 +61,52 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--fail-health", action="store_true", help="answer /health with 503")
     p.add_argument("--ocr-mode", default=os.environ.get("AIGW_OCR_MODE") or None,
                    help="reported in answers about images (default: $AIGW_OCR_MODE)")
+    p.add_argument("--gpu-memory-mib", type=_non_negative_int, default=0,
+                   help="allocate this much memory on CUDA device 0 (needs PyTorch) and hold it until exit")
     a = p.parse_args(argv)
     return Settings(host=a.host, port=a.port, models=tuple(dict.fromkeys(a.models)),
                     startup_delay=a.startup_delay, latency=a.latency, tokens_per_second=a.tokens_per_second,
                     reply_tokens=a.reply_tokens, exit_after=a.exit_after, hang=a.hang, fail_status=a.fail_status,
-                    fail_health=a.fail_health, ocr_mode=a.ocr_mode or None)
+                    fail_health=a.fail_health, ocr_mode=a.ocr_mode or None,
+                    gpu_memory_mib=a.gpu_memory_mib)
+
+
+class GpuMemoryError(Exception):
+    pass
+
+
+def hold_gpu_memory(mib: int) -> Any:
+    """A tensor of mib MiB on CUDA device 0; the memory stays taken while the tensor is referenced."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise GpuMemoryError(f"--gpu-memory-mib needs PyTorch, which is not installed ({exc})") from exc
+    if not torch.cuda.is_available():
+        raise GpuMemoryError("--gpu-memory-mib needs a CUDA device, and PyTorch sees none")
+    try:
+        return torch.empty(mib * 2**20, dtype=torch.uint8, device="cuda")
+    except RuntimeError as exc:  # includes torch.cuda.OutOfMemoryError
+        raise GpuMemoryError(f"cannot allocate {mib} MiB on CUDA device 0: {exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
+    held = None
+    if settings.gpu_memory_mib:
+        # Before the port opens, as a model server loads its weights before it listens.
+        try:
+            held = hold_gpu_memory(settings.gpu_memory_mib)
+        except GpuMemoryError as exc:
+            log(str(exc))
+            return GPU_MEMORY_CODE
+        log(f"holding {settings.gpu_memory_mib} MiB on CUDA device 0")
+    try:
+        return _run(settings)
+    finally:
+        del held  # the memory is given back only now, after the server has stopped
+
+
+def _run(settings: Settings) -> int:
     try:
         import uvloop
     except ImportError:

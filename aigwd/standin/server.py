@@ -40,6 +40,7 @@ class Settings:
     fail_status: int | None = None
     fail_health: bool = False
     ocr_mode: str | None = None
+    gpu_memory_mib: int = 0  # held on CUDA device 0 for the whole run, like a model's weights
     max_image_bytes: int = 64 * 1024 * 1024
 
 
@@ -127,7 +128,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATS].as_dict())
+    return web.json_response({**request.app[STATS].as_dict(), "gpu_memory_mib": request.app[SETTINGS].gpu_memory_mib})
 
 
 def _error(st: Stats, status: int, message: str) -> web.Response:

@@ -67,6 +67,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revoked_at REAL NOT NULL
         )""",
     ),
+    # 2: the resolution mode of the server that ran an OCR request.
+    ("ALTER TABLE requests ADD COLUMN served_resolution TEXT",),
+    # Users managed at run time (config-file users are copied in with source 'config'), and the
+    # record of every admin action.
+    (
+        """CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            source TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            timestamp REAL NOT NULL,
+            actor TEXT NOT NULL,
+            via TEXT NOT NULL,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX audit_timestamp ON audit(timestamp)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -50,3 +50,10 @@ class SqliteRefreshLedger:
             return {row[0] for row in conn.execute("SELECT family FROM revoked_families")}
 
         return await self._readers.run(read)
+
+    async def families_of(self, subject: str) -> set[str]:
+        def read(conn: sqlite3.Connection) -> set[str]:
+            return {row[0] for row in conn.execute(
+                "SELECT DISTINCT family FROM refresh_tokens WHERE subject = ?", (subject,))}
+
+        return await self._readers.run(read)

@@ -34,6 +34,7 @@ class RequestRecord:
     result: bytes | None = None  # the backend's raw JSON response, stored unchanged
     error: str | None = None
     attempts: int = 0
+    served_resolution: str | None = None  # OCR: the mode of the server that ran it
 
 
 @dataclass
@@ -61,6 +62,7 @@ class MissingModelRecord:
 REQUEST_COLUMNS = (
     "id", "subject", "client_id", "backend", "model", "kind", "priority", "resolution", "status",
     "queued_at", "deadline_at", "started_at", "finished_at", "result", "error", "attempts",
+    "served_resolution",
 )
 CRASH_COLUMNS = (
     "id", "timestamp", "model", "error", "exit_code", "signal", "stderr_tail", "gpu_memory_mib",

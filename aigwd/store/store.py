@@ -7,11 +7,14 @@ commit that holds them; reads run on the reader pool.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .. import logs
 from . import db
@@ -41,6 +44,31 @@ _REQUEST_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload
                    f"VALUES ({', '.join('?' * (len(REQUEST_COLUMNS) + 2))})")
 _FINISHED = "('" + "', '".join(FINISHED_STATUSES) + "')"
 _UNFINISHED = "('" + "', '".join(UNFINISHED_STATUSES) + "')"
+_USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at"
+_AUDIT_COLUMNS = "id, timestamp, actor, via, command, args, status, outcome, detail"
+
+
+@dataclass
+class UserRecord:
+    name: str
+    role: str
+    password_hash: str
+    disabled: bool
+    source: str  # "config" (from [[users]] in the config file) | "admin" (added at run time)
+    updated_at: float
+
+
+@dataclass
+class AuditRecord:
+    id: int | None
+    timestamp: float
+    actor: str  # token subject, or the socket peer as "uid=N gid=N pid=N"
+    via: str  # "tcp" | "socket" | "signal"
+    command: str
+    args: dict[str, Any]  # secrets already redacted
+    status: int  # HTTP status of the answer
+    outcome: str  # "ok" | "error"
+    detail: str | None
 
 
 class Store:
@@ -135,12 +163,14 @@ class Store:
 
         await self._writer.submit(op)
 
-    async def mark_started(self, request_id: str, started_at: float, attempts: int) -> None:
+    async def mark_started(self, request_id: str, started_at: float, attempts: int,
+                           served_resolution: str | None = None) -> None:
         # Only unfinished rows move: a late write must not undo a finish that got in first.
         def op(txn: Txn) -> None:
             txn.conn.execute(
-                f"UPDATE requests SET status = 'processing', started_at = ?, attempts = ? "
-                f"WHERE id = ? AND status IN {_UNFINISHED}", (started_at, attempts, request_id))
+                f"UPDATE requests SET status = 'processing', started_at = ?, attempts = ?, "
+                f"served_resolution = ? WHERE id = ? AND status IN {_UNFINISHED}",
+                (started_at, attempts, served_resolution, request_id))
 
         await self._writer.submit(op)
 
@@ -272,5 +302,99 @@ class Store:
             rows = conn.execute(f"SELECT {', '.join(MISSING_COLUMNS)} FROM missing_models "
                                 "ORDER BY timestamp DESC, id DESC LIMIT ?", (max(0, limit),))
             return [missing_from_row(row) for row in rows]
+
+        return await self._readers.run(read)
+
+    # --- users and the admin audit trail -----------------------------------------------------
+
+    async def users(self) -> list[UserRecord]:
+        def read(conn: sqlite3.Connection) -> list[UserRecord]:
+            rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name")
+            return [UserRecord(name, role, pw, bool(disabled), source, updated)
+                    for name, role, pw, disabled, source, updated in rows]
+
+        return await self._readers.run(read)
+
+    async def sync_config_users(self, users: list[tuple[str, str, str]]) -> None:
+        """Make the config file's users (name, role, password hash) the rows with source 'config'.
+
+        Rows of users no longer in the file go; a row added at run time with the same name becomes a
+        config row. The disabled flag is an admin's decision and is kept.
+        """
+        now = time.time()
+        names = {name for name, _, _ in users}
+
+        def op(txn: Txn) -> None:
+            conn = txn.conn
+            for name, role, pw_hash in users:
+                conn.execute(
+                    f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 0, 'config', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, "
+                    "source = 'config', updated_at = excluded.updated_at WHERE users.role != excluded.role "
+                    "OR users.password_hash != excluded.password_hash OR users.source != 'config'",
+                    (name, role, pw_hash, now))
+            gone = [row[0] for row in conn.execute("SELECT name FROM users WHERE source = 'config'")
+                    if row[0] not in names]
+            conn.executemany("DELETE FROM users WHERE name = ?", [(name,) for name in gone])
+
+        await self._writer.submit(op)
+
+    async def add_user(self, rec: UserRecord) -> bool:
+        """Insert a user; False when the name is taken."""
+        values = (rec.name, rec.role, rec.password_hash, int(rec.disabled), rec.source, rec.updated_at)
+
+        def op(txn: Txn) -> bool:
+            cur = txn.conn.execute(f"INSERT OR IGNORE INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                                   values)
+            return cur.rowcount == 1
+
+        return await self._writer.submit(op)
+
+    async def update_user(self, name: str, *, password_hash: str | None = None,
+                          disabled: bool | None = None) -> bool:
+        """Change a user's password hash and/or disabled flag; False when there is no such user."""
+        now = time.time()
+
+        def op(txn: Txn) -> bool:
+            cur = txn.conn.execute(
+                "UPDATE users SET password_hash = COALESCE(?, password_hash), disabled = COALESCE(?, disabled), "
+                "updated_at = ? WHERE name = ?",
+                (password_hash, None if disabled is None else int(disabled), now, name))
+            return cur.rowcount == 1
+
+        return await self._writer.submit(op)
+
+    async def delete_user(self, name: str) -> bool:
+        def op(txn: Txn) -> bool:
+            return txn.conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 1
+
+        return await self._writer.submit(op)
+
+    async def add_audit(self, rec: AuditRecord) -> int:
+        values = (rec.timestamp, rec.actor, rec.via, rec.command, json.dumps(rec.args, default=str), rec.status,
+                  rec.outcome, rec.detail)
+
+        def op(txn: Txn) -> int:
+            cur = txn.conn.execute(
+                "INSERT INTO audit (timestamp, actor, via, command, args, status, outcome, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+            return int(cur.lastrowid or 0)
+
+        return await self._writer.submit(op)
+
+    async def audit(self, limit: int) -> list[AuditRecord]:
+        """Newest first."""
+        def read(conn: sqlite3.Connection) -> list[AuditRecord]:
+            rows = conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY timestamp DESC, id DESC LIMIT ?",
+                                (max(0, limit),))
+            out = []
+            for id_, ts, actor, via, command, args, status, outcome, detail in rows:
+                try:
+                    parsed = json.loads(args)
+                except ValueError:
+                    parsed = {}
+                out.append(AuditRecord(id_, ts, actor, via, command, parsed if isinstance(parsed, dict) else {},
+                                       status, outcome, detail))
+            return out
 
         return await self._readers.run(read)

@@ -1,0 +1,121 @@
+"""The queues of one backend: one queue, or for a strict OCR backend one queue per resolution mode.
+
+A server runs in one mode at a time, so only the queue of the running mode dispatches; the others
+wait for a switch. The bound on waiting requests holds for all of them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+
+from .fairqueue import Job
+from .modelqueue import ModelQueue, QueueFull, QueueStats
+
+ANY_MODE = ""
+UNBOUNDED = 2**62
+
+
+class BackendQueues:
+    def __init__(self, name: str, modes: list[str], active: str, *, max_concurrent: int, max_waiting: int,
+                 aging_s: float, runner: Callable[[Job], Awaitable[str]],
+                 on_timeout: Callable[[Job, bool], None]) -> None:
+        self.name = name
+        self.max_waiting = max_waiting
+        self.per_mode = bool(modes)
+        keys = modes or [ANY_MODE]
+        # The bound on waiting requests is checked here, for all modes together.
+        self.queues = {key: ModelQueue(f"{name}:{key}" if key else name, max_concurrent=max_concurrent,
+                                       max_waiting=UNBOUNDED, aging_s=aging_s, runner=runner,
+                                       on_timeout=on_timeout) for key in keys}
+        self.active = active if self.per_mode else ANY_MODE
+        self.ready = False
+        self.rejected = 0
+
+    def key(self, mode: str | None) -> str:
+        return mode or ANY_MODE if self.per_mode else ANY_MODE
+
+    def queue_for(self, mode: str | None) -> ModelQueue:
+        return self.queues[self.key(mode)]
+
+    def submit(self, job: Job, mode: str | None, *, force: bool = False) -> None:
+        """QueueFull when the backend's waiting bound is reached (force: recovered work always fits)."""
+        queue = self.queue_for(mode)
+        if not force and self.waiting() >= self.max_waiting and not self._starts_now(queue):
+            self.rejected += 1
+            raise QueueFull(f"{self.name}: {self.max_waiting} waiting")
+        queue.submit(job)
+
+    def _starts_now(self, queue: ModelQueue) -> bool:
+        s = queue.stats()
+        return queue.ready and s.waiting == 0 and s.processing < s.max_concurrent
+
+    def find(self, job_id: str) -> ModelQueue | None:
+        for queue in self.queues.values():
+            if queue.state_of(job_id) is not None:
+                return queue
+        return None
+
+    def cancel(self, job_id: str) -> str | None:
+        queue = self.find(job_id)
+        return queue.cancel(job_id) if queue is not None else None
+
+    def position(self, job_id: str) -> int | None:
+        queue = self.find(job_id)
+        return queue.position(job_id) if queue is not None else None
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        for key, queue in self.queues.items():
+            queue.set_ready(ready and key == self.active)
+
+    def set_active(self, mode: str) -> None:
+        if self.per_mode:
+            self.active = mode
+            self.set_ready(self.ready)
+
+    def processing_ids(self) -> list[str]:
+        return [rid for q in self.queues.values() for rid in q.processing_ids()]
+
+    def processing(self) -> int:
+        return sum(q.stats().processing for q in self.queues.values())
+
+    def waiting(self) -> int:
+        return sum(q.stats().waiting for q in self.queues.values())
+
+    def drain_waiting(self) -> list[Job]:
+        return [job for q in self.queues.values() for job in q.drain_waiting()]
+
+    def reconfigure(self, *, max_concurrent: int, max_waiting: int, aging_s: float) -> None:
+        self.max_waiting = max_waiting
+        for queue in self.queues.values():
+            queue.reconfigure(max_concurrent=max_concurrent, max_waiting=UNBOUNDED, aging_s=aging_s)
+
+    def demand(self) -> dict[str, tuple[int, float]]:
+        """Per mode: (waiting, oldest wait in seconds)."""
+        return {key: (s.waiting, s.oldest_wait_s) for key, s in
+                ((key, q.stats()) for key, q in self.queues.items())}
+
+    def stats(self) -> dict[str, object]:
+        """The contract's counters for the whole backend, plus the split by mode."""
+        parts = {key: q.stats() for key, q in self.queues.items()}
+        total = QueueStats(**asdict(next(iter(parts.values()))))
+        for s in list(parts.values())[1:]:
+            for field in ("processing", "waiting", "total_processed", "total_failed", "total_timeout",
+                          "total_cancelled", "total_rejected"):
+                setattr(total, field, getattr(total, field) + getattr(s, field))
+            for cls, n in s.waiting_by_class.items():
+                total.waiting_by_class[cls] = total.waiting_by_class.get(cls, 0) + n
+            total.oldest_wait_s = max(total.oldest_wait_s, s.oldest_wait_s)
+        total.total_rejected += self.rejected
+        total.max_waiting = self.max_waiting
+        total.utilization = total.processing / total.max_concurrent
+        body: dict[str, object] = asdict(total)
+        if self.per_mode:
+            body["active_mode"] = self.active
+            body["by_mode"] = {key: {"waiting": s.waiting, "processing": s.processing} for key, s in parts.items()}
+        return body
+
+    async def close(self) -> None:
+        for queue in self.queues.values():
+            await queue.close()
