@@ -29,6 +29,8 @@ def request_view(rec: RequestRecord, position: int | None) -> bytes:
     }
     if rec.kind == "ocr":
         view["resolution"] = rec.resolution
+        if rec.served_resolution is not None:
+            view["served_resolution"] = rec.served_resolution
     if position is not None:
         view["position"] = position
     if rec.error is not None:
