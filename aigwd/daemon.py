@@ -13,6 +13,7 @@ from aiohttp import web
 from . import __version__, logs
 from .api.app import build_app
 from .api.context import Services
+from .auth.apikeys import ApiKeyDirectory
 from .auth.tokens import SecretFileError, TokenService, load_or_create_secret
 from .auth.users import User, UserDirectory, hash_in_thread
 from .backends.supervisor import Supervisor
@@ -79,7 +80,8 @@ class Daemon:
             stack.push_async_callback(self._drain, gateway)
             supervisor.sweep_leftovers()
             services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=await build_users(cfg),
-                                limiter=rate_limiter(cfg), supervisor=supervisor, manager=supervisor)
+                                limiter=rate_limiter(cfg), supervisor=supervisor, manager=supervisor,
+                                api_keys=ApiKeyDirectory(await store.api_keys().all()))
             await gateway.recover()
 
             runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import logs
-from .backends.upstream import Upstream, UpstreamError
+from .backends.upstream import Upstream, UpstreamError, UpstreamStatus
 from .config import RESOLUTIONS, BackendConfig, Config
 from .errors import ApiError
 from .scheduling.backendqueues import BackendQueues
@@ -26,6 +26,7 @@ from .store import MissingModelRecord, RequestRecord, Store, StoreError
 FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
 # A request interrupted this many times by daemon restarts fails instead of running again.
 MAX_ATTEMPTS = 3
+STREAM_BUFFER_CHUNKS = 64
 
 
 @dataclass(eq=False)
@@ -35,8 +36,13 @@ class Live:
     record: RequestRecord
     payload: bytes | None  # None when spooled: read back from the store when it runs
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
     saved: bool = False
     requeued: bool = False  # already given its one more try after its server died
+    # OpenAI routes: the streamed bytes for the waiting client (the stream ends when `done` is set and
+    # the queue is empty), and an error answer of the backend to pass on unchanged.
+    chunks: asyncio.Queue[bytes] | None = None
+    upstream_error: tuple[int, bytes] | None = None
 
 
 @dataclass(eq=False)
@@ -94,14 +100,18 @@ class Gateway:
         return self.accepting(rt.cfg.name)
 
     async def submit(self, rt: BackendRuntime, *, subject: str, client_id: str, model: str,
-                     priority: Priority, resolution: str | None, payload: bytes) -> RequestRecord:
+                     priority: Priority, resolution: str | None, payload: bytes, sync: bool = False,
+                     stream: bool = False) -> Live:
         now_wall, now_mono = time.time(), time.monotonic()
         timeout = self.cfg.queue.timeout_s
         rec = RequestRecord(
             id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=rt.cfg.name, model=model,
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
-            queued_at=now_wall, deadline_at=now_wall + timeout)
+            queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync)
         live = Live(rec, payload)
+        if stream:
+            # Bounded: a slow reader slows the upstream read instead of growing memory.
+            live.chunks = asyncio.Queue(maxsize=STREAM_BUFFER_CHUNKS)
         job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
                   deadline=now_mono + timeout, data=live)
         self.live[rec.id] = live
@@ -123,7 +133,7 @@ class Gateway:
         self.on_submit(rt.cfg.name)
         logs.event("request_accepted", request_id=rec.id, client=client_id, model=model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
-        return rec
+        return live
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -132,12 +142,15 @@ class Gateway:
         rec = live.record
         rt = self.backends[rec.backend]
         rec.status, rec.started_at = "processing", time.time()
+        live.started.set()
         rec.attempts += 1
         rec.served_resolution = rt.mode if rt.cfg.kind == "ocr" else None
         self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
         try:
             payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
             body = self._upstream_body(rt, payload, job.priority)
+            if live.chunks is not None:
+                return await self._stream(rt, live, body)
             status, answer = await rt.upstream.chat(body, rec.id)
         except StoreError as exc:
             await self._finish(live, "failed", error=str(exc))
@@ -146,6 +159,7 @@ class Gateway:
             if rt.cfg.requeue_on_crash and not live.requeued:
                 # Its server died under it: one more try once the server is back.
                 live.requeued = True
+                live.started.clear()
                 rec.status, rec.started_at = "queued", None
                 self._background(self.store.requeue(rec.id, rec.attempts))
                 logs.event("request_requeued", request_id=rec.id, reason=str(exc))
@@ -153,6 +167,7 @@ class Gateway:
             await self._finish(live, "failed", error=str(exc))
             return "failed"
         if status != 200:
+            live.upstream_error = (status, answer)
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {status}: "
                                                      f"{_error_message(answer)}")
             return "failed"
@@ -163,6 +178,23 @@ class Gateway:
                                                      "is not JSON")
             return "failed"
         await self._finish(live, "completed", result=answer)
+        return "completed"
+
+    async def _stream(self, rt: BackendRuntime, live: Live, body: bytes) -> str:
+        """Pass the server's SSE bytes to the waiting client as they come; never buffer the whole."""
+        assert live.chunks is not None
+        try:
+            async for chunk in rt.upstream.stream(body, live.record.id):
+                await live.chunks.put(chunk)
+        except UpstreamStatus as exc:
+            live.upstream_error = (exc.status, exc.body)
+            await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {exc.status}: "
+                                                     f"{_error_message(exc.body)}")
+            return "failed"
+        except UpstreamError as exc:
+            await self._finish(live, "failed", error=str(exc))
+            return "failed"
+        await self._finish(live, "completed")
         return "completed"
 
     @staticmethod
@@ -231,6 +263,26 @@ class Gateway:
         except TimeoutError:
             pass
 
+    async def next_chunk(self, live: Live) -> bytes | None:
+        """The next streamed bytes of a request, or None once it has ended and all were read."""
+        chunks = live.chunks
+        assert chunks is not None
+        if not chunks.empty():
+            return chunks.get_nowait()
+        if live.done.is_set():
+            return None
+        getter = asyncio.ensure_future(chunks.get())
+        ended = asyncio.ensure_future(live.done.wait())
+        try:
+            await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return chunks.get_nowait() if not chunks.empty() else None
+
     async def cancel(self, request_id: str) -> RequestRecord | None:
         """Cancel a queued or processing request; None when it is not live (already finished)."""
         live = self.live.get(request_id)
@@ -296,7 +348,9 @@ class Gateway:
                 await self._finish(live, "timeout", error="deadline passed while the daemon was down")
                 counts["timeout"] += 1
                 continue
-            if rt is None:
+            if rec.sync:
+                reason = "the client's connection ended with a daemon restart"
+            elif rt is None:
                 reason = f"backend {rec.backend} is no longer configured"
             elif rec.attempts >= MAX_ATTEMPTS:
                 reason = f"interrupted by {rec.attempts} daemon restarts while processing"

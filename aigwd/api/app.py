@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from . import admin_routes, auth_routes, client_routes
+from . import admin_routes, auth_routes, client_routes, openai_routes
 from .context import SERVICES, Services
 from .middleware import authenticate, errors
 
@@ -34,4 +34,5 @@ def build_app(services: Services) -> web.Application:
     auth_routes.add_routes(app)
     client_routes.add_routes(app)
     admin_routes.add_routes(app)
+    openai_routes.add_routes(app)
     return app

@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ApiError, bad_request, not_found
+from ..scheduling.fairqueue import Priority
 from ..store import RequestRecord
 from . import validation
 from .context import SERVICES, Services
-from .middleware import CLAIMS, ROLE
+from .middleware import API_KEY, CLAIMS, ROLE
 
 
 def iso(ts: float | None) -> str | None:
@@ -41,29 +42,46 @@ def request_view(rec: RequestRecord, position: int | None) -> bytes:
     return text.encode()
 
 
-def _check_size(request: web.Request, services: Services) -> None:
+def check_size(request: web.Request, services: Services) -> None:
     limit = int(services.cfg.server.max_body_mib * 1024 * 1024)
     if request.content_length is not None and request.content_length > limit:
         # Answer before reading any of it; the connection is closed after this response.
         raise ApiError(413, f"Request body is larger than the limit of {services.cfg.server.max_body_mib:g} MiB")
 
 
-def _rate_limit(request: web.Request, services: Services, client_id: str) -> None:
+def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
     wait = services.limiter.check(request[CLAIMS].sub, client_id)
     if wait > 0:
         raise ApiError(429, f"Rate limit exceeded for client {client_id}; retry in {math.ceil(wait)} s",
                        {"Retry-After": str(max(1, math.ceil(wait)))})
 
 
+def client_and_priority(request: web.Request) -> tuple[str, Priority]:
+    """X-Client-ID and X-Priority, within what an API key allows (its first client and its highest
+    priority are the defaults)."""
+    key = request.get(API_KEY)
+    if key is None:
+        return validation.client_id(request.headers), validation.priority(request.headers)
+    headers = request.headers
+    client_id = validation.client_id(headers) if "X-Client-ID" in headers or not key.client_ids \
+        else key.client_ids[0]
+    if key.client_ids and client_id not in key.client_ids:
+        raise ApiError(403, f"This API key may not send as client {client_id}; allowed: {', '.join(key.client_ids)}")
+    highest = Priority.parse(key.max_priority)
+    priority = validation.priority(headers) if "X-Priority" in headers else max(Priority.NORMAL, highest)
+    if priority < highest:
+        raise ApiError(403, f"This API key may send at most {highest.label} priority")
+    return client_id, priority
+
+
 async def _submit(request: web.Request, kind: str) -> web.Response:
     services = request.app[SERVICES]
-    client_id = validation.client_id(request.headers)
-    priority = validation.priority(request.headers)
+    client_id, priority = client_and_priority(request)
     resolution = None
     if kind == "ocr":
         resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
-    _check_size(request, services)
-    _rate_limit(request, services, client_id)
+    check_size(request, services)
+    rate_limit(request, services, client_id)
     raw = await request.read()
     body = validation.parse_json(raw)
     model = validation.chat_body(body)
@@ -73,8 +91,9 @@ async def _submit(request: web.Request, kind: str) -> web.Response:
         raise bad_request("Images go to /api/ocr; /api/chat takes text messages")
     sub = request[CLAIMS].sub
     rt = services.gateway.backend_for(model, kind, client_id, sub)
-    rec = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model,
-                                        priority=priority, resolution=resolution, payload=raw)
+    live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model,
+                                         priority=priority, resolution=resolution, payload=raw)
+    rec = live.record
     answer: dict[str, Any] = {"request_id": rec.id, "status": "queued"}
     if kind == "ocr":
         answer["resolution"] = resolution

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..auth.apikeys import ApiKeyDirectory
 from ..auth.tokens import TokenService
 from ..auth.users import UserDirectory
 from ..backends.manager import ModelManager
@@ -29,6 +30,7 @@ class Services:
     limiter: RateLimiter
     supervisor: Supervisor | None = None
     started_at: float = field(default_factory=time.time)
+    api_keys: ApiKeyDirectory = field(default_factory=ApiKeyDirectory)
     manager: ModelManager | None = None
     # The admin commands; set by the daemon, served on /admin/* and on the control socket.
     control: ControlPlane | None = None

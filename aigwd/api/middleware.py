@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .. import logs
-from ..auth.tokens import TokenError
+from ..auth import apikeys
+from ..auth.tokens import Claims, TokenError
 from ..errors import ApiError
 from .context import SERVICES
 
@@ -16,10 +17,27 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh"})
 CLAIMS = "claims"
 ROLE = "role"
+API_KEY = "api_key"
 
 
-def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"detail": detail}, status=status, headers=headers)
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+                 429: "rate_limit_error", 503: "service_unavailable"}
+_OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large",
+                 429: "rate_limit_exceeded", 503: "queue_full"}
+
+
+def openai_error(status: int, message: str) -> dict[str, object]:
+    """OpenAI's error shape, so its clients raise the matching exception."""
+    return {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "param": None,
+                      "code": _OPENAI_CODES.get(status, status)}}
+
+
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None,
+                   path: str = "") -> web.Response:
+    """`{"detail": ...}` as in the API contract; OpenAI's shape on the /v1 routes."""
+    body = openai_error(status, detail) if path.startswith("/v1/") else {"detail": detail}
+    return web.json_response(body, status=status, headers=headers)
 
 
 _HTTP_DETAILS = {
@@ -34,7 +52,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.detail, exc.headers)
+        return error_response(exc.status, exc.detail, exc.headers, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -44,11 +62,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             detail = _HTTP_DETAILS.get(exc.status, exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return error_response(exc.status, detail, headers)
+        return error_response(exc.status, detail, headers, request.path)
     except Exception:
         logs.event("internal_error", logging.ERROR, method=request.method, path=request.path)
         logging.getLogger("aigw.api").exception("unhandled error")
-        return error_response(500, "Internal error; the gateway logged it")
+        return error_response(500, "Internal error; the gateway logged it", path=request.path)
 
 
 @web.middleware
@@ -61,8 +79,19 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "Not authenticated: send Authorization: Bearer <access token> from /auth/token",
                        {"WWW-Authenticate": "Bearer"})
+    token = token.strip()
+    if token.startswith(apikeys.PREFIX):
+        key = services.api_keys.lookup(token)
+        if key is None:
+            raise ApiError(401, "Invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
+        if request.path.startswith("/admin"):
+            raise ApiError(403, "This route needs the admin role; API keys never have it")
+        request[CLAIMS] = Claims(sub=key.subject, role="user", typ="api_key", jti=key.id, fam="", iat=0, exp=0)
+        request[ROLE] = "user"
+        request[API_KEY] = key
+        return await handler(request)
     try:
-        claims = services.tokens.verify_access(token.strip())
+        claims = services.tokens.verify_access(token)
     except TokenError as exc:
         raise ApiError(401, exc.detail, {"WWW-Authenticate": "Bearer"}) from None
     user = services.users.active(claims.sub)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import aiohttp
 
 
 class UpstreamError(Exception):
     """The backend could not be reached or answered something unusable."""
+
+
+class UpstreamStatus(Exception):
+    """The backend answered with an error status; its body is kept to pass on."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"backend answered {status}")
+        self.status = status
+        self.body = body
 
 
 class Upstream:
@@ -35,6 +45,25 @@ class Upstream:
             async with self._client().post(self.base_url + "/v1/chat/completions", data=body,
                                            headers=headers) as resp:
                 return resp.status, await resp.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(f"backend {self.name} is not reachable: {exc.strerror or exc}") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+                aiohttp.ClientOSError) as exc:
+            raise UpstreamError(f"backend {self.name} dropped the connection: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"backend {self.name} failed: {exc}") from None
+
+    async def stream(self, body: bytes, request_id: str) -> AsyncIterator[bytes]:
+        """POST a streaming chat; yields the server's bytes as they arrive. A non-200 answer raises
+        UpstreamStatus with the body, so the caller can pass the error on."""
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "Accept": "text/event-stream"}
+        try:
+            async with self._client().post(self.base_url + "/v1/chat/completions", data=body,
+                                           headers=headers) as resp:
+                if resp.status != 200:
+                    raise UpstreamStatus(resp.status, await resp.read())
+                async for chunk in resp.content.iter_any():
+                    yield chunk
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(f"backend {self.name} is not reachable: {exc.strerror or exc}") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,

@@ -93,6 +93,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_timestamp ON audit(timestamp)",
     ),
+    # 4: requests whose client waits on its connection (OpenAI routes): not run again after a restart.
+    ("ALTER TABLE requests ADD COLUMN sync INTEGER NOT NULL DEFAULT 0",),
+    # 5: API keys for services, stored as hashes.
+    (
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            key_hash TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL,
+            client_ids TEXT NOT NULL,
+            max_priority TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL,
+            hint TEXT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

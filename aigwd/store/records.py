@@ -35,6 +35,7 @@ class RequestRecord:
     error: str | None = None
     attempts: int = 0
     served_resolution: str | None = None  # OCR: the mode of the server that ran it
+    sync: bool = False  # its client waits on the connection (OpenAI routes)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class MissingModelRecord:
 REQUEST_COLUMNS = (
     "id", "subject", "client_id", "backend", "model", "kind", "priority", "resolution", "status",
     "queued_at", "deadline_at", "started_at", "finished_at", "result", "error", "attempts",
-    "served_resolution",
+    "served_resolution", "sync",
 )
 CRASH_COLUMNS = (
     "id", "timestamp", "model", "error", "exit_code", "signal", "stderr_tail", "gpu_memory_mib",
@@ -80,6 +81,8 @@ def request_from_row(row: sqlite3.Row | tuple[Any, ...]) -> RequestRecord:
     result_index = REQUEST_COLUMNS.index("result")
     if values[result_index] is not None:
         values[result_index] = bytes(values[result_index])
+    sync_index = REQUEST_COLUMNS.index("sync")
+    values[sync_index] = bool(values[sync_index])
     return RequestRecord(*values)
 
 

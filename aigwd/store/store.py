@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import logs
 from . import db
+from .keys import ApiKeyTable
 from .ledger import SqliteRefreshLedger
 from .readers import Readers
 from .records import (
@@ -140,6 +141,9 @@ class Store:
 
     def refresh_ledger(self) -> SqliteRefreshLedger:
         return self._ledger
+
+    def api_keys(self) -> ApiKeyTable:
+        return ApiKeyTable(self._writer, self._readers)
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -1,0 +1,123 @@
+"""OpenAI-compatible routes: GET /v1/models and POST /v1/chat/completions, JSON or streamed.
+
+The request takes the same path as /api/chat and /api/ocr (auth, rate limit, fairness, priority queue,
+deadline, store); the connection is held until the answer comes. A client that goes away, queued or
+streaming, frees its slot and the upstream call is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import bad_request
+from ..gateway import Live
+from . import validation
+from .client_routes import check_size, client_and_priority, rate_limit
+from .context import SERVICES, Services
+from .middleware import CLAIMS, openai_error
+
+# While a streaming request waits, an SSE comment says where it stands this often.
+POSITION_INTERVAL_S = 1.0
+_FAILURE_STATUS = {"timeout": 504, "cancelled": 499, "failed": 502}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    created = int(services.started_at)
+    data = [{"id": model, "object": "model", "created": created, "owned_by": "aigw", "root": name}
+            for model, name in services.gateway.model_index.items()
+            if services.gateway.accepting(name)]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    client_id, priority = client_and_priority(request)
+    check_size(request, services)
+    rate_limit(request, services, client_id)
+    raw = await request.read()
+    body = validation.parse_json(raw)
+    model = validation.chat_body(body, allow_stream=True)
+    name = services.gateway.model_index.get(model)
+    kind = services.cfg.backends[name].kind if name else "chat"
+    resolution = None
+    if kind == "ocr":
+        resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
+        validation.ocr_image(body, len(raw))
+    elif validation.image_parts(body):
+        raise bad_request(f"Model {model} takes text only; images go to the OCR model")
+    sub = request[CLAIMS].sub
+    rt = services.gateway.backend_for(model, kind, client_id, sub)
+    stream = bool(body.get("stream"))
+    live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model, priority=priority,
+                                         resolution=resolution, payload=raw, sync=True, stream=stream)
+    try:
+        if stream:
+            return await _stream(request, services, live)
+        await live.done.wait()
+        return _answer(live)
+    except asyncio.CancelledError:
+        # The client went away: free its slot and abort the upstream call.
+        await asyncio.shield(services.gateway.cancel(live.record.id))
+        raise
+
+
+def _answer(live: Live) -> web.Response:
+    rec = live.record
+    headers = {"X-Request-Id": rec.id}
+    if rec.status == "completed" and rec.result is not None:
+        return web.Response(body=rec.result, content_type="application/json", headers=headers)
+    if live.upstream_error is not None:  # the backend's own error answer, passed on unchanged
+        status, body = live.upstream_error
+        return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    status = _FAILURE_STATUS.get(rec.status, 502)
+    return web.json_response(openai_error(status, rec.error or rec.status), status=status, headers=headers)
+
+
+async def _stream(request: web.Request, services: Services, live: Live) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Request-Id": live.record.id, "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    rt = services.gateway.backends[live.record.backend]
+    # Queued: report the position as SSE comments, which every client ignores.
+    while not live.started.is_set() and not live.done.is_set():
+        position = rt.queues.position(live.record.id)
+        if position is not None:
+            await resp.write(f": queued position={position}\n\n".encode())
+        await _wait_started(live, POSITION_INTERVAL_S)
+    while True:
+        chunk = await services.gateway.next_chunk(live)
+        if chunk is None:
+            break
+        await resp.write(chunk)
+    if live.record.status != "completed":
+        if live.upstream_error is not None:
+            status, body = live.upstream_error
+            try:
+                error: Any = json.loads(body)
+            except ValueError:
+                error = openai_error(status, body[:500].decode("utf-8", "replace"))
+        else:
+            error = openai_error(_FAILURE_STATUS.get(live.record.status, 502), live.record.error or "failed")
+        await resp.write(f"data: {json.dumps(error)}\n\n".encode())
+    await resp.write_eof()
+    return resp
+
+
+async def _wait_started(live: Live, timeout_s: float) -> None:
+    """Wait until the request leaves the queue (started or ended), at most timeout_s."""
+    waits = {asyncio.ensure_future(live.started.wait()), asyncio.ensure_future(live.done.wait())}
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/chat/completions", chat_completions)

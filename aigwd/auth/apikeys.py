@@ -1,0 +1,76 @@
+"""API keys for services: `Authorization: Bearer aigw_...`, bound to a subject, client IDs and a highest
+priority. Only a hash is kept; the key itself is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+PREFIX = "aigw_"
+PRIORITIES = ("low", "normal", "high")
+
+
+@dataclass
+class ApiKey:
+    id: str
+    key_hash: str
+    subject: str
+    client_ids: list[str]
+    max_priority: str = "normal"
+    created_at: float = field(default_factory=time.time)
+    revoked_at: float | None = None
+    hint: str = ""  # the first characters, so an admin can tell keys apart
+
+    def public(self) -> dict[str, object]:
+        """What a listing shows: never the key or its hash."""
+        return {"id": self.id, "subject": self.subject, "client_ids": self.client_ids,
+                "max_priority": self.max_priority, "created_at": self.created_at, "revoked_at": self.revoked_at,
+                "hint": self.hint}
+
+
+def digest(secret: str) -> str:
+    # The keys are 256 random bits, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key(subject: str, client_ids: list[str], max_priority: str) -> tuple[ApiKey, str]:
+    """A new key record and its secret, which is not kept anywhere."""
+    if max_priority not in PRIORITIES:
+        raise ValueError(f"max_priority must be one of {', '.join(PRIORITIES)}")
+    secret = PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(id=uuid.uuid4().hex[:12], key_hash=digest(secret), subject=subject, client_ids=client_ids,
+                 max_priority=max_priority, hint=secret[: len(PREFIX) + 4])
+    return key, secret
+
+
+class ApiKeyDirectory:
+    """The live keys by hash: one dictionary lookup per request."""
+
+    def __init__(self, keys: Iterable[ApiKey] = ()) -> None:
+        self._by_hash: dict[str, ApiKey] = {}
+        self._by_id: dict[str, ApiKey] = {}
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: ApiKey) -> None:
+        self._by_id[key.id] = key
+        if key.revoked_at is None:
+            self._by_hash[key.key_hash] = key
+
+    def lookup(self, secret: str) -> ApiKey | None:
+        return self._by_hash.get(digest(secret))
+
+    def revoke(self, key_id: str, at: float) -> ApiKey | None:
+        key = self._by_id.get(key_id)
+        if key is not None:
+            key.revoked_at = key.revoked_at or at
+            self._by_hash.pop(key.key_hash, None)
+        return key
+
+    def list(self) -> list[ApiKey]:
+        return sorted(self._by_id.values(), key=lambda k: k.created_at)

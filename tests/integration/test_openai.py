@@ -1,0 +1,130 @@
+"""The official openai client against the real daemon and stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from .conftest import Client, async_wait_until, chat_backend
+
+
+async def stats(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    async with session.get(f"http://127.0.0.1:{port}/standin/stats") as resp:
+        return dict(await resp.json())
+
+
+def oai(url: str, key: str, **headers: str) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30,
+                       default_headers={"X-Client-ID": "oai_app", **headers})
+
+
+async def test_completion_models_and_stream(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = chat_backend("--tokens-per-second", "10", "--reply-tokens", "8")
+    d = make_daemon([backend])
+    client = Client(session, d.url)
+    await client.login()
+    api = oai(d.url, client.token)
+    models = await api.models.list()
+    assert {m.id for m in models.data} == {"gemma-3-4b-it", "google/gemma-3-4b-it"}
+    answer = await api.chat.completions.create(model="gemma-3-4b-it",
+                                               messages=[{"role": "user", "content": "hello"}], max_tokens=4)
+    assert "stand-in" in (answer.choices[0].message.content or "") and answer.usage is not None
+    started = time.monotonic()
+    stream = await api.chat.completions.create(model="gemma-3-4b-it", stream=True,
+                                               messages=[{"role": "user", "content": "count"}])
+    first_at = None
+    pieces = []
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            if first_at is None:
+                first_at = time.monotonic() - started
+                # The stand-in is still producing: this chunk was passed on, not buffered.
+                assert (await stats(session, backend.port))["in_flight"] == 1
+            pieces.append(chunk.choices[0].delta.content)
+    total = time.monotonic() - started
+    assert first_at is not None and len(pieces) >= 4 and total > first_at
+    status, q, _ = await client.call("GET", "/admin/queue/gemma")
+    assert q["total_processed"] == 2
+
+
+async def test_errors_map_to_the_client_exceptions(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = chat_backend("--hang")
+    d = make_daemon([backend], sections={"queue": {"max_concurrent": 1, "max_waiting": 1},
+                                         "rate_limit": {"per_minute": 60, "burst": 6}})
+    client = Client(session, d.url)
+    await client.login()
+    msgs = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.AuthenticationError):
+        await oai(d.url, "not-a-token").chat.completions.create(model="gemma-3-4b-it", messages=msgs)
+    with pytest.raises(openai.AuthenticationError):
+        await oai(d.url, "aigw_unknownkey").chat.completions.create(model="gemma-3-4b-it", messages=msgs)
+    api = oai(d.url, client.token)
+    with pytest.raises(openai.NotFoundError) as nf:
+        await api.chat.completions.create(model="gpt-4", messages=msgs)
+    assert nf.value.code == "model_not_found" and "gpt-4" in nf.value.message
+    with pytest.raises(openai.BadRequestError):
+        await api.chat.completions.create(model="gemma-3-4b-it", messages=msgs, max_tokens=0)
+    # One processing (the stand-in hangs), one waiting, the next is refused: 503.
+    hold = [asyncio.ensure_future(api.chat.completions.create(model="gemma-3-4b-it", messages=msgs))
+            for _ in range(2)]
+
+    async def full() -> bool:
+        _, q, _ = await client.call("GET", "/admin/queue/gemma")
+        return bool(q["processing"] == 1 and q["waiting"] == 1)
+
+    await async_wait_until(full, what="the queue to fill")
+    with pytest.raises(openai.InternalServerError) as full_err:
+        await api.chat.completions.create(model="gemma-3-4b-it", messages=msgs)
+    assert full_err.value.status_code == 503 and full_err.value.code == "queue_full"
+    limited = None
+    for _ in range(10):  # the burst is 6: the limit comes before the model is looked up
+        try:
+            await api.chat.completions.create(model="gpt-4", messages=msgs)
+        except openai.NotFoundError:
+            continue
+        except openai.RateLimitError as exc:
+            limited = exc
+            break
+    assert limited is not None and limited.response.headers["Retry-After"]
+    for task in hold:
+        task.cancel()
+    await asyncio.gather(*hold, return_exceptions=True)
+
+
+async def test_disconnect_frees_the_slot_and_aborts_upstream(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = chat_backend("--tokens-per-second", "2", "--reply-tokens", "50")
+    d = make_daemon([backend], sections={"queue": {"max_concurrent": 1, "max_waiting": 5}})
+    client = Client(session, d.url)
+    await client.login()
+    api = oai(d.url, client.token)
+    msgs = [{"role": "user", "content": "long"}]
+    stream = await api.chat.completions.create(model="gemma-3-4b-it", stream=True, messages=msgs)
+    # A second one waits in the queue behind the stream: leave while queued.
+    queued = asyncio.ensure_future(api.chat.completions.create(model="gemma-3-4b-it", messages=msgs))
+
+    async def waiting(n: int) -> bool:
+        _, q, _ = await client.call("GET", "/admin/queue/gemma")
+        return bool(q["waiting"] == n)
+
+    await async_wait_until(lambda: waiting(1), what="the second request to wait")
+    queued.cancel()
+    await asyncio.gather(queued, return_exceptions=True)
+    await async_wait_until(lambda: waiting(0), what="the queued slot to be freed")
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    await stream.close()  # leave mid-stream
+
+    async def aborted() -> bool:
+        s = await stats(session, backend.port)
+        return bool(s["aborted"] >= 1 and s["in_flight"] == 0)
+
+    await async_wait_until(aborted, what="the stand-in to see the abort")
+    _, q, _ = await client.call("GET", "/admin/queue/gemma")
+    assert q["processing"] == 0 and q["total_cancelled"] >= 2
