@@ -179,6 +179,13 @@ class OcrConfig:
 
 
 @dataclass
+class GpuConfig:
+    enabled: bool = _opt(True, "Watch the GPUs through NVML (memory, temperature, ECC, XID events); "
+                               "without NVML everything else still works.")
+    poll_interval_s: float = _opt(5.0, "How often the GPUs are read.", _positive)
+
+
+@dataclass
 class BackendConfig:
     name: str = _opt("", "Backend name (the table's key).")
     kind: str = _opt("chat", "chat or ocr: which client route it serves.", _kind)
@@ -235,6 +242,7 @@ class Config:
     queue: QueueConfig
     results: ResultsConfig
     ocr: OcrConfig
+    gpu: GpuConfig
     backends: dict[str, BackendConfig]
     # Server settings given on the command line; a reload applies them again over the file.
     overrides: dict[str, str] = field(default_factory=dict)
@@ -253,7 +261,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
-    "results": ResultsConfig, "ocr": OcrConfig,
+    "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig,
 }
 
 

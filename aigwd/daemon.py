@@ -19,6 +19,7 @@ from .auth.users import User, UserDirectory, hash_in_thread
 from .backends.supervisor import Supervisor
 from .config import Config, parse_listen
 from .gateway import Gateway
+from .gpu import GpuMonitor
 from .scheduling.ratelimit import RateLimiter
 from .store import Store
 from .systemd import Notifier
@@ -71,8 +72,16 @@ class Daemon:
             await tokens.load()
             gateway = Gateway(cfg, store)
 
-            supervisor = Supervisor(cfg, gateway, store,
+            gpu = GpuMonitor(interval_s=cfg.gpu.poll_interval_s) if cfg.gpu.enabled else None
+            if gpu is not None:
+                await gpu.start()
+                stack.push_async_callback(gpu.close)
+                if not gpu.available:
+                    logs.event("gpu_unavailable", reason=gpu.unavailable_reason)
+            supervisor = Supervisor(cfg, gateway, store, gpu=gpu,
                                     on_change=lambda: self.notifier.status(self._status_line(gateway)))
+            if gpu is not None:
+                gpu.on_change = supervisor.gpu_verdict_changed
             # Exit order (last pushed runs first): HTTP closed, processing drained, queue tasks
             # cancelled (so they stay 'processing' on disk and run again), then the servers stopped.
             stack.push_async_callback(supervisor.close)
@@ -81,7 +90,7 @@ class Daemon:
             supervisor.sweep_leftovers()
             services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=await build_users(cfg),
                                 limiter=rate_limiter(cfg), supervisor=supervisor, manager=supervisor,
-                                api_keys=ApiKeyDirectory(await store.api_keys().all()))
+                                api_keys=ApiKeyDirectory(await store.api_keys().all()), gpu=gpu)
             await gateway.recover()
 
             runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None,

@@ -18,8 +18,14 @@ async def health(request: web.Request) -> web.Response:
         status = admin_routes.model_status(services, name)
         if not status["is_healthy"]:
             problems.append(f"model {name} is {status['status']}")
-    body = {"status": "degraded" if problems else "healthy",
-            "timestamp": datetime.now(UTC).isoformat()}
+    gpu = services.gpu
+    if gpu is not None and gpu.available:
+        for index in gpu.gpus():
+            verdict = gpu.verdict(index)
+            if verdict.state in ("degraded", "failed"):
+                problems.append(f"GPU {index} is {verdict.state}: {'; '.join(verdict.reasons)}")
+    body: dict[str, object] = {"status": "degraded" if problems else "healthy",
+                               "timestamp": datetime.now(UTC).isoformat()}
     if problems:
         body["reason"] = "; ".join(problems)
     return web.json_response(body)

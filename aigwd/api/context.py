@@ -15,6 +15,7 @@ from ..backends.manager import ModelManager
 from ..backends.supervisor import Supervisor
 from ..config import Config
 from ..gateway import Gateway
+from ..gpu import GpuMonitor
 from ..scheduling.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Services:
     supervisor: Supervisor | None = None
     started_at: float = field(default_factory=time.time)
     api_keys: ApiKeyDirectory = field(default_factory=ApiKeyDirectory)
+    gpu: GpuMonitor | None = None
     manager: ModelManager | None = None
     # The admin commands; set by the daemon, served on /admin/* and on the control socket.
     control: ControlPlane | None = None

@@ -162,7 +162,15 @@ class Supervisor(ModelManager):
             "resolution": b.mode, "is_healthy": running, "pid": b.pid, "restarts": b.restarts,
             "last_exit": b.last_exit, "gpu": b.cfg.gpu, "gpu_memory_bytes": b.gpu_memory_bytes(),
             "start": b.cfg.start, "mode_switches": self.switches.get(name, 0),
+            "gpu_status": self._gpu_status(b.cfg.gpu),
         }
+
+    def _gpu_status(self, index: int) -> dict[str, Any]:
+        """The verdict on a backend's GPU, or why there is none."""
+        if self.gpu is None:
+            return {"state": "unavailable", "reasons": ["GPU monitoring is disabled in the config"]}
+        verdict = self.gpu.verdict(index)
+        return {"state": verdict.state, "reasons": list(verdict.reasons)}
 
     def _backend(self, name: str) -> ManagedBackend:
         backend = self.backends.get(name)
@@ -326,6 +334,11 @@ class Supervisor(ModelManager):
         async with self._locks[name]:
             await self._drain(name, True, "model stopped after idling")
             await self.backends[name].stop(f"idle for {self.backends[name].cfg.idle_ttl_s:g} s")
+
+    def gpu_verdict_changed(self, index: int, verdict: Any) -> None:
+        logs.event("gpu_verdict", gpu=index, state=verdict.state, reasons="; ".join(verdict.reasons))
+        if verdict.state == "failed":
+            self._spawn(self.gpu_failed(index, list(verdict.reasons)))
 
     async def gpu_failed(self, index: int, reasons: list[str]) -> None:
         """Stop the servers of a failed GPU; their start is refused until the GPU is healthy again."""

@@ -184,3 +184,27 @@ async def test_vllm_priority_is_sent_upstream(make_daemon, session: aiohttp.Clie
     async with session.get(f"http://127.0.0.1:{backend.port}/standin/stats") as resp:
         recent = (await resp.json())["recent"]
     assert "priority" in recent[-1]["extra_keys"]
+
+
+async def test_daemon_without_nvml(make_daemon, session: aiohttp.ClientSession) -> None:
+    # This machine has no NVIDIA driver: the daemon serves, and the GPU fields say why they are empty.
+    from aigwd.gpu import NvmlUnavailable, open_nvml
+
+    try:
+        open_nvml().close()
+        import pytest
+
+        pytest.skip("NVML works on this machine")
+    except NvmlUnavailable:
+        pass
+    d = make_daemon([chat_backend()])
+    client = Client(session, d.url)
+    await client.login()
+    m = (await models(client))["gemma"]
+    assert m["gpu_status"]["state"] == "unavailable" and m["gpu_status"]["reasons"]
+    assert m["gpu_memory_bytes"] is None
+    _, body, _ = await client.call("GET", "/health", headers={})
+    assert body["status"] == "healthy"
+    _, answer = await client.chat()
+    assert (await client.finished(answer["request_id"]))["status"] == "completed"
+    assert "event=gpu_unavailable" in d.output()
