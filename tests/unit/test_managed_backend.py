@@ -38,8 +38,9 @@ class Harness:
 
 async def until(predicate: Callable[[], bool], what: str = "condition") -> None:
     async def loop() -> None:
+        # Polled: the fake layer's effects happen in callbacks that have no event to wait on.
         while not predicate():
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # noqa: ASYNC110
     await asyncio.wait_for(loop(), 2.0)
 
 
@@ -139,7 +140,8 @@ async def test_too_little_gpu_memory_spawns_nothing(tmp_path: Path, layer: FakeL
                           verdict=lambda i: SimpleNamespace(state="healthy", reasons=()))
     h = Harness(tmp_path, layer, gpu=gpu, gpu_memory_mib=8192)
     assert not await h.backend.start()
-    assert layer.spawned == [] and "needs 8192 MiB" in h.backend.last_exit and "2048 MiB are free" in h.backend.last_exit
+    assert layer.spawned == []
+    assert "needs 8192 MiB" in h.backend.last_exit and "2048 MiB are free" in h.backend.last_exit
     await h.backend.close()
 
 
