@@ -39,8 +39,8 @@ class Harness:
 async def until(predicate: Callable[[], bool], what: str = "condition") -> None:
     async def loop() -> None:
         # Polled: the fake layer's effects happen in callbacks that have no event to wait on.
-        while not predicate():
-            await asyncio.sleep(0)  # noqa: ASYNC110
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0)
     await asyncio.wait_for(loop(), 2.0)
 
 
