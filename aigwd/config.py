@@ -113,7 +113,12 @@ class ServerConfig:
     control_socket: str = _opt("/run/aigw/control.sock", "Path of the local admin control socket.", _non_empty)
     control_group: str = _opt("aigw-admin", "Group that owns the control socket (mode 0660): its members may "
                                             "run admin commands. Missing group: the daemon's own group.")
+    metrics_listen: str = _opt("", "Extra HOST:PORT serving only /metrics without auth (keep it private); "
+                                   "empty: /metrics only on the main address, to admin tokens.",
+                               lambda v: None if v == "" else _listen(v))
     max_body_mib: float = _opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", _positive)
+    admin_wait_s: float = _opt(30.0, "Admin model actions (start, stop, switch) answer when done, or 202 with "
+                                      "a way to follow them once they take longer than this.", _positive)
     shutdown_grace_s: float = _opt(10.0, "On stop, how long processing requests may run before they are "
                                          "cut off (they are queued again at the next start).", _non_negative)
 
@@ -176,6 +181,31 @@ class OcrConfig:
                               _non_negative)
     max_mismatch_wait_s: float = _opt(120.0, "strict: a request of another mode that waited this long "
                                              "forces a switch (after the dwell time).", _positive)
+
+
+def _at_least_one(v: Any) -> str | None:
+    return None if v >= 1 else "must be 1 or more"
+
+
+def _divides_day(v: Any) -> str | None:
+    return None if v > 0 and 1440 % v == 0 else "must divide a day (1440 minutes), e.g. 15, 30, 60, 120"
+
+
+@dataclass
+class AutoSwitchConfig:
+    enabled: bool = _opt(False, "Switch the OCR server's resolution mode ahead of demand, from the weekly "
+                                "pattern of recorded OCR requests (OCR requests are recorded either way).")
+    pattern_window_days: int = _opt(7, "Days of recorded OCR requests the weekly pattern is learned from "
+                                       "(best a multiple of 7).", _positive)
+    min_requests_for_switch: int = _opt(10, "A slot's most wanted mode needs at least this many requests "
+                                            "in the window to switch for it.", _positive)
+    margin: float = _opt(1.5, "Hysteresis: the wanted mode needs at least this many times the running "
+                              "mode's requests in the slot.", _at_least_one)
+    lead_s: float = _opt(120.0, "Switch this long before a slot begins; cover the server's restart time.",
+                         _non_negative)
+    slot_minutes: int = _opt(60, "Length of a time slot of the week, in minutes (local time).", _divides_day)
+    dry_run: bool = _opt(False, "Only record and log what would be switched; never switch.")
+    check_interval_s: float = _opt(30.0, "How often the plan is checked.", _positive)
 
 
 @dataclass
@@ -246,6 +276,7 @@ class Config:
     backends: dict[str, BackendConfig]
     # Server settings given on the command line; a reload applies them again over the file.
     overrides: dict[str, str] = field(default_factory=dict)
+    auto_switch: AutoSwitchConfig = field(default_factory=AutoSwitchConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -261,7 +292,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
-    "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig,
+    "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
 }
 
 

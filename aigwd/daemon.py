@@ -11,32 +11,26 @@ import time
 from aiohttp import web
 
 from . import __version__, logs
-from .api.app import build_app
+from .api.app import build_app, build_metrics_app
 from .api.context import Services
 from .auth.apikeys import ApiKeyDirectory
 from .auth.tokens import SecretFileError, TokenService, load_or_create_secret
-from .auth.users import User, UserDirectory, hash_in_thread
+from .auth.users import UserDirectory
 from .backends.supervisor import Supervisor
 from .config import Config, parse_listen
+from .control.plane import ControlPlane
+from .control.server import ControlServer, ControlSocketError
 from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.ratelimit import RateLimiter
 from .store import Store
-from .systemd import Notifier
+from .systemd import Notifier, block_loop_on_signal_for_tests
 
 STATUS_INTERVAL_S = 5.0
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why."""
-
-
-async def build_users(cfg: Config) -> UserDirectory:
-    users = []
-    for u in cfg.users:
-        pw_hash = u.password_hash or await hash_in_thread(u.password)
-        users.append(User(name=u.name, role=u.role, password_hash=pw_hash))
-    return UserDirectory(users)
 
 
 def rate_limiter(cfg: Config) -> RateLimiter:
@@ -58,10 +52,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
+        block_loop_on_signal_for_tests(loop)
         os.makedirs(cfg.state_dir, mode=0o750, exist_ok=True)
         store = Store(cfg.state_dir)
         await store.open()
         async with contextlib.AsyncExitStack() as stack:
+            # Pinged from this loop from the start to the very end, so a hang anywhere is caught.
+            watchdog = asyncio.create_task(self.notifier.run_watchdog())
+            stack.callback(watchdog.cancel)
             stack.push_async_callback(store.close)
             try:
                 secret = load_or_create_secret(cfg.secret_path())
@@ -78,19 +76,29 @@ class Daemon:
                 stack.push_async_callback(gpu.close)
                 if not gpu.available:
                     logs.event("gpu_unavailable", reason=gpu.unavailable_reason)
-            supervisor = Supervisor(cfg, gateway, store, gpu=gpu,
+            supervisor = Supervisor(cfg, gateway, store, gpu=gpu, action_wait_s=cfg.server.admin_wait_s,
                                     on_change=lambda: self.notifier.status(self._status_line(gateway)))
             if gpu is not None:
                 gpu.on_change = supervisor.gpu_verdict_changed
+            gateway.metrics.bind(gateway, supervisor, gpu)
             # Exit order (last pushed runs first): HTTP closed, processing drained, queue tasks
             # cancelled (so they stay 'processing' on disk and run again), then the servers stopped.
             stack.push_async_callback(supervisor.close)
             stack.push_async_callback(gateway.close)
             stack.push_async_callback(self._drain, gateway)
             supervisor.sweep_leftovers()
-            services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=await build_users(cfg),
+            services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=UserDirectory(),
                                 limiter=rate_limiter(cfg), supervisor=supervisor, manager=supervisor,
                                 api_keys=ApiKeyDirectory(await store.api_keys().all()), gpu=gpu)
+            # Users come from the config file and the state database, loaded by the admin plane.
+            plane = ControlPlane(services, on_config=self._use_config)
+            services.control = plane
+            # systemd shows 'reloading' until the file is applied or rejected, however the reload
+            # was asked for (control socket, admin API, SIGHUP).
+            plane.reloader.reload = self.notifier.around_reload(  # type: ignore[method-assign]
+                plane.reloader.reload, lambda: self._status_line(gateway))
+            await plane.start()
+            stack.callback(plane.hub.detach)
             await gateway.recover()
 
             runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None,
@@ -106,6 +114,25 @@ class Daemon:
             server = site._server
             sockets = getattr(server, "sockets", None) or []
             self.bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+            if cfg.server.metrics_listen:
+                metrics_runner = web.AppRunner(build_metrics_app(services), handle_signals=False, access_log=None)
+                await metrics_runner.setup()
+                stack.push_async_callback(metrics_runner.cleanup)
+                m_host, m_port = parse_listen(cfg.server.metrics_listen)
+                try:
+                    await web.TCPSite(metrics_runner, m_host, m_port, reuse_address=True).start()
+                except OSError as exc:
+                    raise StartupError(f"cannot listen on {cfg.server.metrics_listen}: {exc.strerror or exc}") \
+                        from None
+            control = ControlServer(plane, cfg.server.control_socket, cfg.server.control_group)
+            try:
+                await control.start()
+            except ControlSocketError as exc:
+                raise StartupError(str(exc)) from None
+            stack.push_async_callback(control.stop)
+            # Runs first on the way out: log streams end, so neither server waits on them.
+            stack.push_async_callback(plane.close)
+            loop.add_signal_handler(signal.SIGHUP, plane.reload_on_signal)
             logs.event("ready", version=__version__, listen=f"{self.bound[0]}:{self.bound[1]}",
                        state_dir=cfg.state_dir, backends=",".join(cfg.backends) or "-",
                        startup_s=round(time.monotonic() - started, 3))
@@ -118,6 +145,10 @@ class Daemon:
             logs.event("stopping", reason="signal")
             self.notifier.stopping()
         logs.event("stopped")
+
+    def _use_config(self, cfg: Config) -> None:
+        """A reload applied a new configuration; the drain and the maintenance loop read it here."""
+        self.cfg = cfg
 
     async def _drain(self, gateway: Gateway) -> None:
         """Let processing requests finish for up to the grace period; nothing new starts meanwhile."""

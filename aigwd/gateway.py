@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from . import logs
 from .backends.upstream import Upstream, UpstreamError, UpstreamStatus
 from .config import RESOLUTIONS, BackendConfig, Config
 from .errors import ApiError
+from .metrics import Metrics
 from .scheduling.backendqueues import BackendQueues
 from .scheduling.fairqueue import Job, Priority
 from .scheduling.modelqueue import REQUEUED, QueueFull
@@ -51,6 +53,8 @@ class BackendRuntime:
     queues: BackendQueues
     upstream: Upstream
     mode: str | None = None  # OCR: the resolution mode of the running server
+    # (monotonic time, request id) of requests that failed on a connection error: for crash records.
+    dropped: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=256))
 
 
 class Gateway:
@@ -65,6 +69,7 @@ class Gateway:
         # (it starts on-demand servers and keeps their idle timers honest).
         self.accepting: Callable[[str], bool] = lambda name: name not in self.stopped
         self.on_submit: Callable[[str], None] = lambda name: None
+        self.metrics = Metrics()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         for name, bcfg in cfg.backends.items():
@@ -88,6 +93,7 @@ class Gateway:
             self._background(self.store.add_missing_model(
                 MissingModelRecord(model_name=model, client_id=client_id, subject=subject,
                                    timestamp=time.time())))
+            self.metrics.rejected(name or "-", 404)
             raise ApiError(404, f"Model {model} not available")
         if rt.cfg.kind != kind:
             route = "/api/ocr" if rt.cfg.kind == "ocr" else "/api/chat"
@@ -119,6 +125,7 @@ class Gateway:
             rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
         except QueueFull:
             del self.live[rec.id]
+            self.metrics.rejected(rt.cfg.name, 503)
             raise ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"}) from None
         try:
             await self.store.add_request(rec, payload)
@@ -156,10 +163,14 @@ class Gateway:
             await self._finish(live, "failed", error=str(exc))
             return "failed"
         except UpstreamError as exc:
+            rt.dropped.append((time.monotonic(), rec.id))
             if rt.cfg.requeue_on_crash and not live.requeued:
                 # Its server died under it: one more try once the server is back.
                 live.requeued = True
                 live.started.clear()
+                # Hold dispatch until supervision has looked: a passing health check resumes it, a dead
+                # server resumes it once restarted. Otherwise the retry would hit the same dead server.
+                rt.queues.set_ready(False)
                 rec.status, rec.started_at = "queued", None
                 self._background(self.store.requeue(rec.id, rec.attempts))
                 logs.event("request_requeued", request_id=rec.id, reason=str(exc))
@@ -224,6 +235,8 @@ class Gateway:
         live.done.set()
         wait_s = (rec.started_at or rec.finished_at) - rec.queued_at
         service_s = rec.finished_at - rec.started_at if rec.started_at else 0.0
+        self.metrics.finished(rec.backend, rec.priority, status, wait_s if rec.started_at else None,
+                              service_s if rec.started_at else None)
         logs.event("request_finished", request_id=rec.id, client=rec.client_id, model=rec.model,
                    priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
                    service_s=round(service_s, 4), error=error)
@@ -305,6 +318,13 @@ class Gateway:
         rt = self.backends[name]
         rt.mode = mode
         rt.queues.set_active(mode)
+
+    def in_flight_ids(self, name: str, lookback_s: float) -> list[str]:
+        """Requests processing now, and those whose connection to the server broke in the last moments."""
+        rt = self.backends[name]
+        since = time.monotonic() - lookback_s
+        recent = [rid for at, rid in rt.dropped if at >= since]
+        return list(dict.fromkeys([*rt.queues.processing_ids(), *recent]))
 
     def fail_waiting(self, name: str, reason: str) -> int:
         jobs = self.backends[name].queues.drain_waiting()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from ..metrics import CONTENT_TYPE
 from . import admin_routes, auth_routes, client_routes, openai_routes
 from .context import SERVICES, Services
 from .middleware import authenticate, errors
@@ -31,12 +32,26 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return web.Response(body=services.gateway.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def build_metrics_app(services: Services) -> web.Application:
+    """/metrics alone, without auth, for a separately configured (private) listen address."""
+    app = web.Application()
+    app[SERVICES] = services
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
 def build_app(services: Services) -> web.Application:
     max_body = int(services.cfg.server.max_body_mib * 1024 * 1024)
     app = web.Application(middlewares=[errors, authenticate], client_max_size=max_body,
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[SERVICES] = services
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     auth_routes.add_routes(app)
     client_routes.add_routes(app)
     admin_routes.add_routes(app)

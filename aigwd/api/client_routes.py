@@ -52,6 +52,7 @@ def check_size(request: web.Request, services: Services) -> None:
 def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
     wait = services.limiter.check(request[CLAIMS].sub, client_id)
     if wait > 0:
+        services.gateway.metrics.rejected("-", 429)
         raise ApiError(429, f"Rate limit exceeded for client {client_id}; retry in {math.ceil(wait)} s",
                        {"Retry-After": str(max(1, math.ceil(wait)))})
 

@@ -15,9 +15,9 @@ from .context import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh"})
-CLAIMS = "claims"
-ROLE = "role"
-API_KEY = "api_key"
+CLAIMS = web.RequestKey("claims", Claims)
+ROLE = web.RequestKey("role", str)
+API_KEY = web.RequestKey("api_key", apikeys.ApiKey)
 
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -84,7 +84,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         key = services.api_keys.lookup(token)
         if key is None:
             raise ApiError(401, "Invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
-        if request.path.startswith("/admin"):
+        if request.path.startswith("/admin") or request.path == "/metrics":
             raise ApiError(403, "This route needs the admin role; API keys never have it")
         request[CLAIMS] = Claims(sub=key.subject, role="user", typ="api_key", jti=key.id, fam="", iat=0, exp=0)
         request[ROLE] = "user"
@@ -98,7 +98,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if user is None:
         raise ApiError(401, "User no longer active", {"WWW-Authenticate": "Bearer"})
     # The directory's role, not the token's: a demoted admin loses admin routes at once.
-    if request.path.startswith("/admin") and user.role != "admin":
+    if (request.path.startswith("/admin") or request.path == "/metrics") and user.role != "admin":
         raise ApiError(403, "This route needs the admin role")
     request[CLAIMS] = claims
     request[ROLE] = user.role

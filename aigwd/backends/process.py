@@ -267,6 +267,8 @@ class ManagedBackend:
                 failed = 0
                 with contextlib.suppress(Exception):
                     self.group = proc.group_pids() or self.group
+                if self.state is State.RUNNING:
+                    self._on_ready(True)  # idempotent; resumes dispatch paused after a failed request
                 continue
             failed += 1
             logs.event("backend_health_failed", backend=self.name, failures=failed)

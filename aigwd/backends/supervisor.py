@@ -31,6 +31,8 @@ from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBac
 from .states import ACCEPTING_STATES, PROCESS_STATES, State
 
 POLICY_INTERVAL_S = 0.25
+# A request that failed on a dropped connection this shortly before the exit was seen was in flight.
+CRASH_LOOKBACK_S = 5.0
 
 
 class Supervisor(ModelManager):
@@ -56,7 +58,8 @@ class Supervisor(ModelManager):
         for name, bcfg in cfg.backends.items():
             backend = ManagedBackend(
                 bcfg, cfg.state_dir, self.layer, gpu=gpu,
-                on_ready=functools.partial(self._ready_changed, name), on_crash=self._crashed)
+                on_ready=functools.partial(self._ready_changed, name), on_crash=self._crashed,
+                on_output=functools.partial(_publish_output, name))
             backend.use_start_lock(gpu_locks.setdefault(bcfg.gpu, asyncio.Lock()))
             self.backends[name] = backend
             self._locks[name] = asyncio.Lock()
@@ -125,7 +128,8 @@ class Supervisor(ModelManager):
             self._spawn(backend.start("on-demand: a request arrived"))
 
     def _crashed(self, info: CrashInfo) -> None:
-        ids = self.gateway.backends[info.backend].queues.processing_ids()
+        # In flight: still processing, or failed just now on the connection the dying server dropped.
+        ids = self.gateway.in_flight_ids(info.backend, CRASH_LOOKBACK_S)
         mib = info.gpu_memory_bytes / 2**20 if info.gpu_memory_bytes is not None else None
         record = CrashRecord(id=None, timestamp=time.time(), model=info.backend, error=info.error,
                              exit_code=info.exit_code, signal=info.signal, stderr_tail=info.stderr_tail,
@@ -355,6 +359,13 @@ class Supervisor(ModelManager):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _publish_output(backend: str, stream: str, line: str) -> None:
+    """A server's output line to `aigwctl logs` followers (no-op without followers)."""
+    from ..control.loghub import publish_backend_line
+
+    publish_backend_line(backend, line)
 
 
 def kill_pid_files(pid_dir: Path) -> list[int]:

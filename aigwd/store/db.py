@@ -108,6 +108,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             hint TEXT NOT NULL
         )""",
     ),
+    # 6: when OCR requests came and which resolution they asked for; the auto-switch learns from it.
+    (
+        "CREATE TABLE ocr_demand (timestamp REAL NOT NULL, resolution TEXT NOT NULL)",
+        "CREATE INDEX ocr_demand_timestamp ON ocr_demand(timestamp)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -244,7 +244,7 @@ class Store:
             conn.execute("DELETE FROM revoked_families WHERE revoked_at < ? AND family NOT IN "
                          "(SELECT family FROM refresh_tokens)", (older_than,))
             # Records a client can cause are kept by count, so no client can grow the file without end.
-            for table in ("missing_models", "crashes"):
+            for table in ("missing_models", "crashes", "audit"):
                 conn.execute(f"DELETE FROM {table} WHERE id <= (SELECT id FROM {table} ORDER BY id DESC "
                              "LIMIT 1 OFFSET ?)", (self.max_records,))
             if paths:
@@ -383,6 +383,30 @@ class Store:
                 "INSERT INTO audit (timestamp, actor, via, command, args, status, outcome, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
             return int(cur.lastrowid or 0)
+
+        return await self._writer.submit(op)
+
+    # --- recorded OCR demand, for the auto-switch ----------------------------------------------
+
+    async def add_ocr_demand(self, ts: float, resolution: str) -> None:
+        def op(txn: Txn) -> None:
+            txn.conn.execute("INSERT INTO ocr_demand (timestamp, resolution) VALUES (?, ?)", (ts, resolution))
+
+        await self._writer.submit(op)
+
+    async def ocr_demand(self, since: float) -> list[tuple[float, str]]:
+        """(timestamp, resolution) of OCR requests at or after `since`, oldest first."""
+        def read(conn: sqlite3.Connection) -> list[tuple[float, str]]:
+            rows = conn.execute("SELECT timestamp, resolution FROM ocr_demand WHERE timestamp >= ? "
+                                "ORDER BY timestamp", (since,))
+            return [(float(ts), str(res)) for ts, res in rows]
+
+        return await self._readers.run(read)
+
+    async def purge_ocr_demand(self, before: float) -> int:
+        """Delete recorded OCR demand older than `before`; returns how many rows."""
+        def op(txn: Txn) -> int:
+            return int(txn.conn.execute("DELETE FROM ocr_demand WHERE timestamp < ?", (before,)).rowcount)
 
         return await self._writer.submit(op)
 

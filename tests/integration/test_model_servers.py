@@ -208,3 +208,37 @@ async def test_daemon_without_nvml(make_daemon, session: aiohttp.ClientSession) 
     _, answer = await client.chat()
     assert (await client.finished(answer["request_id"]))["status"] == "completed"
     assert "event=gpu_unavailable" in d.output()
+
+
+async def test_requeue_once_when_the_server_dies(make_daemon, session: aiohttp.ClientSession) -> None:
+    d = make_daemon([chat_backend("--exit-after", "2", requeue_on_crash=True, **FAST_HEALTH)])
+    client = Client(session, d.url)
+    await client.login()
+    _, first = await client.chat("fine")
+    assert (await client.finished(first["request_id"]))["status"] == "completed"
+    _, second = await client.chat("the server dies under this one; it runs again on the new server")
+    done = await client.finished(second["request_id"], timeout=30)
+    assert done["status"] == "completed", done
+    assert "request_requeued" in d.output()
+
+
+def test_tagged_leftovers_are_killed_at_start(make_daemon) -> None:
+    import subprocess
+    import sys
+
+    d = make_daemon([chat_backend()], start=False)
+    env = {**os.environ, "AIGW_BACKEND": "gemma", "AIGW_STATE_DIR": str(d.state_dir)}
+    # An engine process of an earlier run: no PID file, found by the tags in its environment.
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env,
+                             start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                             env={**env, "AIGW_STATE_DIR": "/somewhere/else"}, start_new_session=True)
+    try:
+        d.start()
+        assert stray.wait(10) == -signal.SIGKILL
+        assert other.poll() is None  # another daemon's server is not ours to kill
+    finally:
+        for p in (stray, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

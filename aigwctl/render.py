@@ -1,0 +1,137 @@
+"""Answers as text for people: tables for lists, key/value lines for objects, one line per log line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+Columns = Sequence[tuple[str, str]]  # (key, header)
+
+MODEL_COLUMNS: Columns = (("name", "MODEL"), ("status", "STATUS"), ("is_healthy", "HEALTHY"),
+                          ("resolution", "RESOLUTION"), ("port", "PORT"), ("pid", "PID"),
+                          ("uptime_seconds", "UPTIME"), ("restarts", "RESTARTS"))
+QUEUE_COLUMNS: Columns = (("model", "MODEL"), ("processing", "PROC"), ("max_concurrent", "MAX"),
+                          ("waiting", "WAIT"), ("max_waiting", "MAXWAIT"), ("utilization", "UTIL"),
+                          ("total_processed", "DONE"), ("total_failed", "FAILED"), ("total_timeout", "TIMEOUT"))
+TABLES: dict[str, Columns] = {
+    "crashes": (("timestamp", "TIME"), ("model", "MODEL"), ("error", "ERROR"), ("exit_code", "EXIT"),
+                ("signal", "SIGNAL"), ("request_id", "REQUEST")),
+    "missing": (("timestamp", "TIME"), ("model_name", "MODEL"), ("client_id", "CLIENT")),
+    "audit": (("timestamp", "TIME"), ("actor", "ACTOR"), ("via", "VIA"), ("command", "COMMAND"),
+              ("args", "ARGS"), ("status", "STATUS"), ("detail", "DETAIL")),
+    "users list": (("name", "NAME"), ("role", "ROLE"), ("source", "SOURCE"), ("disabled", "DISABLED"),
+                   ("updated_at", "UPDATED")),
+}
+MAX_CELL = 60
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict | list):
+        value = json.dumps(value, sort_keys=True)
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+
+
+def short_time(value: Any) -> Any:
+    """ISO timestamps shown to the second, without the zone (they are UTC)."""
+    if isinstance(value, str) and len(value) >= 19 and value[10] == "T":
+        return value[:19].replace("T", " ")
+    return value
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[cell(short_time(r.get(key))) for key, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def generic_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
+    return table(rows, [(k, k.upper()) for k in keys])
+
+
+def pairs(body: dict[str, Any]) -> str:
+    width = max((len(k) for k in body), default=0)
+    return "\n".join(f"{k.ljust(width)}  {cell(short_time(v))}" for k, v in body.items())
+
+
+def util_bar(fraction: float, width: int = 20) -> str:
+    filled = max(0, min(width, round(fraction * width)))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def models_table(models: dict[str, Any]) -> str:
+    return table([dict(v, name=v.get("name", k)) for k, v in models.items() if isinstance(v, dict)],
+                 MODEL_COLUMNS)
+
+
+def queues_table(queues: dict[str, Any]) -> str:
+    return table([dict(v, model=k) for k, v in queues.items() if isinstance(v, dict)], QUEUE_COLUMNS)
+
+
+def gpu_lines(gpus: Any) -> str:
+    if not isinstance(gpus, dict):
+        return "GPUs: not monitored"
+    if not gpus.get("available"):
+        return f"GPUs: unavailable ({gpus.get('reason') or 'no reason given'})"
+    rows = [g for g in gpus.get("gpus", []) if isinstance(g, dict)]
+    if not rows:
+        return "GPUs: none"
+    extra = [(k, k.upper()) for k in rows[0] if k not in ("index", "verdict", "reasons", "processes")
+             and not isinstance(rows[0][k], dict | list)][:6]
+    keys = [("index", "GPU"), ("verdict", "VERDICT"), *extra]
+    return table(rows, keys)
+
+
+def status(body: dict[str, Any]) -> str:
+    head = (f"aigwd {body.get('version', '?')}  pid {body.get('pid', '?')}  up {body.get('uptime_s', 0)} s  "
+            f"config {body.get('config', '?')}")
+    parts = [head, "", models_table(body.get("models") or {}), "", queues_table(body.get("queues") or {}), "",
+             gpu_lines(body.get("gpus"))]
+    return "\n".join(parts)
+
+
+def reload(body: dict[str, Any]) -> str:
+    lines = [str(body.get("message", "reloaded"))]
+    lines.append("applied: " + (", ".join(body.get("applied") or []) or "nothing changed"))
+    if body.get("restart_needed"):
+        lines.append("needs a restart: " + ", ".join(body["restart_needed"]))
+    return "\n".join(lines)
+
+
+def render(command: str, body: Any) -> str:
+    """The answer to `command` for a terminal."""
+    if command == "status" and isinstance(body, dict):
+        return status(body)
+    if command == "models" and isinstance(body, dict):
+        return models_table(body)
+    if command == "reload" and isinstance(body, dict):
+        return reload(body)
+    if command in TABLES and isinstance(body, list):
+        return table(body, TABLES[command])
+    if isinstance(body, list):
+        return generic_table([r for r in body if isinstance(r, dict)]) if body else "(none)"
+    if isinstance(body, dict):
+        if "message" in body and len(body) <= 4:
+            return str(body["message"])
+        return pairs(body)
+    return "" if body is None else str(body)
+
+
+def log_line(item: dict[str, Any]) -> str:
+    ts = str(item.get("ts", ""))[11:23]
+    where = f"[{item['backend']}] " if item.get("backend") else ""
+    return f"{ts} {where}{item.get('text', '')}"

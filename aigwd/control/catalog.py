@@ -1,0 +1,10 @@
+"""Every admin command, in the order help lists them."""
+
+from __future__ import annotations
+
+from . import cmd_models, cmd_records, cmd_system, cmd_users
+from .registry import Registry
+
+
+def default_registry() -> Registry:
+    return Registry([*cmd_models.COMMANDS, *cmd_records.COMMANDS, *cmd_users.COMMANDS, *cmd_system.COMMANDS])

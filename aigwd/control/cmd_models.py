@@ -1,0 +1,116 @@
+"""Commands about the model servers: status, models, start, stop, restart, resolution, queue."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..api.client_routes import iso
+from ..backends.manager import ActionResult, ModelManager
+from ..config import RESOLUTIONS
+from ..errors import ApiError, not_found
+from .registry import Arg, Command, Context, Result
+
+if TYPE_CHECKING:
+    from ..api.context import Services
+
+MODEL = Arg("model", "backend name, e.g. gemma or deepseek", required=True, positional=True, complete="model")
+GRACEFUL = Arg("graceful", "let processing requests finish first", type="bool", default=True)
+
+
+def model_status(services: Services, name: str) -> dict[str, Any]:
+    """One backend as /admin/models shows it (also what /health judges)."""
+    if services.supervisor is None:
+        cfg = services.cfg.backends[name]
+        return {"name": name, "status": "unknown", "port": cfg.port, "is_healthy": False}
+    return services.supervisor.describe(name)
+
+
+def models_view(services: Services) -> dict[str, dict[str, Any]]:
+    if services.manager is not None:
+        return services.manager.status()
+    return {name: model_status(services, name) for name in services.cfg.backends}
+
+
+def _manager(ctx: Context) -> ModelManager:
+    if ctx.services.manager is None:
+        raise ApiError(503, "model management is not available")
+    return ctx.services.manager
+
+
+def _answer(action: ActionResult) -> Result:
+    return Result(action.body, action.http_status)
+
+
+def gpu_view(services: Services) -> dict[str, Any] | None:
+    """The GPU monitor's readings and verdicts, when GPU monitoring is on."""
+    return services.gpu.snapshot() if services.gpu is not None else None
+
+
+def queues_view(services: Services) -> dict[str, dict[str, Any]]:
+    gateway = services.gateway
+    return {name: {**rt.queues.stats(), "ready": rt.queues.ready, "serving": gateway.serving(rt)}
+            for name, rt in gateway.backends.items()}
+
+
+async def status(ctx: Context, args: dict[str, Any]) -> Result:
+    s = ctx.services
+    manager = s.manager
+    return Result({
+        "version": __version__, "pid": os.getpid(), "started_at": iso(s.started_at),
+        "uptime_s": int(time.time() - s.started_at), "config": str(s.cfg.path),
+        "models": models_view(s), "queues": queues_view(s), "gpus": gpu_view(s),
+        "resolutions": manager.resolutions() if manager is not None else list(RESOLUTIONS),
+        "model_management": manager is not None, "log_subscribers": ctx.plane.hub.subscribers,
+    })
+
+
+async def models(ctx: Context, args: dict[str, Any]) -> Result:
+    return Result(models_view(ctx.services))
+
+
+async def start(ctx: Context, args: dict[str, Any]) -> Result:
+    return _answer(await _manager(ctx).start(args["model"], args["resolution"]))
+
+
+async def stop(ctx: Context, args: dict[str, Any]) -> Result:
+    return _answer(await _manager(ctx).stop(args["model"], args["graceful"]))
+
+
+async def restart(ctx: Context, args: dict[str, Any]) -> Result:
+    return _answer(await _manager(ctx).restart(args["model"]))
+
+
+async def resolution(ctx: Context, args: dict[str, Any]) -> Result:
+    return _answer(await _manager(ctx).switch_resolution(args["resolution"], args["graceful"]))
+
+
+async def queue(ctx: Context, args: dict[str, Any]) -> Result:
+    gateway = ctx.services.gateway
+    asked = args["model"]
+    name = gateway.model_index.get(asked, asked)
+    rt = gateway.backends.get(name)
+    if rt is None:
+        raise not_found(f"Model {asked[:100]} not available")
+    return Result({"model": name, **rt.queues.stats()})
+
+
+COMMANDS = (
+    Command("status", "the daemon at a glance: version, uptime, models, queues, GPUs", status,
+            path="/admin/status"),
+    Command("models", "state of every model server", models, path="/admin/models"),
+    Command("start", "start a model server", start, (
+        MODEL, Arg("resolution", "OCR resolution mode to start in", complete="resolution")),
+        method="POST", path="/admin/models/{model}/start", mutates=True),
+    Command("stop", "stop a model server; its models answer 404 until it starts again", stop,
+            (MODEL, GRACEFUL), method="POST", path="/admin/models/{model}/stop", mutates=True),
+    Command("restart", "stop and start a model server", restart, (MODEL,),
+            method="POST", path="/admin/models/{model}/restart", mutates=True),
+    Command("resolution", "switch the OCR server to another resolution mode", resolution, (
+        Arg("resolution", "tiny, small, base, large or gundam", required=True, positional=True,
+            complete="resolution"), GRACEFUL),
+        method="POST", path="/admin/ocr/resolution", mutates=True),
+    Command("queue", "queue metrics of one model server", queue, (MODEL,), path="/admin/queue/{model}"),
+)

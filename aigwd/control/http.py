@@ -1,0 +1,46 @@
+"""HTTP glue shared by the control socket and the TCP admin API: arguments in, answers out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import bad_request
+from .registry import Result
+
+NDJSON = "application/x-ndjson"
+
+
+async def json_args(request: web.Request) -> dict[str, Any]:
+    """A JSON object body as arguments; no body means none."""
+    if not request.can_read_body:
+        return {}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("the body must be a JSON object of arguments") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object of arguments")
+    return body
+
+
+async def respond(request: web.Request, result: Result) -> web.StreamResponse:
+    if result.stream is None:
+        return web.json_response(result.body, status=result.status)
+    resp = web.StreamResponse(status=result.status, headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+    resp.enable_chunked_encoding()
+    async with contextlib.aclosing(result.stream) as lines:
+        await resp.prepare(request)
+        try:
+            async for line in lines:
+                await resp.write(json.dumps(line).encode() + b"\n")
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the reader went away; leaving the block ends its subscription
+    return resp

@@ -1,0 +1,130 @@
+"""Prometheus metrics: counters and histograms observed as requests finish, gauges read at scrape time.
+
+prometheus-client renders the text format; a registry per daemon keeps tests independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .backends.supervisor import Supervisor
+    from .gateway import Gateway
+    from .gpu import GpuMonitor
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Queue waits and service times of LLM requests span milliseconds to minutes.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+STATES = ("stopped", "starting", "running", "draining", "stopping", "backoff", "fatal")
+VERDICTS = ("healthy", "degraded", "failed", "unavailable")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("aigw_requests", "Requests by backend and outcome (completed, failed, timeout, "
+                                "cancelled, rejected_429, rejected_503, rejected_404)", ["backend", "outcome"],
+                                registry=self.registry)
+        self.queue_wait = Histogram("aigw_queue_wait_seconds", "Time from acceptance to the start of processing",
+                                    ["backend", "priority"], buckets=BUCKETS, registry=self.registry)
+        self.service_time = Histogram("aigw_service_seconds", "Time from the start of processing to the end",
+                                      ["backend"], buckets=BUCKETS, registry=self.registry)
+
+    def bind(self, gateway: Gateway, supervisor: Supervisor | None, gpu: GpuMonitor | None) -> None:
+        """Gauges of the live state, read when Prometheus scrapes."""
+        self.registry.register(_StateCollector(gateway, supervisor, gpu))
+
+    def finished(self, backend: str, priority: str, outcome: str, wait_s: float | None,
+                 service_s: float | None) -> None:
+        self.requests.labels(backend, outcome).inc()
+        if wait_s is not None:
+            self.queue_wait.labels(backend, priority).observe(max(0.0, wait_s))
+        if service_s is not None:
+            self.service_time.labels(backend).observe(max(0.0, service_s))
+
+    def rejected(self, backend: str, status: int) -> None:
+        self.requests.labels(backend or "-", f"rejected_{status}").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, gateway: Gateway, supervisor: Supervisor | None, gpu: GpuMonitor | None) -> None:
+        self.gateway = gateway
+        self.supervisor = supervisor
+        self.gpu = gpu
+
+    def collect(self) -> Iterator[Any]:
+        waiting = GaugeMetricFamily("aigw_queue_waiting", "Requests waiting, by priority class",
+                                    labels=["backend", "class"])
+        processing = GaugeMetricFamily("aigw_queue_processing", "Requests processing", labels=["backend"])
+        limit = GaugeMetricFamily("aigw_queue_max_concurrent", "Processing slots", labels=["backend"])
+        oldest = GaugeMetricFamily("aigw_queue_oldest_wait_seconds", "Wait of the oldest waiting request",
+                                   labels=["backend"])
+        for name, rt in self.gateway.backends.items():
+            stats = rt.queues.stats()
+            by_class = stats["waiting_by_class"]
+            assert isinstance(by_class, dict)
+            for cls in ("high", "normal", "low"):
+                waiting.add_metric([name, cls], float(by_class.get(cls, 0)))
+            processing.add_metric([name], float(stats["processing"]))  # type: ignore[arg-type]
+            limit.add_metric([name], float(stats["max_concurrent"]))  # type: ignore[arg-type]
+            oldest.add_metric([name], float(stats["oldest_wait_s"]))  # type: ignore[arg-type]
+        yield from (waiting, processing, limit, oldest)
+        if self.supervisor is not None:
+            yield from self._backends(self.supervisor)
+        if self.gpu is not None:
+            yield from self._gpus(self.gpu)
+
+    @staticmethod
+    def _backends(supervisor: Supervisor) -> Iterator[Any]:
+        state = GaugeMetricFamily("aigw_backend_state", "1 for the state a backend is in", labels=["backend", "state"])
+        restarts = CounterMetricFamily("aigw_backend_restarts", "Restarts after failures", labels=["backend"])
+        mode = GaugeMetricFamily("aigw_ocr_mode", "1 for the resolution mode an OCR server runs in",
+                                 labels=["backend", "mode"])
+        switches = CounterMetricFamily("aigw_ocr_mode_switches", "OCR resolution switches", labels=["backend"])
+        for name, backend in supervisor.backends.items():
+            for s in STATES:
+                state.add_metric([name, s], 1.0 if backend.state.value == s else 0.0)
+            restarts.add_metric([name], float(backend.restarts))
+            if backend.cfg.kind == "ocr":
+                from .config import RESOLUTIONS
+
+                for m in RESOLUTIONS:
+                    mode.add_metric([name, m], 1.0 if backend.mode == m else 0.0)
+                switches.add_metric([name], float(supervisor.switches.get(name, 0)))
+        yield from (state, restarts, mode, switches)
+
+    @staticmethod
+    def _gpus(gpu: GpuMonitor) -> Iterator[Any]:
+        available = GaugeMetricFamily("aigw_gpu_monitor_available", "1 when NVML answers")
+        available.add_metric([], 1.0 if gpu.available else 0.0)
+        yield available
+        used = GaugeMetricFamily("aigw_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
+        total = GaugeMetricFamily("aigw_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        temp = GaugeMetricFamily("aigw_gpu_temperature_celsius", "GPU temperature", labels=["gpu"])
+        util = GaugeMetricFamily("aigw_gpu_utilization_ratio", "GPU utilization, 0-1", labels=["gpu"])
+        power = GaugeMetricFamily("aigw_gpu_power_watts", "GPU power draw", labels=["gpu"])
+        verdict = GaugeMetricFamily("aigw_gpu_verdict", "1 for the health verdict of a GPU", labels=["gpu", "verdict"])
+        for index in gpu.gpus():
+            label = [str(index)]
+            reading = gpu.reading(index)
+            if reading is not None:
+                used.add_metric(label, float(reading.memory_used))
+                total.add_metric(label, float(reading.memory_total))
+                if reading.temperature_c is not None:
+                    temp.add_metric(label, float(reading.temperature_c))
+                if reading.utilization_pct is not None:
+                    util.add_metric(label, reading.utilization_pct / 100.0)
+                if reading.power_w is not None:
+                    power.add_metric(label, float(reading.power_w))
+            state = gpu.verdict(index).state
+            for v in VERDICTS:
+                verdict.add_metric([str(index), v], 1.0 if state == v else 0.0)
+        yield from (used, total, temp, util, power, verdict)

@@ -1,0 +1,68 @@
+"""Reload: what changes live, what waits for a restart, and a bad file changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from aigwd.control.reload import merge, plan
+from aigwd.errors import ApiError
+
+from .control_support import BASE, Harness, harness_fixture  # noqa: F401
+
+
+def test_plan_splits_live_settings_from_restart_ones(harness: Harness) -> None:
+    old = harness.cfg
+    new = dataclasses.replace(
+        old, server=dataclasses.replace(old.server, listen="127.0.0.1:9999", shutdown_grace_s=3.0),
+        queue=dataclasses.replace(old.queue, max_waiting=5),
+        backends={**old.backends, "gemma": dataclasses.replace(old.backends["gemma"], max_concurrent=2,
+                                                                command=["other"])})
+    changes = plan(old, new)
+    assert changes.applied == ["server.shutdown_grace_s", "queue.max_waiting", "backends.gemma.max_concurrent"]
+    assert changes.restart_needed == ["server.listen", "backends.gemma.command"]
+    merged = merge(old, new)
+    assert merged.server.listen == old.server.listen and merged.server.shutdown_grace_s == 3.0
+    assert merged.backends is old.backends
+    assert plan(old, old).applied == [] and plan(old, old).restart_needed == []
+
+
+async def test_reload_applies_limits_queues_and_users(harness: Harness) -> None:
+    h = harness
+    text = (BASE.replace("per_minute = 60\nburst = 10", "per_minute = 6\nburst = 1")
+            .replace('listen = "127.0.0.1:18081"', 'listen = "127.0.0.1:18082"')
+            + '[queue]\nmax_waiting = 3\naging_s = 5\ntimeout_s = 7\n[results]\nretention_h = 2\n'
+            + '[[users]]\nname = "erin"\npassword = "erin-pw"\n')
+    h.write(text.replace('port = 18091\n', 'port = 18091\nmax_concurrent = 2\n'))
+    body = await h.run("reload")
+    assert body["status"] == "reloaded"
+    assert "rate_limit" in body["applied"] and "users" in body["applied"]
+    assert "backends.gemma.max_concurrent" in body["applied"]
+    assert body["restart_needed"] == ["server.listen"]
+    services = h.services
+    assert services.cfg.server.listen == "127.0.0.1:18081"  # the running address stays
+    assert services.cfg.results.retention_h == 2 and services.gateway.cfg is services.cfg
+    assert h.applied == [services.cfg]
+    gemma = services.gateway.backends["gemma"].queues.stats()
+    assert (gemma["max_concurrent"], gemma["max_waiting"]) == (2, 3)
+    assert services.gateway.backends["deepseek"].queues.stats()["max_concurrent"] == 8
+    assert services.limiter.check("s", "c") == 0.0 and services.limiter.check("s", "c") > 0
+    assert await services.users.authenticate("erin", "erin-pw") is not None
+
+
+async def test_a_bad_file_is_rejected_whole(harness: Harness) -> None:
+    h = harness
+    before = h.services.cfg
+    h.write(BASE.replace("per_minute = 60", "per_minute = 1\nbogus = 2") + '[[users]]\nname = "x"\npassword = "y"\n')
+    with pytest.raises(ApiError) as err:
+        await h.run("reload")
+    assert err.value.status == 400
+    assert "rate_limit.bogus" in err.value.detail and "the running one stays" in err.value.detail
+    assert h.services.cfg is before and h.applied == [] and h.services.users.get("x") is None
+    trail = await h.run("audit")
+    assert trail[0]["command"] == "reload" and trail[0]["status"] == 400
+    h.path.write_text("not = [valid")
+    with pytest.raises(ApiError) as err:
+        await h.run("reload")
+    assert "not valid TOML" in err.value.detail
