@@ -128,3 +128,48 @@ async def test_disconnect_frees_the_slot_and_aborts_upstream(make_daemon, sessio
     await async_wait_until(aborted, what="the stand-in to see the abort")
     _, q, _ = await client.call("GET", "/admin/queue/gemma")
     assert q["processing"] == 0 and q["total_cancelled"] >= 2
+
+
+async def test_api_keys_for_services(make_daemon, session: aiohttp.ClientSession) -> None:
+    d = make_daemon([chat_backend()])
+    admin = Client(session, d.url)
+    await admin.login()
+    status, created, _ = await admin.call("POST", "/admin/api-keys", json_body={
+        "subject": "billing_svc", "clients": "billing,billing_batch", "max_priority": "normal"})
+    assert status == 201, created
+    secret = created["key"]
+    assert secret.startswith("aigw_") and created["client_ids"] == ["billing", "billing_batch"]
+    # Listed without the secret; stored only as a hash.
+    status, listed, _ = await admin.call("GET", "/admin/api-keys")
+    assert status == 200 and secret not in str(listed) and listed[0]["id"] == created["id"]
+    assert secret.encode() not in (d.state_dir / "aigw.db").read_bytes()
+
+    api = AsyncOpenAI(base_url=d.url + "/v1", api_key=secret, max_retries=0, timeout=30)
+    raw = await api.chat.completions.with_raw_response.create(
+        model="gemma-3-4b-it", messages=[{"role": "user", "content": "hi"}])
+    assert raw.parse().choices[0].message.content
+    rid = raw.headers["X-Request-Id"]
+    _, rec, _ = await admin.call("GET", f"/api/requests/{rid}")
+    assert rec["client_id"] == "billing" and rec["status"] == "completed" and rec["priority"] == "normal"
+    with pytest.raises(openai.PermissionDeniedError):
+        await api.chat.completions.create(model="gemma-3-4b-it", messages=[{"role": "user", "content": "x"}],
+                                          extra_headers={"X-Client-ID": "someone_else"})
+    with pytest.raises(openai.PermissionDeniedError):
+        await api.chat.completions.create(model="gemma-3-4b-it", messages=[{"role": "user", "content": "x"}],
+                                          extra_headers={"X-Priority": "high"})
+    # The /api routes take the key too, and admin routes refuse it.
+    status, answer, _ = await admin.call("POST", "/api/chat", headers={"Authorization": f"Bearer {secret}"},
+                                         json_body={"model": "gemma-3-4b-it",
+                                                    "messages": [{"role": "user", "content": "x"}]})
+    assert status == 202, answer
+    status, _, _ = await admin.call("GET", "/admin/models", headers={"Authorization": f"Bearer {secret}"})
+    assert status == 403
+    status, body, _ = await admin.call("DELETE", f"/admin/api-keys/{created['id']}")
+    assert status == 200 and body["status"] == "revoked"
+    with pytest.raises(openai.AuthenticationError):
+        await api.chat.completions.create(model="gemma-3-4b-it", messages=[{"role": "user", "content": "x"}])
+    # Revoked for good: still refused after a restart.
+    d.stop()
+    d.start()
+    with pytest.raises(openai.AuthenticationError):
+        await api.chat.completions.create(model="gemma-3-4b-it", messages=[{"role": "user", "content": "x"}])

@@ -1,0 +1,54 @@
+"""API keys for services: create (shown once), list (never the secret), revoke (at once)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from ..auth.apikeys import PRIORITIES, new_key
+from ..errors import bad_request, not_found
+from .registry import Arg, Command, Context, Result
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+async def keys_create(ctx: Context, args: dict[str, Any]) -> Result:
+    clients = [c.strip() for c in args["clients"].split(",") if c.strip()]
+    bad = [c for c in clients if not _CLIENT_ID.match(c)]
+    if bad or not clients:
+        raise bad_request("clients must be a comma-separated list of client IDs (1-64 characters of letters, "
+                          "digits, '.', '_', '-')")
+    key, secret = new_key(args["subject"], clients, args["max_priority"])
+    await ctx.services.gateway.store.api_keys().add(key)
+    ctx.services.api_keys.add(key)
+    return Result({**key.public(), "key": secret,
+                   "message": "Store this key now: it is shown only once. Send it as Authorization: Bearer KEY."},
+                  201)
+
+
+async def keys_list(ctx: Context, args: dict[str, Any]) -> Result:
+    return Result([k.public() for k in ctx.services.api_keys.list()])
+
+
+async def keys_revoke(ctx: Context, args: dict[str, Any]) -> Result:
+    now = time.time()
+    key = ctx.services.api_keys.revoke(args["id"], now)  # refused from this moment on
+    if key is None:
+        raise not_found(f"API key {args['id']} does not exist")
+    await ctx.services.gateway.store.api_keys().revoke(key.id, now)
+    return Result({"status": "revoked", **key.public()})
+
+
+COMMANDS = (
+    Command("keys create", "create an API key for a service; the key is shown once", keys_create, (
+        Arg("subject", "who the key acts as (its requests are that subject's)", required=True, positional=True),
+        Arg("clients", "allowed X-Client-IDs, comma-separated; the first is the default", required=True),
+        Arg("max_priority", "highest X-Priority the key may send", choices=PRIORITIES, default="normal")),
+        method="POST", path="/admin/api-keys", mutates=True),
+    Command("keys list", "API keys: id, subject, clients, highest priority, revoked (never the secret)", keys_list,
+            path="/admin/api-keys"),
+    Command("keys revoke", "revoke an API key; it is refused at once", keys_revoke,
+            (Arg("id", "key id from keys list", required=True, positional=True),),
+            method="DELETE", path="/admin/api-keys/{id}", mutates=True),
+)
