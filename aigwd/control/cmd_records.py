@@ -21,6 +21,11 @@ async def crashes(ctx: Context, args: dict[str, Any]) -> Result:
 
 
 async def missing(ctx: Context, args: dict[str, Any]) -> Result:
+    if args["group"]:
+        # Which models are wanted, and by whom: counts with first and last seen.
+        groups = await ctx.services.gateway.store.missing_models_grouped(args["group"], args["limit"])
+        return Result([{args["group"] if args["group"] == "model" else "client_id": key, "count": count,
+                        "first_seen": iso(first), "last_seen": iso(last)} for key, count, first, last in groups])
     rows = await ctx.services.gateway.store.missing_models(args["limit"])
     return Result([{"model_name": r.model_name, "client_id": r.client_id, "timestamp": iso(r.timestamp)}
                    for r in rows])
@@ -35,7 +40,9 @@ async def audit(ctx: Context, args: dict[str, Any]) -> Result:
 
 COMMANDS = (
     Command("crashes", "newest crash records of the model servers", crashes, (LIMIT,), path="/admin/crashes"),
-    Command("missing", "newest requests for models this gateway does not serve", missing, (LIMIT,),
+    Command("missing", "newest requests for models this gateway does not serve; --group model|client counts "
+            "them", missing, (LIMIT, Arg("group", "aggregate by model or by client", choices=("model", "client"),
+                                        default="")),
             path="/admin/missing-models"),
     Command("audit", "newest admin actions: who, what, when, result", audit, (LIMIT,), path="/admin/audit"),
 )

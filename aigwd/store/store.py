@@ -301,6 +301,18 @@ class Store:
 
         return await self._readers.run(read)
 
+    async def missing_models_grouped(self, by: str, limit: int) -> list[tuple[str, int, float, float]]:
+        """(model or client id, count, first seen, last seen), most requested first."""
+        column = {"model": "model_name", "client": "client_id"}[by]
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, int, float, float]]:
+            rows = conn.execute(f"SELECT {column}, COUNT(*), MIN(timestamp), MAX(timestamp) FROM missing_models "
+                                f"GROUP BY {column} ORDER BY COUNT(*) DESC, MAX(timestamp) DESC LIMIT ?",
+                                (max(0, limit),))
+            return [(str(r[0]), int(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+        return await self._readers.run(read)
+
     async def missing_models(self, limit: int) -> list[MissingModelRecord]:
         def read(conn: sqlite3.Connection) -> list[MissingModelRecord]:
             rows = conn.execute(f"SELECT {', '.join(MISSING_COLUMNS)} FROM missing_models "

@@ -136,6 +136,21 @@ async def test_unknown_model_is_404_and_recorded(make_daemon, session: aiohttp.C
 
     rows = await async_wait_until(recorded, what="the missing-model record")
     assert rows[0]["model_name"] == "gpt-4" and rows[0]["client_id"] == "wants_gpt" and rows[0]["timestamp"]
+    for model, cid in (("gpt-4", "other_app"), ("llama-3", "wants_gpt")):
+        assert (await client.chat(model=model, client_id=cid))[0] == 404
+
+    async def grouped(by: str) -> list[dict[str, object]] | None:
+        _, rows, _ = await client.call("GET", f"/admin/missing-models?group={by}")
+        return rows if sum(int(r["count"]) for r in rows) == 3 else None
+
+    by_model = await async_wait_until(lambda: grouped("model"), what="three records")
+    assert [(r["model"], r["count"]) for r in by_model] == [("gpt-4", 2), ("llama-3", 1)]
+    assert by_model[0]["first_seen"] <= by_model[0]["last_seen"]
+    by_client = await grouped("client")
+    assert by_client is not None and {r["client_id"]: r["count"] for r in by_client} == {"wants_gpt": 2, "other_app": 1}
+    for bad in ("group=nobody", "limit=0", "limit=1001", "limit=ten"):
+        status, body, _ = await client.call("GET", f"/admin/missing-models?{bad}")
+        assert status == 400 and body["detail"], bad
 
 
 async def test_roles_and_ownership(make_daemon, session: aiohttp.ClientSession) -> None:
