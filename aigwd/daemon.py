@@ -16,6 +16,7 @@ from .api.context import Services
 from .auth.apikeys import ApiKeyDirectory
 from .auth.tokens import SecretFileError, TokenService, load_or_create_secret
 from .auth.users import UserDirectory
+from .autoswitch import AutoSwitcher, waiting_by_mode
 from .backends.supervisor import Supervisor
 from .config import Config, parse_listen
 from .control.plane import ControlPlane
@@ -45,6 +46,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.bound: tuple[str, int] | None = None
         self.notifier = Notifier()
+        self.switcher: AutoSwitcher | None = None
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -81,6 +83,7 @@ class Daemon:
             if gpu is not None:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
+            self.switcher = self._auto_switcher(gateway, supervisor, store)
             # Exit order (last pushed runs first): HTTP closed, processing drained, queue tasks
             # cancelled (so they stay 'processing' on disk and run again), then the servers stopped.
             stack.push_async_callback(supervisor.close)
@@ -89,7 +92,8 @@ class Daemon:
             supervisor.sweep_leftovers()
             services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=UserDirectory(),
                                 limiter=rate_limiter(cfg), supervisor=supervisor, manager=supervisor,
-                                api_keys=ApiKeyDirectory(await store.api_keys().all()), gpu=gpu)
+                                api_keys=ApiKeyDirectory(await store.api_keys().all()), gpu=gpu,
+                                autoswitch=self.switcher)
             # Users come from the config file and the state database, loaded by the admin plane.
             plane = ControlPlane(services, on_config=self._use_config)
             services.control = plane
@@ -139,6 +143,9 @@ class Daemon:
             self.ready.set()
             self.notifier.ready(self._status_line(gateway))
             supervisor.start_all()
+            if self.switcher is not None:
+                switcher_task = asyncio.create_task(self.switcher.run())
+                stack.callback(switcher_task.cancel)
             maintenance = asyncio.create_task(self._maintain(gateway))
             stack.callback(maintenance.cancel)
             await self.stop_requested.wait()
@@ -149,6 +156,25 @@ class Daemon:
     def _use_config(self, cfg: Config) -> None:
         """A reload applied a new configuration; the drain and the maintenance loop read it here."""
         self.cfg = cfg
+        if self.switcher is not None:
+            self.switcher.reconfigure(cfg.auto_switch)
+
+    def _auto_switcher(self, gateway: Gateway, supervisor: Supervisor, store: Store) -> AutoSwitcher | None:
+        """The OCR auto-switch for the first OCR backend (it also trims the demand history when disabled)."""
+        name = next((n for n, b in self.cfg.backends.items() if b.kind == "ocr"), None)
+        if name is None:
+            return None
+        rt, backend = gateway.backends[name], supervisor.backends[name]
+
+        def current_mode() -> str | None:
+            return rt.mode if backend.running and not supervisor.switching(name) else None
+
+        async def switch(mode: str) -> object:
+            return await supervisor.switch_backend(name, mode, graceful=True, by="auto-switch")
+
+        return AutoSwitcher(self.cfg.auto_switch, backend=name, load_history=store.ocr_demand,
+                            purge=store.purge_ocr_demand, current_mode=current_mode,
+                            waiting=lambda: waiting_by_mode(rt.queues, rt.mode), switch=switch)
 
     async def _drain(self, gateway: Gateway) -> None:
         """Let processing requests finish for up to the grace period; nothing new starts meanwhile."""

@@ -138,6 +138,9 @@ class Gateway:
         if len(payload) > self.store.spool_threshold:
             live.payload = None  # on disk now; do not hold large bodies in memory while queued
         self.on_submit(rt.cfg.name)
+        if rt.cfg.kind == "ocr" and resolution:
+            # The demand history the auto-switch learns its weekly pattern from.
+            self._background(self.store.add_ocr_demand(now_wall, resolution))
         logs.event("request_accepted", request_id=rec.id, client=client_id, model=model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
         return live

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..auth.apikeys import ApiKeyDirectory
 from ..auth.tokens import TokenService
 from ..auth.users import UserDirectory
+from ..autoswitch import AutoSwitcher
 from ..backends.manager import ModelManager
 from ..backends.supervisor import Supervisor
 from ..config import Config
@@ -33,6 +34,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
     api_keys: ApiKeyDirectory = field(default_factory=ApiKeyDirectory)
     gpu: GpuMonitor | None = None
+    autoswitch: AutoSwitcher | None = None
     manager: ModelManager | None = None
     # The admin commands; set by the daemon, served on /admin/* and on the control socket.
     control: ControlPlane | None = None

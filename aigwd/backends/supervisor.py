@@ -272,14 +272,18 @@ class Supervisor(ModelManager):
             raise ApiError(404, "No OCR model is configured")
         return await self.switch_backend(ocr[0], resolution, graceful)
 
-    async def switch_backend(self, name: str, resolution: str, graceful: bool) -> ActionResult:
+    def switching(self, name: str) -> bool:
+        """A restart or mode switch is under way (during its drain the state still reads running)."""
+        return name in self._busy or self._locks[name].locked()
+
+    async def switch_backend(self, name: str, resolution: str, graceful: bool, by: str = "admin") -> ActionResult:
         backend = self._backend(name)
         done = {"status": "switched", "resolution": resolution,
                 "message": f"OCR resolution switched to {resolution}"}
         if backend.mode == resolution and backend.state is State.RUNNING:
             return ActionResult({**done, "message": f"OCR resolution is already {resolution}"})
         self.admin_stopped.discard(name)
-        logs.event("ocr_switch", backend=name, before=backend.mode, after=resolution, by="admin")
+        logs.event("ocr_switch", backend=name, before=backend.mode, after=resolution, by=by)
         task = self._spawn(self._restart(name, resolution, f"switch to {resolution}", graceful))
         return await self._answer(task, done, {"status": "switching", "resolution": resolution,
                                                "follow": f"/admin/models#{name}"},

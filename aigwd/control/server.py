@@ -22,6 +22,7 @@ from aiohttp import web
 from .. import logs
 from ..api.context import SERVICES
 from ..api.middleware import Handler, errors
+from ..metrics import CONTENT_TYPE
 from .http import json_args, respond
 from .plane import ControlPlane
 
@@ -76,12 +77,17 @@ async def run_command(request: web.Request) -> web.StreamResponse:
     return await respond(request, result)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[SERVICES].gateway.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
 def build_app(plane: ControlPlane) -> web.Application:
     app = web.Application(middlewares=[errors, _identify], client_max_size=1024 * 1024)
     app[SERVICES] = plane.services
     app[PLANE] = plane
     app.router.add_get("/control/v1/commands", list_commands)
     app.router.add_post("/control/v1/commands/{name:.+}", run_command)
+    app.router.add_get("/metrics", metrics)  # `curl --unix-socket ... http://x/metrics` for local scrapers
     return app
 
 

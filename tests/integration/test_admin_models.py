@@ -110,3 +110,15 @@ async def test_slow_action_answers_202_and_can_be_followed(make_daemon, session:
         return bool((await models(client))["gemma"]["state"] == "running")
 
     await async_wait_until(running, 20, "the start to finish")
+
+
+async def test_autoswitch_explains_itself(make_daemon, session: aiohttp.ClientSession) -> None:
+    d = make_daemon([ocr_backend()], sections={"auto_switch": {"enabled": True, "dry_run": True}})
+    client = Client(session, d.url)
+    await client.login()
+    status, body, _ = await client.call("GET", "/admin/autoswitch?slots=3")
+    assert status == 200, body
+    assert body["enabled"] is True and body["dry_run"] is True and len(body["next"]) == 3, body
+    assert body["decisions"] == [] or all("reason" in d for d in body["decisions"])
+    status, body, _ = await client.call("GET", "/admin/autoswitch?slots=0")
+    assert status == 400

@@ -49,3 +49,12 @@ async def test_metrics_by_outcome_queue_backend_and_gpu(make_daemon, session: ai
     assert status == 403
     async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
         assert resp.status == 200 and "aigw_requests_total" in await resp.text()
+
+
+async def test_metrics_on_the_control_socket(make_daemon) -> None:
+    d = make_daemon([chat_backend()])
+    connector = aiohttp.UnixConnector(path=str(d.directory / "control.sock"))
+    async with aiohttp.ClientSession(connector=connector) as s, s.get("http://aigw/metrics") as resp:
+        assert resp.status == 200
+        got = samples(await resp.text())
+    assert value(got, "aigw_backend_state", backend="gemma", state="running") == 1
