@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,9 +20,23 @@ async def stats(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
         return dict(await resp.json())
 
 
-def oai(url: str, key: str, **headers: str) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30,
-                       default_headers={"X-Client-ID": "oai_app", **headers})
+_open: list[AsyncOpenAI] = []
+
+
+def oai(url: str, key: str, client_id: str | None = "oai_app") -> AsyncOpenAI:
+    headers = {"X-Client-ID": client_id} if client_id else {}
+    client = AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30, default_headers=headers)
+    _open.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    # Closed on the loop that opened them: left to the garbage collector, they would close on a later
+    # test's loop and report errors there.
+    yield
+    while _open:
+        await _open.pop().close()
 
 
 async def test_completion_models_and_stream(make_daemon, session: aiohttp.ClientSession) -> None:
@@ -144,7 +159,7 @@ async def test_api_keys_for_services(make_daemon, session: aiohttp.ClientSession
     assert status == 200 and secret not in str(listed) and listed[0]["id"] == created["id"]
     assert secret.encode() not in (d.state_dir / "aigw.db").read_bytes()
 
-    api = AsyncOpenAI(base_url=d.url + "/v1", api_key=secret, max_retries=0, timeout=30)
+    api = oai(d.url, secret, client_id=None)
     raw = await api.chat.completions.with_raw_response.create(
         model="gemma-3-4b-it", messages=[{"role": "user", "content": "hi"}])
     assert raw.parse().choices[0].message.content

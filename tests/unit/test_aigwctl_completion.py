@@ -49,7 +49,7 @@ def test_split_keeps_the_word_being_typed() -> None:
     ("crashes ", ["--limit"]),
     ("crashes --limit ", []),
     ("help ", sorted({"status", "models", "start", "stop", "restart", "resolution", "queue", "crashes",
-                      "missing", "audit", "users", "tokens", "reload", "logs"})),
+                      "missing", "audit", "users", "tokens", "keys", "autoswitch", "reload", "logs"})),
     ("help users ", ["add", "del", "disable", "enable", "list", "passwd"]),
     ("watch ", []),
     ("nonsense ", []),
