@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import deque
@@ -128,7 +129,12 @@ class Gateway:
             self.metrics.rejected(rt.cfg.name, 503)
             raise ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"}) from None
         try:
-            await self.store.add_request(rec, payload)
+            if sync and len(payload) <= self.store.spool_threshold:
+                # Its client holds the connection and a restart fails it anyway: the record need not be
+                # on disk before the work starts (the writer still stores it before its finish).
+                self._background(self.store.add_request(rec, payload))
+            else:
+                await self.store.add_request(rec, payload)
         except StoreError as exc:
             rt.queues.cancel(rec.id)
             self.live.pop(rec.id, None)
@@ -141,7 +147,7 @@ class Gateway:
         if rt.cfg.kind == "ocr" and resolution:
             # The demand history the auto-switch learns its weekly pattern from.
             self._background(self.store.add_ocr_demand(now_wall, resolution))
-        logs.event("request_accepted", request_id=rec.id, client=client_id, model=model,
+        logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=client_id, model=model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
         return live
 
@@ -155,7 +161,8 @@ class Gateway:
         live.started.set()
         rec.attempts += 1
         rec.served_resolution = rt.mode if rt.cfg.kind == "ocr" else None
-        self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
+        if not rec.sync:
+            self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
         try:
             payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
             body = self._upstream_body(rt, payload, job.priority)
@@ -186,7 +193,8 @@ class Gateway:
                                                      f"{_error_message(answer)}")
             return "failed"
         try:
-            json.loads(answer)
+            if not rec.sync:  # /api results are embedded in GET's JSON view; /v1 passes bytes through
+                json.loads(answer)
         except ValueError:
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered something that "
                                                      "is not JSON")

@@ -29,9 +29,22 @@ def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     _logger.log(level, " ".join(parts))
 
 
+_stamp_second = -1
+_stamp_text = ""
+
+
+def stamp(created: float) -> str:
+    """The UTC time to the second, formatted once per second: every log line needs it."""
+    global _stamp_second, _stamp_text
+    second = int(created)
+    if second != _stamp_second:
+        _stamp_second, _stamp_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return _stamp_text
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ts = stamp(record.created)
         msg = record.getMessage()
         if not msg.startswith("event="):
             msg = f"event=log logger={record.name} msg={_quote(msg)}"

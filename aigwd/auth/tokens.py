@@ -38,6 +38,9 @@ _ACCESS = "access"
 _REFRESH = "refresh"
 
 
+# Verified access tokens remembered, oldest dropped first.
+VERIFIED_CACHE_SIZE = 4096
+
 class TokenError(Exception):
     """A token that must not be honoured; ``detail`` is short and safe to show the client."""
 
@@ -90,6 +93,7 @@ class TokenService:
         self.refresh_ttl_s = refresh_ttl_s
         self._clock = clock
         self._revoked: set[str] = set()
+        self._verified: dict[str, Claims] = {}
 
     async def load(self) -> None:
         """Bring revocations recorded before a restart into memory."""
@@ -161,8 +165,23 @@ class TokenService:
         return Claims(sub=sub, role=role, typ=typ, jti=jti, fam=fam, iat=int(iat), exp=int(exp))
 
     def verify_access(self, token: str) -> Claims:
-        """Claims of a valid, unrevoked access token; TokenError otherwise. No I/O."""
-        return self._decode(token, _ACCESS)
+        """Claims of a valid, unrevoked access token; TokenError otherwise. No I/O.
+
+        A token verified once is remembered (bounded): its signature cannot change, so later requests
+        only need the checks that can, expiry and revocation."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token, _ACCESS)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = claims
+            return claims
+        if claims.exp <= self._clock():
+            self._verified.pop(token, None)
+            raise TokenError("Token expired")
+        if claims.fam in self._revoked:
+            raise TokenError("Token revoked")
+        return claims
 
     async def refresh(self, token: str, role_of: Callable[[str], str | None]) -> dict[str, str]:
         """Trade a refresh token for a new pair in the same family.

@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from ..logs import stamp
+
 BACKLOG = 1000
 QUEUE_SIZE = 1000
 LOGGER = "aigw"
@@ -28,7 +30,7 @@ _active: LogHub | None = None
 
 def _now() -> str:
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return f"{stamp(now)}.{int(now % 1 * 1000):03d}Z"
 
 
 def publish_backend_line(backend: str, line: str) -> None:

@@ -41,14 +41,10 @@ class BackendQueues:
     def submit(self, job: Job, mode: str | None, *, force: bool = False) -> None:
         """QueueFull when the backend's waiting bound is reached (force: recovered work always fits)."""
         queue = self.queue_for(mode)
-        if not force and self.waiting() >= self.max_waiting and not self._starts_now(queue):
+        if not force and self.waiting() >= self.max_waiting and not queue.can_start_now():
             self.rejected += 1
             raise QueueFull(f"{self.name}: {self.max_waiting} waiting")
         queue.submit(job)
-
-    def _starts_now(self, queue: ModelQueue) -> bool:
-        s = queue.stats()
-        return queue.ready and s.waiting == 0 and s.processing < s.max_concurrent
 
     def find(self, job_id: str) -> ModelQueue | None:
         for queue in self.queues.values():
@@ -81,7 +77,7 @@ class BackendQueues:
         return sum(q.stats().processing for q in self.queues.values())
 
     def waiting(self) -> int:
-        return sum(q.stats().waiting for q in self.queues.values())
+        return sum(q.waiting_count() for q in self.queues.values())
 
     def drain_waiting(self) -> list[Job]:
         return [job for q in self.queues.values() for job in q.drain_waiting()]

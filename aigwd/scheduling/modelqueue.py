@@ -118,6 +118,14 @@ class ModelQueue:
 
     # -- control ----------------------------------------------------------
 
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    def can_start_now(self) -> bool:
+        """A job submitted now would start at once (cheap: on every submission)."""
+        return (self._ready and not self._closed and len(self._waiting) == 0
+                and len(self._tasks) < self._max_concurrent)
+
     @property
     def ready(self) -> bool:
         """Whether jobs are dispatched (the backend is up)."""

@@ -257,3 +257,11 @@ async def test_load_restores_revocations(clock: FakeClock, ledger: MemoryRefresh
 def test_short_secret_refused(ledger: MemoryRefreshLedger) -> None:
     with pytest.raises(ValueError):
         TokenService(b"short", ledger)
+
+
+async def test_a_remembered_token_is_still_revocable(svc: TokenService) -> None:
+    pair = await svc.issue_pair("alice", "user")
+    claims = svc.verify_access(pair["access_token"])  # verified once, now remembered
+    assert svc.verify_access(pair["access_token"]) == claims
+    await svc.revoke_family(claims.fam)
+    assert _detail(svc, pair["access_token"]) == "Token revoked"

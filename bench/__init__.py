@@ -1,0 +1,1 @@
+"""The aigw benchmark harness; run it with `make bench` (see bench/harness.py)."""
