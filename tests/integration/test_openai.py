@@ -188,3 +188,15 @@ async def test_api_keys_for_services(make_daemon, session: aiohttp.ClientSession
     d.start()
     with pytest.raises(openai.AuthenticationError):
         await api.chat.completions.create(model="gemma-3-4b-it", messages=[{"role": "user", "content": "x"}])
+
+
+async def test_oversized_body_is_413_in_openai_shape(make_daemon, session: aiohttp.ClientSession) -> None:
+    d = make_daemon([chat_backend()], sections={"server": {"max_body_mib": 1}})
+    client = Client(session, d.url)
+    await client.login()
+    api = oai(d.url, client.token)
+    with pytest.raises(openai.APIStatusError) as too_big:
+        await api.chat.completions.create(model="gemma-3-4b-it",
+                                          messages=[{"role": "user", "content": "x" * (2 * 2**20)}])
+    assert too_big.value.status_code == 413 and too_big.value.code == "request_too_large"
+    assert "1 MiB" in too_big.value.message
