@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint typecheck unit integration clean bench bench-smoke
+.PHONY: venv demo test lint typecheck unit integration clean bench bench-smoke soak
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ integration: venv
 
 test: venv lint typecheck
 	$(BIN)/pytest -q
+
+# 10 minutes of mixed load against the real daemon (make test runs a 20 s version).
+soak: venv
+	AIGW_SOAK_S=600 $(BIN)/pytest -q -s tests/soak
 
 # Benchmarks against the direct path, nginx, a bare aiohttp proxy and LiteLLM; writes bench/RESULTS.md.
 # A subset: make bench ARGS="--only latency,throughput --seconds 5" (see: $(BIN)/python -m bench --help)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiohttp import web
 
 from .. import logs
+from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenError
 from ..errors import ApiError, bad_request
 from .context import SERVICES
 from .validation import parse_json
 
 MAX_FIELD = 1024
+THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
 async def _fields(request: web.Request) -> dict[str, Any]:
@@ -39,10 +42,17 @@ async def token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     fields = await _fields(request)
     username, password = _text(fields, "username"), _text(fields, "password")
+    throttle, peer = request.app[THROTTLE], request.remote or "-"
+    wait = throttle.retry_after(username, peer)
+    if wait > 0:
+        raise ApiError(429, f"Too many failed logins; retry in {math.ceil(wait)} s",
+                       {"Retry-After": str(math.ceil(wait))})
     user = await services.users.authenticate(username, password)
     if user is None:
+        throttle.failed(username, peer)
         logs.event("login_failed", user=username[:64], peer=request.remote)
         raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})
+    throttle.succeeded(username)
     logs.event("login", user=user.name, role=user.role)
     return web.json_response(await services.tokens.issue_pair(user.name, user.role))
 
@@ -64,5 +74,6 @@ async def refresh(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[THROTTLE] = LoginThrottle()
     app.router.add_post("/auth/token", token)
     app.router.add_post("/auth/refresh", refresh)

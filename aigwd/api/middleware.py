@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,7 +15,7 @@ from ..errors import ApiError
 from .context import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh"})
+PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json"})
 CLAIMS = web.RequestKey("claims", Claims)
 ROLE = web.RequestKey("role", str)
 API_KEY = web.RequestKey("api_key", apikeys.ApiKey)
@@ -102,4 +103,22 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         raise ApiError(403, "This route needs the admin role")
     request[CLAIMS] = claims
     request[ROLE] = user.role
+    return await handler(request)
+
+
+@web.middleware
+async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read an authenticated request's body within server.body_read_timeout_s, so a client that trickles
+    its upload cannot hold a connection and its buffers for ever. Handlers then read the cached body."""
+    cfg = request.app[SERVICES].cfg.server
+    limit = int(cfg.max_body_mib * 1024 * 1024)
+    if request.content_length is not None and request.content_length > limit:
+        # Answer before reading any of it; the connection is closed after this response.
+        raise ApiError(413, f"Request body is larger than the limit of {cfg.max_body_mib:g} MiB")
+    if request.can_read_body:
+        try:
+            await asyncio.wait_for(request.read(), cfg.body_read_timeout_s)
+        except TimeoutError:
+            raise ApiError(408, f"Request body not received within {cfg.body_read_timeout_s:g} s",
+                           {"Connection": "close"}) from None
     return await handler(request)

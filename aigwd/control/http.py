@@ -16,14 +16,14 @@ NDJSON = "application/x-ndjson"
 
 async def json_args(request: web.Request) -> dict[str, Any]:
     """A JSON object body as arguments; no body means none."""
-    if not request.can_read_body:
+    if not request.body_exists:  # not can_read_body: the body may already be read and cached
         return {}
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise bad_request("the body must be a JSON object of arguments") from None
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object of arguments")

@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="exit with code 3 on receiving the Nth chat request, without answering it")
     p.add_argument("--hang", action="store_true", help="never answer chat requests")
     p.add_argument("--fail-status", type=_status, default=None, help="answer chat requests with this status")
+    p.add_argument("--garbage", action="store_true", help="answer chat requests with 200 and bytes that are not JSON")
     p.add_argument("--fail-health", action="store_true", help="answer /health with 503")
     p.add_argument("--ocr-mode", default=os.environ.get("AIGW_OCR_MODE") or None,
                    help="reported in answers about images (default: $AIGW_OCR_MODE)")
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     return Settings(host=a.host, port=a.port, models=tuple(dict.fromkeys(a.models)),
                     startup_delay=a.startup_delay, latency=a.latency, tokens_per_second=a.tokens_per_second,
                     reply_tokens=a.reply_tokens, exit_after=a.exit_after, hang=a.hang, fail_status=a.fail_status,
-                    fail_health=a.fail_health, ocr_mode=a.ocr_mode or None,
+                    fail_health=a.fail_health, garbage=a.garbage, ocr_mode=a.ocr_mode or None,
                     gpu_memory_mib=a.gpu_memory_mib)
 
 

@@ -39,6 +39,7 @@ class Settings:
     hang: bool = False
     fail_status: int | None = None
     fail_health: bool = False
+    garbage: bool = False  # answer 200 with bytes that are not JSON (or not SSE)
     ocr_mode: str | None = None
     gpu_memory_mib: int = 0  # held on CUDA device 0 for the whole run, like a model's weights
     max_image_bytes: int = 64 * 1024 * 1024
@@ -173,6 +174,8 @@ async def _answer(request: web.Request, seen: int) -> web.StreamResponse:
     try:
         if settings.hang:
             await asyncio.Event().wait()  # until the client goes away
+        if settings.garbage:
+            return web.Response(body=b"<html>\x00\xff upstream proxy error", content_type="text/html")
         if settings.fail_status is not None:
             return _error(st, settings.fail_status,
                           f"The stand-in was started with --fail-status {settings.fail_status}.")
