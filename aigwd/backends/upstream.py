@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 
@@ -41,29 +42,28 @@ class Upstream:
     async def chat(self, body: bytes, request_id: str) -> tuple[int, bytes]:
         """POST /v1/chat/completions; returns (status, body bytes) unchanged."""
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
-        try:
+        with self._translated_errors():
             async with self._client().post(self.base_url + "/v1/chat/completions", data=body,
                                            headers=headers) as resp:
                 return resp.status, await resp.read()
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(f"backend {self.name} is not reachable: {exc.strerror or exc}") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-                aiohttp.ClientOSError) as exc:
-            raise UpstreamError(f"backend {self.name} dropped the connection: {exc}") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"backend {self.name} failed: {exc}") from None
 
     async def stream(self, body: bytes, request_id: str) -> AsyncIterator[bytes]:
         """POST a streaming chat; yields the server's bytes as they arrive. A non-200 answer raises
         UpstreamStatus with the body, so the caller can pass the error on."""
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "Accept": "text/event-stream"}
-        try:
+        with self._translated_errors():
             async with self._client().post(self.base_url + "/v1/chat/completions", data=body,
                                            headers=headers) as resp:
                 if resp.status != 200:
                     raise UpstreamStatus(resp.status, await resp.read())
                 async for chunk in resp.content.iter_any():
                     yield chunk
+
+    @contextlib.contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        """aiohttp's client errors as UpstreamError with a reason a client can read."""
+        try:
+            yield
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(f"backend {self.name} is not reachable: {exc.strerror or exc}") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
