@@ -193,8 +193,7 @@ class Gateway:
                                                      f"{_error_message(answer)}")
             return "failed"
         try:
-            if not rec.sync:  # /api results are embedded in GET's JSON view; /v1 passes bytes through
-                json.loads(answer)
+            json.loads(answer)  # a 200 that is not JSON is the server's failure, not a result
         except ValueError:
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered something that "
                                                      "is not JSON")
