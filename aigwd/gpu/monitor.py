@@ -121,8 +121,11 @@ class GpuMonitor:
         self._closed = True
         self._stop_events.set()
         if self._poll_task is not None:
-            self._poll_task.cancel()
-            await asyncio.wait({self._poll_task})
+            # Cancel until it ends: on Python 3.11 wait_for can swallow a cancellation that arrives
+            # just as its inner call finishes.
+            while not self._poll_task.done():
+                self._poll_task.cancel()
+                await asyncio.wait({self._poll_task}, timeout=0.1)
         events_stopped = True
         if self._events_done is not None:
             try:
@@ -149,7 +152,7 @@ class GpuMonitor:
     # -- polling and events -------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._interval_s)
             try:
                 await self._poll_once()
