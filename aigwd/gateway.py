@@ -65,10 +65,9 @@ class Gateway:
         self.live: dict[str, Live] = {}
         self.backends: dict[str, BackendRuntime] = {}
         self.model_index = cfg.model_index()
-        self.stopped: set[str] = set()  # kept for older callers; supervision decides through `accepting`
         # Set by supervision: whether a backend takes new work, and a hook on every accepted request
         # (it starts on-demand servers and keeps their idle timers honest).
-        self.accepting: Callable[[str], bool] = lambda name: name not in self.stopped
+        self.accepting: Callable[[str], bool] = lambda name: True
         self.on_submit: Callable[[str], None] = lambda name: None
         self.metrics = Metrics()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -42,13 +42,6 @@ def request_view(rec: RequestRecord, position: int | None) -> bytes:
     return text.encode()
 
 
-def check_size(request: web.Request, services: Services) -> None:
-    limit = int(services.cfg.server.max_body_mib * 1024 * 1024)
-    if request.content_length is not None and request.content_length > limit:
-        # Answer before reading any of it; the connection is closed after this response.
-        raise ApiError(413, f"Request body is larger than the limit of {services.cfg.server.max_body_mib:g} MiB")
-
-
 def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
     wait = services.limiter.check(request[CLAIMS].sub, client_id)
     if wait > 0:
@@ -81,7 +74,6 @@ async def _submit(request: web.Request, kind: str) -> web.Response:
     resolution = None
     if kind == "ocr":
         resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
-    check_size(request, services)
     rate_limit(request, services, client_id)
     raw = await request.read()
     body = validation.parse_json(raw)

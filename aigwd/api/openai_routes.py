@@ -16,7 +16,7 @@ from aiohttp import web
 from ..errors import bad_request
 from ..gateway import Live
 from . import validation
-from .client_routes import check_size, client_and_priority, rate_limit
+from .client_routes import client_and_priority, rate_limit
 from .context import SERVICES, Services
 from .middleware import CLAIMS, openai_error
 
@@ -37,7 +37,6 @@ async def list_models(request: web.Request) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     client_id, priority = client_and_priority(request)
-    check_size(request, services)
     rate_limit(request, services, client_id)
     raw = await request.read()
     body = validation.parse_json(raw)
