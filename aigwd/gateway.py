@@ -41,6 +41,8 @@ class Live:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     saved: bool = False
+    # False while the store has no row for it: a held connection's request is written once, finished.
+    has_row: bool = True
     requeued: bool = False  # already given its one more try after its server died
     # OpenAI routes: the streamed bytes for the waiting client (the stream ends when `done` is set and
     # the queue is empty), and an error answer of the backend to pass on unchanged.
@@ -129,9 +131,9 @@ class Gateway:
             raise ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"}) from None
         try:
             if sync and len(payload) <= self.store.spool_threshold:
-                # Its client holds the connection and a restart fails it anyway: the record need not be
-                # on disk before the work starts (the writer still stores it before its finish).
-                self._background(self.store.add_request(rec, payload))
+                # Its client holds the connection and a restart could only fail it: the row is written
+                # once, when it has finished (one write per request instead of three).
+                live.has_row = False
             else:
                 await self.store.add_request(rec, payload)
         except StoreError as exc:
@@ -160,7 +162,7 @@ class Gateway:
         live.started.set()
         rec.attempts += 1
         rec.served_resolution = rt.mode if rt.cfg.kind == "ocr" else None
-        if not rec.sync:
+        if live.has_row:
             self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
         try:
             payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
@@ -181,7 +183,8 @@ class Gateway:
                 # server resumes it once restarted. Otherwise the retry would hit the same dead server.
                 rt.queues.set_ready(False)
                 rec.status, rec.started_at = "queued", None
-                self._background(self.store.requeue(rec.id, rec.attempts))
+                if live.has_row:
+                    self._background(self.store.requeue(rec.id, rec.attempts))
                 logs.event("request_requeued", request_id=rec.id, reason=str(exc))
                 return REQUEUED
             await self._finish(live, "failed", error=str(exc))
@@ -254,7 +257,11 @@ class Gateway:
     async def _save(self, live: Live) -> None:
         rec = live.record
         try:
-            await self.store.finish(rec.id, rec.status, rec.finished_at or time.time(), rec.result, rec.error)
+            if live.has_row:
+                await self.store.finish(rec.id, rec.status, rec.finished_at or time.time(), rec.result,
+                                        rec.error)
+            else:
+                await self.store.add_finished(rec)
         except StoreError as exc:
             # Kept in memory; the maintenance loop writes it again once the disk takes it.
             logs.event("request_save_failed", request_id=rec.id, reason=str(exc))

@@ -117,7 +117,11 @@ async def read_body(request: web.Request, handler: Handler) -> web.StreamRespons
         raise ApiError(413, f"Request body is larger than the limit of {cfg.max_body_mib:g} MiB")
     if request.can_read_body:
         try:
-            await asyncio.wait_for(request.read(), cfg.body_read_timeout_s)
+            if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+                await request.read()
+            else:
+                async with asyncio.timeout(cfg.body_read_timeout_s):
+                    await request.read()
         except TimeoutError:
             raise ApiError(408, f"Request body not received within {cfg.body_read_timeout_s:g} s",
                            {"Connection": "close"}) from None

@@ -43,6 +43,7 @@ from .writer import Txn, Writer
 _REQUEST_SELECT = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests"
 _REQUEST_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload, payload_path) "
                    f"VALUES ({', '.join('?' * (len(REQUEST_COLUMNS) + 2))})")
+_REQUEST_REPLACE = _REQUEST_INSERT.replace("INSERT INTO", "INSERT OR REPLACE INTO", 1)
 _FINISHED = "('" + "', '".join(FINISHED_STATUSES) + "')"
 _UNFINISHED = "('" + "', '".join(UNFINISHED_STATUSES) + "')"
 _USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at"
@@ -167,6 +168,18 @@ class Store:
 
         await self._writer.submit(op)
 
+    async def add_finished(self, rec: RequestRecord) -> None:
+        """Store a request that ran without a row of its own (a held connection's), already finished.
+
+        Written again after a failed attempt, so the row is replaced rather than refused.
+        """
+        values = request_values(rec)
+
+        def op(txn: Txn) -> None:
+            txn.conn.execute(_REQUEST_REPLACE, (*values, None, None))
+
+        await self._writer.submit(op, single_statement=True)
+
     async def mark_started(self, request_id: str, started_at: float, attempts: int,
                            served_resolution: str | None = None) -> None:
         # Only unfinished rows move: a late write must not undo a finish that got in first.
@@ -176,7 +189,7 @@ class Store:
                 f"served_resolution = ? WHERE id = ? AND status IN {_UNFINISHED}",
                 (started_at, attempts, served_resolution, request_id))
 
-        await self._writer.submit(op)
+        await self._writer.submit(op, single_statement=True)
 
     async def finish(self, request_id: str, status: str, finished_at: float, result: bytes | None,
                      error: str | None) -> None:
@@ -202,7 +215,7 @@ class Store:
                 f"UPDATE requests SET status = 'queued', started_at = NULL, attempts = ? "
                 f"WHERE id = ? AND status IN {_UNFINISHED}", (attempts, request_id))
 
-        await self._writer.submit(op)
+        await self._writer.submit(op, single_statement=True)
 
     async def add_missing_model(self, rec: MissingModelRecord) -> None:
         values = (rec.model_name, rec.client_id, rec.subject, rec.timestamp)

@@ -59,6 +59,8 @@ class _Item:
     fn: Callable[[Txn], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    # One SQL statement: SQLite undoes a failed statement by itself, so no savepoint is needed.
+    single: bool = False
     txn: Txn | None = None
     value: Any = None
     error: BaseException | None = field(default=None)
@@ -103,9 +105,11 @@ class Writer:
             self._thread = threading.Thread(target=self._run, name="aigw-store-writer", daemon=True)
             self._thread.start()
 
-    async def submit(self, fn: Callable[[Txn], T]) -> T:
+    async def submit(self, fn: Callable[[Txn], T], *, single_statement: bool = False) -> T:
         """Run fn(txn) in the writer thread; returns once the transaction holding it has committed.
 
+        single_statement: fn runs exactly one SQL statement and registers no hooks, so it needs no
+        savepoint of its own (the cheap path for the writes every request makes).
         Cancelling the wait does not take the operation back: it is written anyway.
         """
         loop = asyncio.get_running_loop()
@@ -113,7 +117,7 @@ class Writer:
         with self._lock:
             if self._thread is None or self._stopping:
                 raise StoreError("store is not open")
-            self._queue.put(_Item(fn, loop, future))
+            self._queue.put(_Item(fn, loop, future, single_statement))
         return await future
 
     async def stop(self) -> None:
@@ -186,6 +190,14 @@ class Writer:
     def _run_one(self, conn: sqlite3.Connection, item: _Item) -> None:
         txn = Txn(conn)
         item.txn = txn
+        if item.single:
+            try:
+                item.value = item.fn(txn)
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise _BatchAborted() from exc
+                item.error = exc
+            return
         conn.execute("SAVEPOINT op")
         try:
             item.value = item.fn(txn)
