@@ -34,6 +34,8 @@ class Metrics:
                                     ["backend", "priority"], buckets=BUCKETS, registry=self.registry)
         self.service_time = Histogram("aigw_service_seconds", "Time from the start of processing to the end",
                                       ["backend"], buckets=BUCKETS, registry=self.registry)
+        # Bounded: backends x 3 priorities x the few outcomes.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
     def bind(self, gateway: Gateway, supervisor: Supervisor | None, gpu: GpuMonitor | None) -> None:
         """Gauges of the live state, read when Prometheus scrapes."""
@@ -41,11 +43,18 @@ class Metrics:
 
     def finished(self, backend: str, priority: str, outcome: str, wait_s: float | None,
                  service_s: float | None) -> None:
-        self.requests.labels(backend, outcome).inc()
+        # The labelled children, looked up once per combination: labels() takes a lock and builds keys.
+        key = (backend, priority, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(backend, outcome),
+                                              self.queue_wait.labels(backend, priority),
+                                              self.service_time.labels(backend))
+        children[0].inc()
         if wait_s is not None:
-            self.queue_wait.labels(backend, priority).observe(max(0.0, wait_s))
+            children[1].observe(max(0.0, wait_s))
         if service_s is not None:
-            self.service_time.labels(backend).observe(max(0.0, service_s))
+            children[2].observe(max(0.0, service_s))
 
     def rejected(self, backend: str, status: int) -> None:
         self.requests.labels(backend or "-", f"rejected_{status}").inc()
