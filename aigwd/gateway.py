@@ -18,6 +18,7 @@ from typing import Any
 
 from . import logs
 from .backends.upstream import Upstream, UpstreamError, UpstreamStatus
+from .chunkstream import ChunkStream
 from .config import RESOLUTIONS, BackendConfig, Config
 from .errors import ApiError
 from .metrics import Metrics
@@ -44,9 +45,9 @@ class Live:
     # False while the store has no row for it: a held connection's request is written once, finished.
     has_row: bool = True
     requeued: bool = False  # already given its one more try after its server died
-    # OpenAI routes: the streamed bytes for the waiting client (the stream ends when `done` is set and
-    # the queue is empty), and an error answer of the backend to pass on unchanged.
-    chunks: asyncio.Queue[bytes] | None = None
+    # OpenAI routes: the streamed bytes for the waiting client (closed when the request ends), and an
+    # error answer of the backend to pass on unchanged.
+    chunks: ChunkStream | None = None
     upstream_error: tuple[int, bytes] | None = None
 
 
@@ -119,7 +120,7 @@ class Gateway:
         live = Live(rec, payload)
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.
-            live.chunks = asyncio.Queue(maxsize=STREAM_BUFFER_CHUNKS)
+            live.chunks = ChunkStream(STREAM_BUFFER_CHUNKS)
         job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
                   deadline=now_mono + timeout, data=live)
         self.live[rec.id] = live
@@ -245,6 +246,8 @@ class Gateway:
         rec.status, rec.finished_at, rec.result, rec.error = status, time.time(), result, error
         live.payload = None
         live.done.set()
+        if live.chunks is not None:
+            live.chunks.close()
         wait_s = (rec.started_at or rec.finished_at) - rec.queued_at
         service_s = rec.finished_at - rec.started_at if rec.started_at else 0.0
         self.metrics.finished(rec.backend, rec.priority, status, wait_s if rec.started_at else None,
@@ -291,26 +294,6 @@ class Gateway:
             await asyncio.wait_for(live.done.wait(), timeout_s)
         except TimeoutError:
             pass
-
-    async def next_chunk(self, live: Live) -> bytes | None:
-        """The next streamed bytes of a request, or None once it has ended and all were read."""
-        chunks = live.chunks
-        assert chunks is not None
-        if not chunks.empty():
-            return chunks.get_nowait()
-        if live.done.is_set():
-            return None
-        getter = asyncio.ensure_future(chunks.get())
-        ended = asyncio.ensure_future(live.done.wait())
-        try:
-            await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        return chunks.get_nowait() if not chunks.empty() else None
 
     async def cancel(self, request_id: str) -> RequestRecord | None:
         """Cancel a queued or processing request; None when it is not live (already finished)."""

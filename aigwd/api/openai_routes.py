@@ -82,14 +82,20 @@ async def _stream(request: web.Request, services: Services, live: Live) -> web.S
                                        "X-Request-Id": live.record.id, "X-Accel-Buffering": "no"})
     await resp.prepare(request)
     rt = services.gateway.backends[live.record.backend]
-    # Queued: report the position as SSE comments, which every client ignores.
-    while not live.started.is_set() and not live.done.is_set():
-        position = rt.queues.position(live.record.id)
-        if position is not None:
-            await resp.write(f": queued position={position}\n\n".encode())
-        await _wait_started(live, POSITION_INTERVAL_S)
+    chunks = live.chunks
+    assert chunks is not None
     while True:
-        chunk = await services.gateway.next_chunk(live)
+        if live.started.is_set() or live.done.is_set():
+            chunk = await chunks.get()
+        else:
+            # Queued: say where it stands as SSE comments, which every client ignores.
+            position = rt.queues.position(live.record.id)
+            if position is not None:
+                await resp.write(f": queued position={position}\n\n".encode())
+            try:
+                chunk = await chunks.get(POSITION_INTERVAL_S)
+            except TimeoutError:
+                continue
         if chunk is None:
             break
         await resp.write(chunk)
@@ -105,16 +111,6 @@ async def _stream(request: web.Request, services: Services, live: Live) -> web.S
         await resp.write(f"data: {json.dumps(error)}\n\n".encode())
     await resp.write_eof()
     return resp
-
-
-async def _wait_started(live: Live, timeout_s: float) -> None:
-    """Wait until the request leaves the queue (started or ended), at most timeout_s."""
-    waits = {asyncio.ensure_future(live.started.wait()), asyncio.ensure_future(live.done.wait())}
-    try:
-        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 
 
 def add_routes(app: web.Application) -> None:

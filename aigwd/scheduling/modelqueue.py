@@ -216,25 +216,20 @@ class ModelQueue:
 
     def _start(self, job: Job) -> None:
         self._processing[job.id] = job
-        task = asyncio.create_task(self._run(job), name=f"aigw-job-{self.name}-{job.id}")
+        task = asyncio.ensure_future(self._runner(job))  # unnamed: a name costs a format per request
         self._tasks[job.id] = task  # strong reference: the loop keeps only weak ones
         task.add_done_callback(functools.partial(self._task_done, job))
-
-    async def _run(self, job: Job) -> str:
-        try:
-            return await self._runner(job)
-        except Exception:
-            # One broken request must not take the dispatcher down.
-            _log.exception("event=job_runner_error queue=%s job=%s", self.name, job.id)
-            return "failed"
 
     def _task_done(self, job: Job, task: asyncio.Task[str]) -> None:
         if self._tasks.get(job.id) is task:
             del self._tasks[job.id]
+        if not task.cancelled() and task.exception() is not None and self._processing.get(job.id) is not job:
+            # Cut off, then failed while unwinding: logged here, as its outcome no longer counts.
+            _log.error("event=job_runner_error queue=%s job=%s", self.name, job.id, exc_info=task.exception())
         if self._processing.get(job.id) is job:
             # Not cut off: the runner's outcome counts.
             del self._processing[job.id]
-            outcome = self._outcome(task)
+            outcome = self._outcome(job, task)
             if outcome == REQUEUED and not self._closed:
                 # Back to waiting with its deadline still running; accepted work is never dropped for
                 # lack of room, so this bypasses max_waiting.
@@ -244,11 +239,13 @@ class ModelQueue:
                 self._count(job, outcome)
         self._dispatch()
 
-    @staticmethod
-    def _outcome(task: asyncio.Task[str]) -> str:
+    def _outcome(self, job: Job, task: asyncio.Future[str]) -> str:
         if task.cancelled():
             return "cancelled"
-        if task.exception() is not None:  # only BaseException gets past _run
+        exc = task.exception()
+        if exc is not None:
+            # One broken request must not take the dispatcher down: it counts as failed.
+            _log.error("event=job_runner_error queue=%s job=%s", self.name, job.id, exc_info=exc)
             return "failed"
         return task.result()
 

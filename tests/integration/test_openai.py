@@ -200,3 +200,30 @@ async def test_oversized_body_is_413_in_openai_shape(make_daemon, session: aioht
                                           messages=[{"role": "user", "content": "x" * (2 * 2**20)}])
     assert too_big.value.status_code == 413 and too_big.value.code == "request_too_large"
     assert "1 MiB" in too_big.value.message
+
+
+async def test_queued_stream_reports_its_position_then_streams(make_daemon,
+                                                               session: aiohttp.ClientSession) -> None:
+    backend = chat_backend("--tokens-per-second", "20", "--reply-tokens", "30")
+    d = make_daemon([backend], sections={"queue": {"max_concurrent": 1, "max_waiting": 5}})
+    client = Client(session, d.url)
+    await client.login()
+    api = oai(d.url, client.token)
+    msgs = [{"role": "user", "content": "long"}]
+    first = asyncio.ensure_future(api.chat.completions.create(model="gemma-3-4b-it", messages=msgs))
+
+    async def processing() -> bool:
+        _, q, _ = await client.call("GET", "/admin/queue/gemma")
+        return bool(q["processing"] == 1)
+
+    await async_wait_until(processing, what="the first request to take the only slot")
+    body = {"model": "gemma-3-4b-it", "stream": True, "messages": msgs}
+    async with session.post(d.url + "/v1/chat/completions", json=body, headers=client.headers()) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        text = (await resp.read()).decode()
+    assert (await first).choices[0].message.content
+    events = [block for block in text.split("\n\n") if block]
+    assert events[0] == ": queued position=1", events[:3]
+    data = [e for e in events if e.startswith("data: ")]
+    assert data[-1] == "data: [DONE]" and len(data) > 3
+    assert not any(e.startswith(": queued") for e in events[events.index(data[0]):])
