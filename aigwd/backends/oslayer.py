@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import time
@@ -65,10 +66,12 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    # The parent died before prctl took effect. Compared with the parent's pid, not with 1: the daemon
+    # may itself be pid 1 (a container), and orphans may go to a subreaper instead.
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -122,7 +125,8 @@ class RealLayer:
     async def spawn(self, argv: list[str], env: dict[str, str], output: OutputSink) -> ProcessHandle:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
         tasks = {asyncio.ensure_future(_pump(stream, name, output))
                  for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")) if stream is not None}
         return RealProcess(proc, tasks)
