@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import cast
 
 # Bounds on what a server may send before its body: a broken or hostile one cannot grow memory.
 MAX_HEAD_BYTES = 64 * 1024
+_DIGITS = re.compile(r"[0-9]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 # A streamed answer pauses the socket once this much is read but not yet taken by the caller.
 STREAM_HIGH_WATER = 1024 * 1024
 
@@ -46,6 +49,7 @@ class _Connection(asyncio.Protocol):
         self._eof = False
         self._paused = False
         self._received = False
+        self._close_after = False  # the server said it closes, or the body ran to the connection's end
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -109,27 +113,46 @@ class _Connection(asyncio.Protocol):
                 raise HttpError("a line of the answer is too long", protocol=True)
             await self._more()
 
-    async def _exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            await self._more()
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+    def _take(self, limit: int) -> bytes:
+        """Up to `limit` buffered bytes (at least one is buffered)."""
+        data = bytes(self._buf[:limit])
+        del self._buf[:limit]
         return data
 
+    async def _counted(self, n: int) -> AsyncIterator[bytes]:
+        """Exactly n body bytes, yielded as they arrive: a large chunk is never held whole."""
+        while n > 0:
+            if not self._buf:
+                await self._more()
+            data = self._take(n)
+            n -= len(data)
+            yield data
+
+    def begin(self) -> None:
+        """A new exchange on this connection."""
+        self._received = False
+        self._close_after = False
+
     async def read_head(self) -> tuple[int, dict[str, str]]:
+        """Status and headers (names lower-cased) of the final answer; interim 1xx answers are skipped."""
+        while True:
+            status, headers = await self._one_head()
+            if not 100 <= status < 200 or status == 101:
+                return status, headers
+
+    async def _one_head(self) -> tuple[int, dict[str, str]]:
         while True:
             end = self._buf.find(b"\r\n\r\n")
+            if end > MAX_HEAD_BYTES or (end < 0 and len(self._buf) > MAX_HEAD_BYTES):
+                raise HttpError("the answer's head is too large", protocol=True)
             if end >= 0:
                 break
-            if len(self._buf) > MAX_HEAD_BYTES:
-                raise HttpError("the answer's head is too large", protocol=True)
             await self._more()
-        head = bytes(self._buf[:end]).decode("latin-1")
-        del self._buf[:end + 4]
+        head = self._take(end + 4)[:-4].decode("latin-1")
         status_line, *lines = head.split("\r\n")
         version, _, rest = status_line.partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
+        if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(code):
             raise HttpError(f"not an HTTP answer: {status_line[:80]!r}", protocol=True)
         headers: dict[str, str] = {}
         for line in lines:
@@ -140,59 +163,56 @@ class _Connection(asyncio.Protocol):
             value = value.strip()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         if version == "HTTP/1.0" and "keep-alive" not in headers.get("connection", "").lower():
-            headers.setdefault("connection", "close")
+            self._close_after = True
+        if "close" in headers.get("connection", "").lower():
+            self._close_after = True
         return int(code), headers
 
     async def body_parts(self, status: int, headers: dict[str, str]) -> AsyncIterator[bytes]:
-        """The body as it arrives, de-chunked. Leaves the connection clean for reuse or marks it closed."""
+        """The body as it arrives, de-chunked. Leaves the connection clean for reuse or marked to close."""
         if status in (204, 304) or 100 <= status < 200:
             return
         if "chunked" in headers.get("transfer-encoding", "").lower():
             while True:
                 size_line = await self._line(1024)
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise HttpError(f"bad chunk size line: {size_line[:40]!r}", protocol=True) from None
+                size_text = size_line.split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(size_text):
+                    raise HttpError(f"bad chunk size line: {size_line[:40]!r}", protocol=True)
+                size = int(size_text, 16)
                 if size == 0:
                     while await self._line(MAX_HEAD_BYTES):  # trailers, then the empty line
                         pass
                     return
-                data = await self._exactly(size)
+                async for data in self._counted(size):
+                    yield data
                 if await self._line(2) != b"":
                     raise HttpError("chunk not followed by CRLF", protocol=True)
-                yield data
         length = headers.get("content-length")
         if length is not None:
-            try:
-                remaining = int(length)
-            except ValueError:
-                raise HttpError(f"bad Content-Length {length[:40]!r}", protocol=True) from None
-            while remaining > 0:
-                if not self._buf:
-                    await self._more()
-                take = min(remaining, len(self._buf))
-                data = bytes(self._buf[:take])
-                del self._buf[:take]
-                remaining -= take
+            if not _DIGITS.fullmatch(length):
+                raise HttpError(f"bad Content-Length {length[:40]!r}", protocol=True)
+            async for data in self._counted(int(length)):
                 yield data
             return
         # No framing: the body runs to the end of the connection, which cannot be reused.
-        headers["connection"] = "close"
+        self._close_after = True
         while True:
             if self._buf:
-                data = bytes(self._buf)
-                self._buf.clear()
-                yield data
+                yield self._take(len(self._buf))
             if self._eof:
                 if self._error is not None:
                     raise self._error
                 return
             await self._more()
 
-    def reusable(self, headers: dict[str, str]) -> bool:
-        return (not self.closed and not self._eof and not self._buf
-                and "close" not in headers.get("connection", "").lower())
+    def reusable(self) -> bool:
+        if self.closed or self._eof or self._buf or self._close_after:
+            return False
+        if self._paused:  # an idle connection must notice the server closing it
+            assert self.transport is not None
+            self._paused = False
+            self.transport.resume_reading()
+        return True
 
     def abort(self) -> None:
         self.closed = True
@@ -231,7 +251,7 @@ class Pool:
         self._all.add(conn)
         return conn
 
-    def _take(self) -> _Connection | None:
+    def _idle_connection(self) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to be timed out
             if not conn.closed:
@@ -239,8 +259,8 @@ class Pool:
                 return conn
         return None
 
-    def _give_back(self, conn: _Connection, headers: dict[str, str]) -> None:
-        if conn.reusable(headers) and len(self._idle) < self.max_idle:
+    def _give_back(self, conn: _Connection) -> None:
+        if conn.reusable() and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         else:
             self._drop(conn)
@@ -254,7 +274,10 @@ class Pool:
     def _request_head(self, path: str, length: int, headers: dict[str, str]) -> bytes:
         lines = [f"POST {path} HTTP/1.1".encode(), b"Host: " + self._host_header,
                  b"Content-Length: " + str(length).encode()]
-        lines.extend(f"{k}: {v}".encode("latin-1") for k, v in headers.items())
+        for k, v in headers.items():
+            if "\r" in v or "\n" in v or "\r" in k or "\n" in k:
+                raise ValueError(f"header {k!r} holds a line break")
+            lines.append(f"{k}: {v}".encode("latin-1"))
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
 
@@ -265,8 +288,10 @@ class Pool:
         connection to be kept; leaving early (or being cancelled) closes it."""
         head = self._request_head(path, len(body), headers)
         for attempt in (1, 2):
-            conn = self._take() or await self._connect()
+            # A retry always takes a new connection: other idle ones may be just as stale.
+            conn = (self._idle_connection() if attempt == 1 else None) or await self._connect()
             assert conn.transport is not None
+            conn.begin()
             conn.transport.writelines((head, body))
             try:
                 status, resp_headers = await conn.read_head()
@@ -297,7 +322,7 @@ class Pool:
             self.forget(conn)
             raise
         if finished:
-            self._give_back(conn, resp_headers)
+            self._give_back(conn)
         else:
             conn.abort()
             self.forget(conn)
