@@ -74,11 +74,13 @@ def checks(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     else:
         add("throughput, aigw full path / LiteLLM (1 worker)", None, 30.0, ">=", "{:.1f}x")
     ov = _get(res, "overload") or {}
-    base = next((v for k, v in ov.items() if k.startswith("default")), None)
-    if base:
-        ratio = base["classes"]["high"]["p99_wait_ms"] / base["service_ms"]
+    # High must hold in every aging setting, the short one (where low is served too) included.
+    ratios = [(v["classes"]["high"]["p99_wait_ms"] / v["service_ms"], k, v) for k, v in ov.items()]
+    if ratios:
+        ratio, label, worst = max(ratios, key=lambda r: r[0])
         add("3x overload: high-priority p99 wait, in service times", ratio, 1.5, "<=", "{:.2f}",
-            f" ({base['classes']['high']['p99_wait_ms']:.0f} ms; service {base['service_ms']:.0f} ms)")
+            f" (worst of {len(ratios)} aging settings: {label}, {worst['classes']['high']['p99_wait_ms']:.0f} ms; "
+            f"service {worst['service_ms']:.0f} ms)")
     else:
         add("3x overload: high-priority p99 wait, in service times", None, 1.5, "<=", "{:.2f}")
     aged = next((v for k, v in ov.items() if not k.startswith("default")), None)

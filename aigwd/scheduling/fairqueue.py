@@ -2,15 +2,25 @@
 
 Classes are served strictly high > normal > low. Within a class clients take
 turns, so a client that floods the queue delays only itself; a client's own
-jobs stay FIFO. A job that has waited `aging_s` in its class moves up one
-class, so under sustained high traffic a low job becomes high after
-2 * aging_s and is then served in turn with the other high clients.
+jobs stay FIFO.
+
+Aging: a job that has waited `aging_s` in its class moves up one class, so a
+low job is high after 2 * aging_s and nothing starves. A promoted job does not
+join its new class's rotation, though, but the class's aged lane, a rotation
+of its own: ahead of every lower class, behind the class's own jobs except
+that it gets one dispatch in AGED_EVERY while both wait. Why: mixed into the
+rotation, every client with old jobs became one more member of the high
+rotation, so under sustained overload everything was "high" after
+2 * aging_s and real high waited its turn behind it. Now a class's own jobs
+get every dispatch unless AGED_EVERY - 1 of them went out in a row while aged
+jobs waited, so at least (AGED_EVERY - 1) / AGED_EVERY of the dispatches when
+they alone would fill the backend, and the aged lane still always moves.
 
 A promoted job counts as having entered its new class at
-`enqueued_at + k * aging_s`. It is inserted into its client's FIFO by that
-time (scanning from the back, normally O(1)), so it never overtakes jobs the
-same client already had waiting there since earlier; a client new to the
-class joins the back of the rotation.
+`enqueued_at + k * aging_s`. It is inserted into its client's FIFO in the aged
+lane by that time (scanning from the back, normally O(1)), so a client's aged
+jobs stay in the order they reached the class; a client new to the lane joins
+the back of its rotation.
 
 Pure data structure: no clock of its own, no asyncio. Callers pass `now`.
 """
@@ -23,6 +33,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
+
+# While a class's own jobs and its promoted jobs both wait, every AGED_EVERY-th
+# dispatch of the class goes to the promoted ones.
+AGED_EVERY = 8
+
+# Lanes of a class: its own jobs, then the jobs promoted into it.
+_OWN, _AGED = 0, 1
 
 
 class Priority(IntEnum):
@@ -51,7 +68,8 @@ class Job:
     enqueued_at: float
     deadline: float
     data: Any = field(default=None, repr=False)
-    # The class the job sits in now; differs from `priority` once aged.
+    # The class the job sits in now; differs from `priority` once aged, and then
+    # the job waits in that class's aged lane.
     cls: Priority = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,14 +81,25 @@ class Job:
 _Arrival = tuple[float, int, Job]
 
 
+def _lane_of(job: Job) -> int:
+    return _AGED if job.cls != job.priority else _OWN
+
+
 class FairQueue:
-    def __init__(self, aging_s: float) -> None:
+    def __init__(self, aging_s: float, *, aged_every: int = AGED_EVERY) -> None:
+        if aged_every < 2:
+            raise ValueError(f"aged_every must be >= 2, got {aged_every}")
         self.aging_s = aging_s  # <= 0 disables aging; may be changed at any time
+        self.aged_every = aged_every
         self._jobs: dict[str, Job] = {}
-        # Per class: client id -> that client's FIFO. Key order is the rotation:
-        # the first client is served next, then goes to the back.
-        self._rotation: list[OrderedDict[str, deque[Job]]] = [OrderedDict() for _ in Priority]
-        self._counts: list[int] = [0 for _ in Priority]
+        # Per class, per lane (_OWN, _AGED): client id -> that client's FIFO. Key
+        # order is the rotation: the first client is served next, then goes to the back.
+        self._lanes: list[tuple[OrderedDict[str, deque[Job]], ...]] = [
+            (OrderedDict(), OrderedDict()) for _ in Priority]
+        self._sizes: list[list[int]] = [[0, 0] for _ in Priority]
+        # Per class: dispatches in a row from its own lane while its aged lane waited
+        # (0 whenever the aged lane is empty); at aged_every - 1 the aged lane is next.
+        self._streak: list[int] = [0 for _ in Priority]
         # Per class: heap of arrivals, to find jobs due for aging without a scan.
         # Removal leaves records behind; they are skipped lazily and compacted.
         self._arrivals: list[list[_Arrival]] = [[] for _ in Priority]
@@ -92,8 +121,8 @@ class FairQueue:
         return list(self._jobs.values())
 
     def by_class(self) -> dict[str, int]:
-        """Waiting jobs per current class, as of the last pop/position/age call."""
-        return {p.label: self._counts[p] for p in Priority}
+        """Waiting jobs per current class (aged ones included), as of the last pop/position/age call."""
+        return {p.label: sum(self._sizes[p]) for p in Priority}
 
     def oldest_enqueued(self) -> float | None:
         # O(n), n <= max_waiting; pushes need not arrive in enqueued_at order.
@@ -111,16 +140,24 @@ class FairQueue:
         """Next job to dispatch, or None when empty."""
         self.age(now)
         for c in Priority:
-            rotation = self._rotation[c]
-            if not rotation:
+            own, aged = self._lanes[c]
+            if not own and not aged:
                 continue
+            if own and (not aged or self._streak[c] < self.aged_every - 1):
+                lane = _OWN
+                if aged:
+                    self._streak[c] += 1
+            else:
+                lane = _AGED
+                self._streak[c] = 0
+            rotation = self._lanes[c][lane]
             client_id, fifo = next(iter(rotation.items()))
             job = fifo.popleft()
             if fifo:
                 rotation.move_to_end(client_id)
             else:
                 del rotation[client_id]
-            self._counts[c] -= 1
+            self._shrink(c, lane)
             del self._entry[job.id]
             del self._jobs[job.id]
             self._compact(c)
@@ -136,35 +173,45 @@ class FairQueue:
     def position(self, job_id: str, now: float) -> int | None:
         """1-based place in dispatch order if nothing else arrived, None if not queued.
 
-        Computed from round-robin arithmetic rather than a full simulation: the
-        rotation keeps its relative order round after round, so in each round
-        every client with jobs left is served once, in rotation order.
+        Computed by arithmetic rather than a full simulation. A lane's rotation
+        keeps its relative order round after round, so in each round every client
+        with jobs left is served once, in rotation order. The two lanes of a class
+        interleave as pop() takes them: while both wait, the aged lane gets every
+        aged_every-th dispatch, the first one after aged_every - 1 - streak own ones.
         """
         self.age(now)
         job = self._jobs.get(job_id)
         if job is None:
             return None
-        c = job.cls
-        rotation = self._rotation[c]
+        c, lane = job.cls, _lane_of(job)
+        rotation = self._lanes[c][lane]
         mine = rotation[job.client_id]
         rounds = mine.index(job)  # jobs of the same client ahead of it
-        ahead = sum(self._counts[:c]) + rounds
+        k = rounds  # jobs of its own lane dispatched before it
         before_me = True
         for client_id, fifo in rotation.items():
             if client_id == job.client_id:
                 before_me = False
                 continue
             # Clients ahead in the rotation are also served in the job's own round.
-            ahead += min(len(fifo), rounds + 1 if before_me else rounds)
-        return ahead + 1
+            k += min(len(fifo), rounds + 1 if before_me else rounds)
+        # Jobs of the class's other lane dispatched before it.
+        other = self._sizes[c][1 - lane]
+        gap = self.aged_every - 1  # own dispatches between two aged ones
+        head = gap - self._streak[c]  # own dispatches before the next aged one
+        if lane == _OWN:
+            interleaved = 0 if k < head else min(other, (k - head) // gap + 1)
+        else:
+            interleaved = min(other, head + k * gap)
+        return sum(sum(self._sizes[p]) for p in Priority if p < c) + k + interleaved + 1
 
     def age(self, now: float) -> None:
         """Promote every job that has waited aging_s in its class (pop/position do this)."""
         step = self.aging_s
         if step <= 0:
             return
-        # One step at a time, earliest first across both classes, so clients
-        # join a class's rotation in the order their jobs actually reached it.
+        # One step at a time, earliest first across both classes, so clients join
+        # an aged lane's rotation in the order their jobs actually reached it.
         while True:
             due: tuple[_Arrival, Priority] | None = None
             for c in (Priority.NORMAL, Priority.LOW):
@@ -193,12 +240,12 @@ class FairQueue:
         return entry is not None and entry[1] == seq
 
     def _place(self, job: Job, since: float, *, by_time: bool) -> None:
-        c = job.cls
+        c, lane = job.cls, _lane_of(job)
         seq = next(self._seq)
         self._entry[job.id] = (since, seq)
         heapq.heappush(self._arrivals[c], (since, seq, job))
-        self._counts[c] += 1
-        rotation = self._rotation[c]
+        self._sizes[c][lane] += 1
+        rotation = self._lanes[c][lane]
         fifo = rotation.get(job.client_id)
         if fifo is None:
             fifo = rotation[job.client_id] = deque()
@@ -212,20 +259,25 @@ class FairQueue:
 
     def _unlink(self, job: Job) -> None:
         """Take a job out of its class (but not out of `_jobs`)."""
-        c = job.cls
-        rotation = self._rotation[c]
+        c, lane = job.cls, _lane_of(job)
+        rotation = self._lanes[c][lane]
         fifo = rotation[job.client_id]
         fifo.remove(job)  # identity match: Job has eq=False
         if not fifo:
             del rotation[job.client_id]  # keeps memory bounded by waiting jobs
-        self._counts[c] -= 1
+        self._shrink(c, lane)
         del self._entry[job.id]
         self._compact(c)
+
+    def _shrink(self, c: int, lane: int) -> None:
+        self._sizes[c][lane] -= 1
+        if lane == _AGED and not self._sizes[c][lane]:
+            self._streak[c] = 0  # counts only while the aged lane waits
 
     def _compact(self, c: int) -> None:
         # Stale arrival records are dropped lazily at the heap top; rebuild when
         # they dominate so memory stays proportional to the waiting jobs.
         heap = self._arrivals[c]
-        if len(heap) > 2 * self._counts[c] + 64:
+        if len(heap) > 2 * sum(self._sizes[c]) + 64:
             heap[:] = [a for a in heap if self._live(*a)]
             heapq.heapify(heap)
