@@ -190,6 +190,11 @@ class Gateway:
                 return REQUEUED
             await self._finish(live, "failed", error=str(exc))
             return "failed"
+        except Exception:
+            # A fault of the gateway itself: the request still ends, and its client is told.
+            logging.getLogger("aigw.gateway").exception("request %s failed inside the gateway", rec.id)
+            await self._finish(live, "failed", error="internal error in the gateway; it was logged")
+            return "failed"
         if status != 200:
             live.upstream_error = (status, answer)
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {status}: "

@@ -20,6 +20,8 @@ from typing import cast
 MAX_HEAD_BYTES = 64 * 1024
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+# A whole answer read into memory (a chat completion) may be at most this large.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # A streamed answer pauses the socket once this much is read but not yet taken by the caller.
 STREAM_HIGH_WATER = 1024 * 1024
 
@@ -205,6 +207,27 @@ class _Connection(asyncio.Protocol):
                 return
             await self._more()
 
+    async def whole_body(self, status: int, headers: dict[str, str]) -> bytes:
+        """The whole body; the common answer (Content-Length) without a generator per part."""
+        length = headers.get("content-length")
+        if length is None or "chunked" in headers.get("transfer-encoding", "").lower() \
+                or status in (204, 304) or 100 <= status < 200:
+            parts, size = [], 0
+            async for part in self.body_parts(status, headers):
+                size += len(part)
+                if size > MAX_ANSWER_BYTES:
+                    raise _too_large()
+                parts.append(part)
+            return b"".join(parts)
+        if not _DIGITS.fullmatch(length):
+            raise HttpError(f"bad Content-Length {length[:40]!r}", protocol=True)
+        n = int(length)
+        if n > MAX_ANSWER_BYTES:
+            raise _too_large()
+        while len(self._buf) < n:
+            await self._more()
+        return self._take(n)
+
     def reusable(self) -> bool:
         if self.closed or self._eof or self._buf or self._close_after:
             return False
@@ -231,7 +254,7 @@ class Pool:
         self.streaming_limit = STREAM_HIGH_WATER
         self._idle: deque[_Connection] = deque()
         self._all: set[_Connection] = set()
-        self._host_header = f"{host}:{port}".encode()
+        self._host_header = f"{host}:{port}"
 
     def forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
@@ -272,20 +295,15 @@ class Pool:
             conn.transport.close()
 
     def _request_head(self, path: str, length: int, headers: dict[str, str]) -> bytes:
-        lines = [f"POST {path} HTTP/1.1".encode(), b"Host: " + self._host_header,
-                 b"Content-Length: " + str(length).encode()]
-        for k, v in headers.items():
-            if "\r" in v or "\n" in v or "\r" in k or "\n" in k:
-                raise ValueError(f"header {k!r} holds a line break")
-            lines.append(f"{k}: {v}".encode("latin-1"))
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+        text = "".join([f"POST {path} HTTP/1.1\r\nHost: {self._host_header}\r\nContent-Length: {length}\r\n",
+                        *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"])
+        if text.count("\n") != len(headers) + 4:  # a line break inside a value would smuggle a header
+            raise ValueError("a request header holds a line break")
+        return text.encode("latin-1")
 
-    @contextlib.asynccontextmanager
-    async def post(self, path: str, body: bytes, headers: dict[str, str]
-                   ) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
-        """POST and yield (status, headers, body parts). The body must be read to the end for the
-        connection to be kept; leaving early (or being cancelled) closes it."""
+    async def _exchange(self, path: str, body: bytes, headers: dict[str, str]
+                        ) -> tuple[_Connection, int, dict[str, str]]:
+        """Send the request and read the answer's head: (connection, status, headers)."""
         head = self._request_head(path, len(body), headers)
         for attempt in (1, 2):
             # A retry always takes a new connection: other idle ones may be just as stale.
@@ -302,10 +320,28 @@ class Pool:
                     continue
                 raise
             except BaseException:
-                conn.abort()
-                self.forget(conn)
+                self._abort(conn)
                 raise
-            break
+            return conn, status, resp_headers
+        raise AssertionError("unreachable")
+
+    async def fetch(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """POST and read the whole answer: (status, headers, body)."""
+        conn, status, resp_headers = await self._exchange(path, body, headers)
+        try:
+            data = await conn.whole_body(status, resp_headers)
+        except BaseException:
+            self._abort(conn)
+            raise
+        self._give_back(conn)
+        return status, resp_headers, data
+
+    @contextlib.asynccontextmanager
+    async def post(self, path: str, body: bytes, headers: dict[str, str]
+                   ) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
+        """POST and yield (status, headers, body parts), for answers read as they come. The body must be
+        read to the end for the connection to be kept; leaving early (or being cancelled) closes it."""
+        conn, status, resp_headers = await self._exchange(path, body, headers)
         finished = False
         parts = conn.body_parts(status, resp_headers)
 
@@ -318,16 +354,22 @@ class Pool:
         try:
             yield status, resp_headers, reading()
         except BaseException:
-            conn.abort()
-            self.forget(conn)
+            self._abort(conn)
             raise
         if finished:
             self._give_back(conn)
         else:
-            conn.abort()
-            self.forget(conn)
+            self._abort(conn)
+
+    def _abort(self, conn: _Connection) -> None:
+        conn.abort()
+        self.forget(conn)
 
     async def close(self) -> None:
         for conn in list(self._all):
             self._drop(conn)
         self._idle.clear()
+
+
+def _too_large() -> HttpError:
+    return HttpError(f"the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB", protocol=True)

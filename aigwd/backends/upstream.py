@@ -35,9 +35,8 @@ class Upstream:
         """POST /v1/chat/completions; returns (status, body bytes) unchanged."""
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         with self._translated_errors():
-            async with self._pool.post(CHAT_PATH, body, headers) as (status, _, parts):
-                chunks = [part async for part in parts]
-        return status, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            status, _, answer = await self._pool.fetch(CHAT_PATH, body, headers)
+        return status, answer
 
     async def stream(self, body: bytes, request_id: str) -> AsyncIterator[bytes]:
         """POST a streaming chat; yields the server's bytes as they arrive. A non-200 answer raises
@@ -59,7 +58,7 @@ class Upstream:
             if exc.refused:
                 raise UpstreamError(f"backend {self.name} is not reachable: {exc}") from None
             if exc.protocol:
-                raise UpstreamError(f"backend {self.name} answered something that is not HTTP: {exc}") from None
+                raise UpstreamError(f"backend {self.name} sent an unusable answer: {exc}") from None
             raise UpstreamError(f"backend {self.name} dropped the connection: {exc}") from None
 
     async def close(self) -> None:

@@ -57,7 +57,10 @@ class Priority(IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _LABELS[self]
+
+
+_LABELS = tuple(p.name.lower() for p in Priority)  # read on every request: Enum.name is slow
 
 
 @dataclass(eq=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,8 +73,11 @@ CRASH_COLUMNS = (
 MISSING_COLUMNS = ("model_name", "client_id", "subject", "timestamp")
 
 
+_request_values = operator.attrgetter(*REQUEST_COLUMNS)
+
+
 def request_values(rec: RequestRecord) -> tuple[Any, ...]:
-    return tuple(getattr(rec, name) for name in REQUEST_COLUMNS)
+    return tuple(_request_values(rec))
 
 
 def request_from_row(row: sqlite3.Row | tuple[Any, ...]) -> RequestRecord:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from aigwd.backends.httpclient import STREAM_HIGH_WATER, HttpError, Pool
+from aigwd.backends.httpclient import MAX_ANSWER_BYTES, STREAM_HIGH_WATER, HttpError, Pool
 from aigwd.backends.upstream import Upstream, UpstreamError, UpstreamStatus
 
 T = 5.0  # seconds any condition may take before a test fails
@@ -266,7 +266,7 @@ async def test_protocol_errors(pools: MakePool, answer: list[bytes]) -> None:
         assert err.value.protocol and not err.value.refused
         await asyncio.wait_for(srv.ended[0].wait(), T)
         assert not pool._all and srv.accepted == 1
-        assert "backend m answered something that is not HTTP" in await upstream_error(srv.port)
+        assert "backend m sent an unusable answer" in await upstream_error(srv.port)
 
 
 async def test_interim_answers_are_skipped(pools: MakePool) -> None:
@@ -407,3 +407,27 @@ async def test_pool_close_closes_idle_connections(pools: MakePool) -> None:
         await pool.close()
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in srv.ended)), T)
         assert not pool._idle and not pool._all
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(OK, id="content-length"),
+    pytest.param(HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\no\r\n1;x=y\r\nk\r\n0\r\nT: 1\r\n\r\n", id="chunked"),
+])
+async def test_fetch_reads_whole_answers_and_keeps_the_connection(pools: MakePool, answer: bytes) -> None:
+    async with RawServer(serve(answer)) as srv:
+        pool = pools(srv.port)
+        for _ in range(3):
+            status, _, data = await pool.fetch("/p", b"{}", {})
+            assert (status, data) == (200, b"ok")
+        assert srv.accepted == 1
+
+
+async def test_fetch_refuses_an_answer_over_the_size_limit(pools: MakePool) -> None:
+    too_big = HEAD + f"Content-Length: {MAX_ANSWER_BYTES + 1}\r\n\r\n".encode()
+    async with RawServer(serve(too_big, keep=False, hold=True)) as srv:
+        pool = pools(srv.port)
+        with pytest.raises(HttpError) as err:
+            await pool.fetch("/p", b"{}", {})
+        assert err.value.protocol and "larger than" in str(err.value)
+        assert not pool._all
+        assert "sent an unusable answer" in await upstream_error(srv.port)
