@@ -9,7 +9,7 @@ from aiohttp import web
 from ..metrics import CONTENT_TYPE
 from . import admin_routes, auth_routes, client_routes, openai_routes
 from .context import SERVICES, Services
-from .middleware import admit, errors
+from .middleware import client_layer
 from .openapi import openapi_json
 
 
@@ -48,7 +48,7 @@ def build_metrics_app(services: Services) -> web.Application:
 
 def build_app(services: Services) -> web.Application:
     max_body = int(services.cfg.server.max_body_mib * 1024 * 1024)
-    app = web.Application(middlewares=[errors, admit], client_max_size=max_body,
+    app = web.Application(middlewares=[client_layer], client_max_size=max_body,
                           handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[SERVICES] = services
     app.router.add_get("/health", health)

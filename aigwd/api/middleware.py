@@ -52,11 +52,17 @@ _HTTP_DETAILS = {
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:
+        return error_answer(request, exc)
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to an exception out of a handler; redirects and the like are raised again."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.detail, exc.headers, request.path)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         if exc.status == 413:
             limit = request.app[SERVICES].cfg.server.max_body_mib
             detail = f"Request body is larger than the limit of {limit:g} MiB"
@@ -64,10 +70,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             detail = _HTTP_DETAILS.get(exc.status, exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, detail, headers, request.path)
-    except Exception:
-        logs.event("internal_error", logging.ERROR, method=request.method, path=request.path)
-        logging.getLogger("aigw.api").exception("unhandled error")
-        return error_response(500, "Internal error; the gateway logged it", path=request.path)
+    logs.event("internal_error", logging.ERROR, method=request.method, path=request.path)
+    logging.getLogger("aigw.api").error("unhandled error", exc_info=exc)
+    return error_response(500, "Internal error; the gateway logged it", path=request.path)
 
 
 def authenticate(request: web.Request) -> None:
@@ -124,9 +129,13 @@ async def read_body(request: web.Request) -> None:
 
 
 @web.middleware
-async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authentication, then the body: one middleware layer, as every layer costs every request."""
-    if request.path not in PUBLIC_PATHS:
-        authenticate(request)
-    await read_body(request)
-    return await handler(request)
+async def client_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors as answers, authentication, then the body: one middleware layer, as every layer costs
+    every request."""
+    try:
+        if request.path not in PUBLIC_PATHS:
+            authenticate(request)
+        await read_body(request)
+        return await handler(request)
+    except Exception as exc:
+        return error_answer(request, exc)
