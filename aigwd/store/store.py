@@ -178,7 +178,7 @@ class Store:
         def op(txn: Txn) -> None:
             txn.conn.execute(_REQUEST_REPLACE, (*values, None, None))
 
-        await self._writer.submit(op, single_statement=True)
+        await self._writer.submit(op, single_statement=True, urgent=False)
 
     async def mark_started(self, request_id: str, started_at: float, attempts: int,
                            served_resolution: str | None = None) -> None:
@@ -189,7 +189,7 @@ class Store:
                 f"served_resolution = ? WHERE id = ? AND status IN {_UNFINISHED}",
                 (started_at, attempts, served_resolution, request_id))
 
-        await self._writer.submit(op, single_statement=True)
+        await self._writer.submit(op, single_statement=True, urgent=False)
 
     async def finish(self, request_id: str, status: str, finished_at: float, result: bytes | None,
                      error: str | None) -> None:
@@ -207,7 +207,7 @@ class Store:
                 # Only after commit: if the update is lost the row still needs the file.
                 txn.after_commit(lambda: self.spool.remove(path))
 
-        await self._writer.submit(op)
+        await self._writer.submit(op, urgent=False)
 
     async def requeue(self, request_id: str, attempts: int) -> None:
         def op(txn: Txn) -> None:

@@ -2,7 +2,9 @@
 
 Callers enqueue a function of a Txn; the thread takes all that is queued (up to batch_max), runs
 each under its own savepoint inside one transaction and commits once. Every caller's future then
-resolves together, so a burst of requests pays for one commit instead of one each.
+resolves together, so a burst of requests pays for one commit instead of one each. A batch holding
+only writes that no client's answer waits on (a request's outcome, its start) stays open up to
+LINGER_S for more: under load that makes batches of many rows instead of one commit per row.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +23,8 @@ from .. import logs
 from .records import StoreError
 
 T = TypeVar("T")
+# Longest a batch of writes nobody waits on is held open for more.
+LINGER_S = 0.002
 
 
 class Txn:
@@ -61,6 +66,8 @@ class _Item:
     future: asyncio.Future[Any]
     # One SQL statement: SQLite undoes a failed statement by itself, so no savepoint is needed.
     single: bool = False
+    # A client's answer waits on this write (e.g. a 202): commit without lingering.
+    urgent: bool = True
     txn: Txn | None = None
     value: Any = None
     error: BaseException | None = field(default=None)
@@ -79,10 +86,11 @@ def _as_store_error(exc: BaseException) -> StoreError:
 
 
 class Writer:
-    def __init__(self, batch_max: int) -> None:
+    def __init__(self, batch_max: int, linger_s: float = LINGER_S) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         self.batch_max = batch_max
+        self.linger_s = linger_s
         # Read from the event loop thread for metrics and tests; only the writer thread changes them.
         self.commits = 0
         self.failed_batches = 0
@@ -105,19 +113,21 @@ class Writer:
             self._thread = threading.Thread(target=self._run, name="aigw-store-writer", daemon=True)
             self._thread.start()
 
-    async def submit(self, fn: Callable[[Txn], T], *, single_statement: bool = False) -> T:
+    async def submit(self, fn: Callable[[Txn], T], *, single_statement: bool = False,
+                     urgent: bool = True) -> T:
         """Run fn(txn) in the writer thread; returns once the transaction holding it has committed.
 
         single_statement: fn runs exactly one SQL statement and registers no hooks, so it needs no
         savepoint of its own (the cheap path for the writes every request makes).
-        Cancelling the wait does not take the operation back: it is written anyway.
+        urgent=False: no client's answer waits on it, so its batch may wait up to linger_s for
+        company. Cancelling the wait does not take the operation back: it is written anyway.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
             if self._thread is None or self._stopping:
                 raise StoreError("store is not open")
-            self._queue.put(_Item(fn, loop, future, single_statement))
+            self._queue.put(_Item(fn, loop, future, single_statement, urgent))
         return await future
 
     async def stop(self) -> None:
@@ -141,21 +151,38 @@ class Writer:
         assert conn is not None
         try:
             stop = False
+            busy = False  # one write at a time never lingers: no latency for a lone writer
             while not stop:
                 first = self._queue.get()
                 if first is None:
                     break
                 batch = [first]
+                urgent = first.urgent
+                linger_until: float | None = None
                 while len(batch) < self.batch_max:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
-                        break
+                        # Busy (the last batch had company) and nobody waits on this one to answer a
+                        # client: wait a moment for more, as a commit costs far more than a row.
+                        if urgent or not busy or self.linger_s <= 0:
+                            break
+                        if linger_until is None:
+                            linger_until = time.monotonic() + self.linger_s
+                        left = linger_until - time.monotonic()
+                        if left <= 0:
+                            break
+                        try:
+                            item = self._queue.get(timeout=left)
+                        except queue.Empty:
+                            break
                     if item is None:
                         stop = True  # nothing can follow the stop marker, see submit()
                         break
                     batch.append(item)
+                    urgent = urgent or item.urgent
                 self._run_guarded(conn, batch)
+                busy = len(batch) > 1
         finally:
             conn.close()
 
