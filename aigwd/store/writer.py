@@ -99,6 +99,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._stopping = False
+        self._shared_txn: Txn | None = None
 
     @property
     def running(self) -> bool:
@@ -215,16 +216,16 @@ class Writer:
                 item.txn.committed()
 
     def _run_one(self, conn: sqlite3.Connection, item: _Item) -> None:
-        txn = Txn(conn)
-        item.txn = txn
         if item.single:
             try:
-                item.value = item.fn(txn)
+                item.value = item.fn(self._plain_txn(conn))
             except Exception as exc:
                 if not conn.in_transaction:
                     raise _BatchAborted() from exc
                 item.error = exc
             return
+        txn = Txn(conn)
+        item.txn = txn
         conn.execute("SAVEPOINT op")
         try:
             item.value = item.fn(txn)
@@ -238,6 +239,12 @@ class Writer:
             item.error = exc
             return
         conn.execute("RELEASE op")
+
+    def _plain_txn(self, conn: sqlite3.Connection) -> Txn:
+        """One Txn shared by the single-statement writes, which register no hooks."""
+        if self._shared_txn is None or self._shared_txn.conn is not conn:
+            self._shared_txn = Txn(conn)
+        return self._shared_txn
 
     def _abort(self, conn: sqlite3.Connection, batch: list[_Item], cause: BaseException) -> None:
         """Undo the whole batch and fail every operation in it, keeping the thread usable."""
