@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import RESOLUTIONS
 from ..errors import ApiError, bad_request
-from ..images import decode_data_url, sniff
+from ..images import inspect_data_url
 from ..scheduling.fairqueue import Priority
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -150,10 +150,9 @@ def ocr_image(body: dict[str, Any], max_bytes: int) -> None:
     if not isinstance(url, str):
         raise bad_request("image_url must be an object with a url string: data:image/png;base64,...")
     try:
-        _mime, data = decode_data_url(url, max_bytes)
+        _mime, info, _size = inspect_data_url(url, max_bytes)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
-    info = sniff(data)
     if info is None:
         raise ApiError(400, "The image is not a PNG, JPEG or WebP file (checked by its bytes); "
                             "send one of those formats")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aigwd.images import ImageInfo, decode_data_url, sniff
+from aigwd.images import SNIFF_PREFIX_CHARS, ImageInfo, decode_data_url, inspect_data_url, sniff
 
 EXAMPLE_PNG = Path(__file__).resolve().parents[2] / "examples" / "document.png"
 
@@ -189,3 +189,56 @@ def test_oversize_is_refused_with_the_limit_named() -> None:
     big = b"\x00" * (3 * 1024 * 1024)
     with pytest.raises(ValueError, match=r"3\.0 MiB.*limit of 1\.0 MiB"):
         decode_data_url(data_url(big), 1024 * 1024)
+
+
+def big_jpeg(app_bytes: int) -> bytes:
+    """A JPEG whose frame header lies behind APP segments of app_bytes in all."""
+    apps = b""
+    while app_bytes > 0:
+        n = min(app_bytes, 65000)
+        apps += segment(0xE2, b"\x00" * n)
+        app_bytes -= n
+    head = make_jpeg(320, 200)
+    return head[:2] + apps + head[2:]
+
+
+@pytest.mark.parametrize("image", [
+    make_png(3, 5), make_jpeg(640, 480), make_vp8(30, 40), make_vp8l(7, 9), make_vp8x(1000, 2000),
+    EXAMPLE_PNG.read_bytes(), big_jpeg(200_000), b"\x00" * 5, b"GIF89a" + b"\x00" * 200_000,
+    make_png(2, 2) + random.Random(1).randbytes(300_000),
+], ids=["png", "jpeg", "vp8", "vp8l", "vp8x", "document", "jpeg-sof-far-in", "tiny", "gif", "png-large"])
+def test_inspect_agrees_with_a_full_decode(image: bytes) -> None:
+    url = data_url(image, "image/x-anything")
+    mime, data = decode_data_url(url, 10_000_000)
+    assert inspect_data_url(url, 10_000_000) == (mime, sniff(data), len(data))
+
+
+def test_inspect_finds_a_jpeg_frame_header_beyond_the_prefix() -> None:
+    image = big_jpeg(200_000)
+    assert len(base64.b64encode(image)) > 2 * SNIFF_PREFIX_CHARS
+    assert inspect_data_url(data_url(image), 10_000_000)[1] == ImageInfo("jpeg", 320, 200)
+
+
+@pytest.mark.parametrize("payload", [
+    "iVBORw0K Ggo=", "iVBORw0K\nGgo=", "iVBORw0KGgo", "iVBORw0KGgo==", "iVBORw0=KGgo", "iVBOR!w0KGgo=", "a-b_c-d_",
+    "iVBORw0KGgo=é", "iVBORw0KGgo===", "====",
+])
+def test_inspect_refuses_bad_base64(payload: str) -> None:
+    with pytest.raises(ValueError, match="not valid base64"):
+        inspect_data_url(f"data:image/png;base64,{payload}", 10_000)
+
+
+@pytest.mark.parametrize("where", [-6, -2])
+def test_inspect_checks_the_whole_text_not_only_the_prefix(where: int) -> None:
+    text = base64.b64encode(make_png(2, 2) + random.Random(2).randbytes(300_000)).decode()
+    assert len(text) > 3 * SNIFF_PREFIX_CHARS
+    broken = text[:where] + "!" + text[where + 1:]
+    with pytest.raises(ValueError, match="not valid base64"):
+        inspect_data_url(f"data:image/png;base64,{broken}", 10_000_000)
+
+
+def test_inspect_refuses_oversize_with_the_exact_size() -> None:
+    data = b"\x89PNG" + b"\x00" * 5000
+    assert inspect_data_url(data_url(data), 5004)[2] == 5004
+    with pytest.raises(ValueError, match=r"over the limit of 4\.9 KiB"):
+        inspect_data_url(data_url(data), 5003)
