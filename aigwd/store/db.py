@@ -113,6 +113,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE ocr_demand (timestamp REAL NOT NULL, resolution TEXT NOT NULL)",
         "CREATE INDEX ocr_demand_timestamp ON ocr_demand(timestamp)",
     ),
+    # 7: only unfinished requests are looked up by status (recovery at start), so only they are indexed:
+    # most rows are written finished and skip the index. The WHERE is the one the queries use, verbatim.
+    (
+        "DROP INDEX requests_status",
+        "CREATE INDEX requests_unfinished ON requests(status) WHERE status IN ('queued', 'processing')",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -285,3 +285,21 @@ async def test_purge_keeps_only_the_newest_records(tmp_path: Path) -> None:
         assert [r.error for r in crashes] == [f"e{i}" for i in range(11, 6, -1)]
     finally:
         await store.close()
+
+
+async def test_unfinished_requests_are_found_through_the_partial_index(store: Store) -> None:
+    from aigwd.store.store import _REQUEST_SELECT, _UNFINISHED
+
+    await store.add_request(make_request(), b"{}")
+    await store.add_finished(make_request(status="completed", finished_at=time.time(), result=b"{}", sync=True))
+    conn = sqlite3.connect(store.db_path)
+    try:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {_REQUEST_SELECT} WHERE status IN {_UNFINISHED} "
+                            "ORDER BY queued_at, id").fetchall()
+        assert any("requests_unfinished" in str(row[-1]) for row in plan), plan
+        indexed = conn.execute("SELECT COUNT(*) FROM requests INDEXED BY requests_unfinished "
+                               f"WHERE status IN {_UNFINISHED}").fetchone()[0]
+        assert indexed == 1
+    finally:
+        conn.close()
+    assert len(await store.unfinished()) == 1
