@@ -200,9 +200,7 @@ class Gateway:
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {status}: "
                                                      f"{_error_message(answer)}")
             return "failed"
-        try:
-            json.loads(answer)  # a 200 that is not JSON is the server's failure, not a result
-        except ValueError:
+        if not _json_object(answer):  # a 200 that is not JSON is the server's failure, not a result
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered something that "
                                                      "is not JSON")
             return "failed"
@@ -451,3 +449,10 @@ def _error_message(body: bytes) -> str:
     except ValueError:
         pass
     return body[:200].decode("utf-8", "replace")
+
+
+def _json_object(answer: bytes) -> bool:
+    """Whether an answer is framed as a JSON object. Not a full parse: answers run to many kilobytes, and
+    what this must catch is an HTML error page, plain text or an empty body from a broken server or proxy."""
+    text = answer.strip()
+    return text[:1] == b"{" and text[-1:] == b"}"
