@@ -332,3 +332,21 @@ async def test_a_thousand_idle_connections_do_not_stop_service(bare: Daemon, ses
     assert bare.proc is not None and bare.proc.poll() is None
 
 
+
+
+@pytest.mark.parametrize("framing", [
+    "Transfer-Encoding: chunked\r\nContent-Length: 4",
+    "Transfer-Encoding: E\r\nContent-Length: 4",
+    "Content-Length: 4\r\nContent-Length: 5",
+    "Transfer-Encoding: chunked, identity",
+])
+async def test_ambiguous_framing_is_refused(bare: Daemon, session: aiohttp.ClientSession, framing: str) -> None:
+    """Request smuggling: a body whose length two parties could read differently never reaches a route."""
+    token = (await Client(session, bare.url).login())["access_token"]
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\n{framing}\r\n\r\n0\r\n\r\n").encode()
+    with raw_request(bare, head, timeout=5) as sock:
+        status, _ = await asyncio.to_thread(read_status, sock)
+    assert status == 400, framing
+    async with session.get(bare.url + "/health") as resp:
+        assert resp.status == 200
