@@ -61,5 +61,9 @@ class Upstream:
                 raise UpstreamError(f"backend {self.name} sent an unusable answer: {exc}") from None
             raise UpstreamError(f"backend {self.name} dropped the connection: {exc}") from None
 
+    def set_max_connections(self, n: int) -> None:
+        """Connections kept open between calls: one per request the backend may process at once."""
+        self._pool.max_idle = n
+
     async def close(self) -> None:
         await self._pool.close()

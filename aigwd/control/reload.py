@@ -117,6 +117,7 @@ class Reloader:
             max_concurrent, max_waiting = queue_limits(merged, running)
             rt.queues.reconfigure(max_concurrent=max_concurrent, max_waiting=max_waiting,
                                   aging_s=merged.queue.aging_s)
+            rt.upstream.set_max_connections(max_concurrent)
         s.tokens.access_ttl_s = merged.auth.access_ttl_s
         s.tokens.refresh_ttl_s = merged.auth.refresh_ttl_s
         s.cfg = merged
