@@ -14,7 +14,7 @@ from ..scheduling.fairqueue import Priority
 from ..store import RequestRecord
 from . import validation
 from .context import SERVICES, Services
-from .middleware import API_KEY, CLAIMS, ROLE
+from .middleware import API_KEY, CLAIMS, ROLE, read_body
 
 
 def iso(ts: float | None) -> str | None:
@@ -75,6 +75,7 @@ async def _submit(request: web.Request, kind: str) -> web.Response:
     if kind == "ocr":
         resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
     rate_limit(request, services, client_id)
+    await read_body(request)
     raw = await request.read()
     body = validation.parse_json(raw)
     model = validation.chat_body(body)

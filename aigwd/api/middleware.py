@@ -16,6 +16,8 @@ from .context import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json"})
+# Submissions read their body themselves, after the rate limit: a limited client's body is never read.
+SUBMISSION_PATHS = frozenset({"/api/chat", "/api/ocr", "/v1/chat/completions"})
 CLAIMS = web.RequestKey("claims", Claims)
 ROLE = web.RequestKey("role", str)
 API_KEY = web.RequestKey("api_key", apikeys.ApiKey)
@@ -135,7 +137,8 @@ async def client_layer(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         if request.path not in PUBLIC_PATHS:
             authenticate(request)
-        await read_body(request)
+        if request.path not in SUBMISSION_PATHS:
+            await read_body(request)
         return await handler(request)
     except Exception as exc:
         return error_answer(request, exc)

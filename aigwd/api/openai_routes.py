@@ -18,7 +18,7 @@ from ..gateway import Live
 from . import validation
 from .client_routes import client_and_priority, rate_limit
 from .context import SERVICES, Services
-from .middleware import CLAIMS, openai_error
+from .middleware import CLAIMS, openai_error, read_body
 
 # While a streaming request waits, an SSE comment says where it stands this often.
 POSITION_INTERVAL_S = 1.0
@@ -38,6 +38,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     client_id, priority = client_and_priority(request)
     rate_limit(request, services, client_id)
+    await read_body(request)
     raw = await request.read()
     body = validation.parse_json(raw)
     model = validation.chat_body(body, allow_stream=True)

@@ -350,3 +350,21 @@ async def test_ambiguous_framing_is_refused(bare: Daemon, session: aiohttp.Clien
     assert status == 400, framing
     async with session.get(bare.url + "/health") as resp:
         assert resp.status == 200
+
+
+async def test_a_limited_client_is_refused_before_its_body_is_read(make_daemon,
+                                                                   session: aiohttp.ClientSession) -> None:
+    d = make_daemon([], sections={"rate_limit": {"per_minute": 1, "burst": 1},
+                                  "server": {"body_read_timeout_s": 60}})
+    token = (await Client(session, d.url).login())["access_token"]
+    for path in ("/api/chat", "/api/ocr", "/v1/chat/completions"):
+        headers = {"Authorization": f"Bearer {token}", "X-Client-ID": path.replace("/", "_")}
+        async with session.post(d.url + path, json={"model": "m", "messages": []}, headers=headers) as resp:
+            assert resp.status != 429  # the burst of one: spent here
+        # Announces a body and sends none: only an answer that does not wait for it comes within 5 s.
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                f"X-Client-ID: {headers['X-Client-ID']}\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100000\r\n\r\n").encode()
+        with raw_request(d, head, timeout=5) as sock:
+            status, _ = await asyncio.to_thread(read_status, sock)
+        assert status == 429, path
