@@ -24,6 +24,9 @@ STDERR_TAIL_LINES = 200
 # Environment tags on every server process: how a later daemon run recognises its leftovers.
 TAG_BACKEND = "AIGW_BACKEND"
 TAG_STATE_DIR = "AIGW_STATE_DIR"
+# How long a start waits for GPU memory that NVML does not show free yet, and how often it looks.
+GPU_RELEASE_WAIT_S = 10.0
+GPU_RELEASE_POLL_S = 0.25
 
 
 class GpuProbe(Protocol):
@@ -154,8 +157,17 @@ class ManagedBackend:
         if verdict.state == "failed":
             return f"GPU {self.cfg.gpu} failed: {'; '.join(verdict.reasons)}", True
         if reading is not None and need > 0 and reading.memory_free < need * 2**20:
-            return (f"needs {need} MiB of GPU {self.cfg.gpu} memory but only "
-                    f"{reading.memory_free // 2**20} MiB are free"), False
+            # Memory a server on this card just gave back (a restart, a mode switch) shows in NVML a
+            # moment later: look again for a bounded while before refusing the start.
+            logs.event("backend_waiting_for_gpu_memory", backend=self.name, gpu=self.cfg.gpu, need_mib=need,
+                       free_mib=reading.memory_free // 2**20)
+            deadline = self.layer.now() + GPU_RELEASE_WAIT_S
+            while reading is not None and reading.memory_free < need * 2**20 and self.layer.now() < deadline:
+                await self.layer.sleep(GPU_RELEASE_POLL_S)
+                reading = await self.gpu.refresh(self.cfg.gpu)
+            if reading is not None and reading.memory_free < need * 2**20:
+                return (f"needs {need} MiB of GPU {self.cfg.gpu} memory but only "
+                        f"{reading.memory_free // 2**20} MiB are free"), False
         return None, False
 
     async def _spawn_and_wait(self) -> bool:

@@ -181,3 +181,19 @@ def _async(value: Any) -> Callable[..., Any]:
     async def f(*args: Any) -> Any:
         return value
     return f
+
+
+async def test_start_waits_for_memory_a_stopped_server_is_still_giving_back(tmp_path: Path,
+                                                                             layer: FakeLayer) -> None:
+    readings = iter([2, 2, 4, 80])  # GiB free, one per NVML refresh: the memory comes back late
+
+    async def refresh(index: int) -> SimpleNamespace:
+        return SimpleNamespace(memory_free=next(readings, 80) * 2**30)
+
+    gpu = SimpleNamespace(available=True, refresh=refresh, memory_of=lambda i, p: 0, pids_on=lambda i: set(),
+                          verdict=lambda i: SimpleNamespace(state="healthy", reasons=()))
+    h = Harness(tmp_path, layer, gpu=gpu, gpu_memory_mib=8192)
+    layer.healthy = True
+    assert await h.backend.start()
+    assert len(layer.spawned) == 1 and h.backend.state is State.RUNNING
+    await h.backend.close()
