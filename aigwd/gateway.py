@@ -1,7 +1,9 @@
 """The life of a client request: accepted, queued, sent upstream, finished, kept; recovered after a crash.
 
 Statuses: queued -> processing -> completed | failed | timeout | cancelled. Every accepted request is
-stored before its 202 goes out, so a daemon killed at any moment finds it again at the next start.
+stored before its 202 goes out, so a daemon killed at any moment finds it again at the next start. A
+request on a held connection (the OpenAI routes) gets no 202 and could not run again for its client after
+a restart: it is stored once, when it has finished.
 """
 
 from __future__ import annotations
