@@ -104,7 +104,8 @@ def chat_body(body: dict[str, Any], *, allow_stream: bool = False) -> str:
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise bad_request(f"messages[{i}] must be an object with role and content")
-        if msg.get("role") not in ROLES:
+        role = msg.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             raise bad_request(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}")
         content = msg.get("content")
         if content is None and msg.get("role") == "assistant":

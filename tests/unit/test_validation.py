@@ -63,6 +63,8 @@ def test_chat_body() -> None:
         ({"messages": [{"role": "user", "content": "x"}]}, "model"),
         (chat(messages=[]), "messages"),
         (chat(messages=[{"role": "wizard", "content": "x"}]), "role"),
+        (chat(messages=[{"role": {"nested": 1}, "content": "x"}]), "role"),
+        (chat(messages=[{"role": ["user"], "content": "x"}]), "role"),
         (chat(messages=[{"role": "user", "content": 5}]), "content"),
         (chat(messages=[{"role": "user", "content": [{"type": "audio"}]}]), "type text or image_url"),
         (chat(messages=[{"role": "user", "content": "x"}] * 1025), "at most 1024"),
