@@ -192,6 +192,8 @@ class Daemon:
             if time.monotonic() - last_purge >= self.cfg.results.purge_interval_s:
                 last_purge = time.monotonic()
                 await gateway.maintain_once()
+            else:
+                await gateway.save_unsaved()  # a refused outcome is written as soon as the disk takes it
             self.notifier.status(self._status_line(gateway))
             await asyncio.sleep(min(STATUS_INTERVAL_S, self.cfg.results.purge_interval_s))
 

@@ -395,10 +395,14 @@ class Gateway:
             logs.event("requests_recovered", **counts)
         return counts
 
-    async def maintain_once(self) -> None:
-        """Purge expired results; write again what a full disk refused."""
+    async def save_unsaved(self) -> None:
+        """Write again the outcomes the disk refused (full, failing), so none stays only in memory."""
         for live in [v for v in self.live.values() if v.record.status in FINAL_STATUSES and not v.saved]:
             await self._save(live)
+
+    async def maintain_once(self) -> None:
+        """Purge expired results; write again what a full disk refused."""
+        await self.save_unsaved()
         cutoff = time.time() - self.cfg.results.retention_h * 3600
         try:
             purged = await self.store.purge_finished(cutoff)
@@ -416,6 +420,8 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Outcomes a full disk refused get a last try: a request left 'processing' on disk would run again.
+        await self.save_unsaved()
         for rt in self.backends.values():
             await rt.upstream.close()
 

@@ -150,7 +150,7 @@ async def test_serve_current_says_which_mode_served(make_daemon, session: aiohtt
     status, answer, _ = await client.call("POST", "/api/ocr", json_body=ocr_body(),
                                           headers=client.headers(**{"X-Resolution": "tiny"}))
     done = await client.finished(answer["request_id"])
-    assert done["status"] == "completed" and done["resolution"] == "tiny"
+    assert done["status"] == "completed" and done["resolution"] == "tiny", done
     assert done["served_resolution"] == "large" == done["result"]["standin"]["ocr_mode"]
     assert (await models(client))["deepseek"]["mode_switches"] == 0
 
