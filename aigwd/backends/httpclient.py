@@ -61,7 +61,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._received = True
         self._buf += data
-        if self.pool.streaming_limit and len(self._buf) > self.pool.streaming_limit and not self._paused:
+        if len(self._buf) > STREAM_HIGH_WATER and not self._paused:
             assert self.transport is not None
             self.transport.pause_reading()
             self._paused = True
@@ -251,7 +251,6 @@ class Pool:
         self.port = port
         self.max_idle = max_idle
         self.connect_timeout_s = connect_timeout_s
-        self.streaming_limit = STREAM_HIGH_WATER
         self._idle: deque[_Connection] = deque()
         self._all: set[_Connection] = set()
         self._host_header = f"{host}:{port}"
