@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bounds import MAX_USERNAME
+
 try:
     import tomllib
 except ImportError:  # pragma: no cover - Python < 3.11
@@ -22,7 +24,7 @@ except ImportError:  # pragma: no cover - Python < 3.11
 RESOLUTIONS = ("tiny", "small", "base", "large", "gundam")
 BACKEND_KINDS = ("chat", "ocr")
 ROLES = ("admin", "user")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_USERNAME - 1}}}$")
 
 
 class ConfigError(Exception):
@@ -167,10 +169,16 @@ class QueueConfig:
                                   _positive)
 
 
+def _at_least_64k(v: Any) -> str | None:
+    return None if v >= 65536 else "must be 65536 (64 KiB) or more"
+
+
 @dataclass
 class ResultsConfig:
     retention_h: float = _opt(24.0, "Hours finished requests and their results are kept.", _positive)
     purge_interval_s: float = _opt(300.0, "How often expired results are purged.", _positive)
+    missing_models_max_bytes: int = _opt(8 * 1024 * 1024, "Bytes the log of requests for unserved models may "
+                                         "hold (newest kept); any client can add to it.", _at_least_64k)
 
 
 @dataclass

@@ -56,7 +56,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop_requested.set)
         block_loop_on_signal_for_tests(loop)
         os.makedirs(cfg.state_dir, mode=0o750, exist_ok=True)
-        store = Store(cfg.state_dir)
+        store = Store(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)
         await store.open()
         async with contextlib.AsyncExitStack() as stack:
             # Pinged from this loop from the start to the very end, so a hang anywhere is caught.

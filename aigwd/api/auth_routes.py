@@ -10,11 +10,11 @@ from aiohttp import web
 from .. import logs
 from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenError
+from ..bounds import MAX_PASSWORD, MAX_TOKEN, MAX_USERNAME, check_length
 from ..errors import ApiError, bad_request
 from .context import SERVICES
 from .validation import parse_json
 
-MAX_FIELD = 1024
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
@@ -29,19 +29,17 @@ async def _fields(request: web.Request) -> dict[str, Any]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def _text(fields: dict[str, Any], key: str) -> str:
+def _text(fields: dict[str, Any], key: str, maximum: int) -> str:
     value = fields.get(key)
     if not isinstance(value, str) or not value:
         raise bad_request(f"{key} is required (form field or JSON string)")
-    if len(value) > MAX_FIELD:
-        raise bad_request(f"{key} is longer than {MAX_FIELD} characters")
-    return value
+    return check_length(key, value, maximum)
 
 
 async def token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     fields = await _fields(request)
-    username, password = _text(fields, "username"), _text(fields, "password")
+    username, password = _text(fields, "username", MAX_USERNAME), _text(fields, "password", MAX_PASSWORD)
     throttle, peer = request.app[THROTTLE], request.remote or "-"
     wait = throttle.retry_after(username, peer)
     if wait > 0:
@@ -50,7 +48,7 @@ async def token(request: web.Request) -> web.Response:
     user = await services.users.authenticate(username, password)
     if user is None:
         throttle.failed(username, peer)
-        logs.event("login_failed", user=username[:64], peer=request.remote)
+        logs.event("login_failed", user=username, peer=request.remote)
         raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})
     throttle.succeeded(username)
     logs.event("login", user=user.name, role=user.role)
@@ -60,7 +58,7 @@ async def token(request: web.Request) -> web.Response:
 async def refresh(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     fields = await _fields(request)
-    refresh_token = _text(fields, "refresh_token")
+    refresh_token = _text(fields, "refresh_token", MAX_TOKEN)
 
     def role_of(name: str) -> str | None:
         user = services.users.active(name)

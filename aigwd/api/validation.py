@@ -6,12 +6,13 @@ import json
 import re
 from typing import Any
 
+from ..bounds import MAX_CLIENT_ID, MAX_MODEL_NAME, check_length
 from ..config import RESOLUTIONS
 from ..errors import ApiError, bad_request
 from ..images import inspect_data_url
 from ..scheduling.fairqueue import Priority
 
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_ID_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{MAX_CLIENT_ID}}}$")
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 MAX_MESSAGES = 1024
 MAX_TOKENS_LIMIT = 131072
@@ -96,6 +97,7 @@ def chat_body(body: dict[str, Any], *, allow_stream: bool = False) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model is required: a model name string, e.g. gemma-3-4b-it")
+    check_length("model", model, MAX_MODEL_NAME)  # it is stored when no backend serves it
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list of {role, content} objects")

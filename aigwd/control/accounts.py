@@ -14,26 +14,24 @@ from ..api.client_routes import iso
 from ..auth.passwords import verify_password
 from ..auth.tokens import TokenService
 from ..auth.users import User, UserDirectory, hash_in_thread
+from ..bounds import MAX_PASSWORD, MAX_USERNAME, check_length
 from ..config import NAME_RE, ROLES, UserConfig
 from ..errors import ApiError, bad_request, not_found
 from ..store import Store
 from ..store.store import UserRecord
 
-MAX_PASSWORD = 1024
-
 
 def check_name(name: str) -> None:
+    check_length("name", name, MAX_USERNAME)
     if not NAME_RE.match(name):
-        raise bad_request("user name must be 1-64 characters of letters, digits, '.', '_' or '-', "
+        raise bad_request(f"user name must be 1-{MAX_USERNAME} characters of letters, digits, '.', '_' or '-', "
                           "starting with a letter or digit")
 
 
 def check_password(password: str | None) -> str:
     if not password:
         raise bad_request("password is required and must not be empty")
-    if len(password) > MAX_PASSWORD:
-        raise bad_request(f"password is longer than {MAX_PASSWORD} characters")
-    return password
+    return check_length("password", password, MAX_PASSWORD)
 
 
 def _view(rec: UserRecord) -> dict[str, Any]:

@@ -7,18 +7,20 @@ import time
 from typing import Any
 
 from ..auth.apikeys import PRIORITIES, new_key
+from ..bounds import MAX_CLIENT_ID, MAX_SUBJECT
 from ..errors import bad_request, not_found
+from . import paging
 from .registry import Arg, Command, Context, Result
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CLIENT_ID = re.compile(rf"^[A-Za-z0-9._-]{{1,{MAX_CLIENT_ID}}}$")
 
 
 async def keys_create(ctx: Context, args: dict[str, Any]) -> Result:
     clients = [c.strip() for c in args["clients"].split(",") if c.strip()]
     bad = [c for c in clients if not _CLIENT_ID.match(c)]
     if bad or not clients:
-        raise bad_request("clients must be a comma-separated list of client IDs (1-64 characters of letters, "
-                          "digits, '.', '_', '-')")
+        raise bad_request(f"clients must be a comma-separated list of client IDs (1-{MAX_CLIENT_ID} characters "
+                          "of letters, digits, '.', '_', '-')")
     key, secret = new_key(args["subject"], clients, args["max_priority"])
     await ctx.services.gateway.store.api_keys().add(key)
     ctx.services.api_keys.add(key)
@@ -28,7 +30,11 @@ async def keys_create(ctx: Context, args: dict[str, Any]) -> Result:
 
 
 async def keys_list(ctx: Context, args: dict[str, Any]) -> Result:
-    return Result([k.public() for k in ctx.services.api_keys.list()])
+    after = paging.decode("keys", args["cursor"], (float, str))
+    keys = sorted(ctx.services.api_keys.list(), key=lambda k: (k.created_at, k.id))  # oldest first
+    keys = [k for k in keys if after is None or (k.created_at, k.id) > (after[0], after[1])]
+    keys, cursor = paging.page("keys", keys, args["limit"], lambda k: (float(k.created_at), k.id))
+    return Result([k.public() for k in keys], next_cursor=cursor)
 
 
 async def keys_revoke(ctx: Context, args: dict[str, Any]) -> Result:
@@ -42,12 +48,13 @@ async def keys_revoke(ctx: Context, args: dict[str, Any]) -> Result:
 
 COMMANDS = (
     Command("keys create", "create an API key for a service; the key is shown once", keys_create, (
-        Arg("subject", "who the key acts as (its requests are that subject's)", required=True, positional=True),
+        Arg("subject", "who the key acts as (its requests are that subject's)", required=True, positional=True,
+            max_length=MAX_SUBJECT),
         Arg("clients", "allowed X-Client-IDs, comma-separated; the first is the default", required=True),
         Arg("max_priority", "highest X-Priority the key may send", choices=PRIORITIES, default="normal")),
         method="POST", path="/admin/api-keys", mutates=True),
     Command("keys list", "API keys: id, subject, clients, highest priority, revoked (never the secret)", keys_list,
-            path="/admin/api-keys"),
+            paging.ARGS, path="/admin/api-keys", paged=True),
     Command("keys revoke", "revoke an API key; it is refused at once", keys_revoke,
             (Arg("id", "key id from keys list", required=True, positional=True),),
             method="DELETE", path="/admin/api-keys/{id}", mutates=True),

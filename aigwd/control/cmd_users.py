@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bounds import MAX_USERNAME
 from ..config import ROLES
 from ..errors import not_found
+from . import paging
 from .registry import Arg, Command, Context, Result
 
-NAME = Arg("name", "user name", required=True, positional=True, complete="user")
+NAME = Arg("name", "user name", required=True, positional=True, complete="user", max_length=MAX_USERNAME)
 PASSWORD = Arg("password", "the new password (aigwctl asks for it)", required=True, secret=True)
 
 
 async def users_list(ctx: Context, args: dict[str, Any]) -> Result:
-    return Result(await ctx.plane.accounts.list())
+    after = paging.decode("users", args["cursor"], (str,))
+    rows = [u for u in await ctx.plane.accounts.list() if after is None or u["name"] > after[0]]  # by name
+    rows, cursor = paging.page("users", rows, args["limit"], lambda u: (u["name"],))
+    return Result(rows, next_cursor=cursor)
 
 
 async def users_add(ctx: Context, args: dict[str, Any]) -> Result:
@@ -48,9 +53,9 @@ async def tokens_revoke(ctx: Context, args: dict[str, Any]) -> Result:
 
 COMMANDS = (
     Command("users list", "every user: name, role, where it is defined, disabled (never hashes)", users_list,
-            path="/admin/users"),
+            paging.ARGS, path="/admin/users", paged=True),
     Command("users add", "add a user (kept in the state database)", users_add, (
-        Arg("name", "user name", required=True, positional=True),
+        Arg("name", "user name", required=True, positional=True, max_length=MAX_USERNAME),
         Arg("role", "admin or user", choices=ROLES, default="user"), PASSWORD),
         method="POST", path="/admin/users", mutates=True),
     Command("users passwd", "set a user's password; their tokens are revoked", users_passwd, (NAME, PASSWORD),
@@ -62,6 +67,6 @@ COMMANDS = (
     Command("users enable", "allow a disabled user again", users_enable, (NAME,),
             method="POST", path="/admin/users/{name}/enable", mutates=True),
     Command("tokens revoke", "revoke every access and refresh token of a user", tokens_revoke, (
-        Arg("user", "user name", required=True, positional=True, complete="user"),),
+        Arg("user", "user name", required=True, positional=True, complete="user", max_length=MAX_USERNAME),),
         method="POST", path="/admin/tokens/{user}/revoke", mutates=True),
 )

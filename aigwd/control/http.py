@@ -12,6 +12,7 @@ from ..errors import bad_request
 from .registry import Result
 
 NDJSON = "application/x-ndjson"
+NEXT_CURSOR = "X-Next-Cursor"  # a paged list's next page; absent on the last
 
 
 async def json_args(request: web.Request) -> dict[str, Any]:
@@ -32,7 +33,8 @@ async def json_args(request: web.Request) -> dict[str, Any]:
 
 async def respond(request: web.Request, result: Result) -> web.StreamResponse:
     if result.stream is None:
-        return web.json_response(result.body, status=result.status)
+        headers = {NEXT_CURSOR: result.next_cursor} if result.next_cursor else None
+        return web.json_response(result.body, status=result.status, headers=headers)
     resp = web.StreamResponse(status=result.status, headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
     resp.enable_chunked_encoding()
     async with contextlib.aclosing(result.stream) as lines:

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Itera
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..bounds import MAX_ARG_TEXT, check_length
 from ..errors import bad_request
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from .plane import ControlPlane
 
 ARG_TYPES = ("str", "int", "bool")
-MAX_TEXT = 1024
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
@@ -36,6 +36,7 @@ class Arg:
     short: str | None = None  # e.g. "-f"
     minimum: int | None = None
     maximum: int | None = None
+    max_length: int = MAX_ARG_TEXT  # for strings: longer is a 400 naming the argument
 
     def __post_init__(self) -> None:
         if self.type not in ARG_TYPES:
@@ -45,7 +46,7 @@ class Arg:
         return {"name": self.name, "help": self.help, "type": self.type, "required": self.required,
                 "positional": self.positional, "choices": list(self.choices), "complete": self.complete,
                 "default": self.default, "secret": self.secret, "short": self.short,
-                "minimum": self.minimum, "maximum": self.maximum}
+                "minimum": self.minimum, "maximum": self.maximum, "max_length": self.max_length}
 
     def coerce(self, value: Any) -> Any:
         """The value in its declared type, or a 400 that says what to send."""
@@ -68,8 +69,7 @@ class Arg:
             return number
         if not isinstance(value, str):
             raise bad_request(f"{self.name} must be a string")
-        if len(value) > MAX_TEXT:
-            raise bad_request(f"{self.name} is longer than {MAX_TEXT} characters")
+        check_length(self.name, value, self.max_length)
         if self.choices and value not in self.choices:
             raise bad_request(f"{self.name} must be one of {', '.join(self.choices)}")
         return value
@@ -81,6 +81,7 @@ class Result:
 
     body: Any = None
     status: int = 200
+    next_cursor: str | None = None  # a paged list's next page; None on its last
     stream: AsyncGenerator[dict[str, Any], None] | None = field(default=None, compare=False)
 
 
@@ -105,13 +106,15 @@ class Command:
     path: str | None = None  # route on the TCP admin API; path parameters are named after arguments
     mutates: bool = False  # changes state: audited
     stream: bool = False  # answers NDJSON lines
+    paged: bool = False  # a list taking limit and cursor; the next page's cursor goes in X-Next-Cursor
 
     def arg(self, name: str) -> Arg | None:
         return next((a for a in self.args if a.name == name), None)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "help": self.help, "method": self.method, "path": self.path,
-                "mutates": self.mutates, "stream": self.stream, "args": [a.describe() for a in self.args]}
+                "mutates": self.mutates, "stream": self.stream, "paged": self.paged,
+                "args": [a.describe() for a in self.args]}
 
     def parse(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Check and convert the arguments a client sent; defaults fill the rest."""

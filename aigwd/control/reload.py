@@ -123,6 +123,7 @@ class Reloader:
         s.cfg = merged
         # The gateway (timeouts, retention) and the supervisor (OCR switching) read their own reference.
         s.gateway.cfg = merged
+        s.gateway.store.missing_max_bytes = merged.results.missing_models_max_bytes
         if s.supervisor is not None:
             s.supervisor.cfg = merged
         for callback in self.on_applied:

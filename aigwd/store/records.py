@@ -58,6 +58,7 @@ class MissingModelRecord:
     client_id: str
     subject: str
     timestamp: float
+    id: int | None = field(default=None, compare=False)  # set when read back: where a page ends
 
 
 # Column order shared by INSERT and SELECT so a row maps back positionally.
@@ -70,7 +71,7 @@ CRASH_COLUMNS = (
     "id", "timestamp", "model", "error", "exit_code", "signal", "stderr_tail", "gpu_memory_mib",
     "request_ids",
 )
-MISSING_COLUMNS = ("model_name", "client_id", "subject", "timestamp")
+MISSING_COLUMNS = ("model_name", "client_id", "subject", "timestamp", "id")
 
 
 _request_values = operator.attrgetter(*REQUEST_COLUMNS)
@@ -109,6 +110,6 @@ def crash_from_row(row: sqlite3.Row | tuple[Any, ...]) -> CrashRecord:
 
 
 def missing_from_row(row: sqlite3.Row | tuple[Any, ...]) -> MissingModelRecord:
-    model_name, client_id, subject, timestamp = row
+    model_name, client_id, subject, timestamp, id_ = row
     return MissingModelRecord(model_name=model_name, client_id=client_id, subject=subject,
-                              timestamp=timestamp)
+                              timestamp=timestamp, id=id_)

@@ -20,6 +20,7 @@ from .. import logs
 from . import db
 from .keys import ApiKeyTable
 from .ledger import SqliteRefreshLedger
+from .missing import MissingLogBound, row_bytes
 from .readers import Readers
 from .records import (
     CRASH_COLUMNS,
@@ -50,6 +51,16 @@ _USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at"
 _AUDIT_COLUMNS = "id, timestamp, actor, via, command, args, status, outcome, detail"
 
 
+Position = tuple[float, int]  # (timestamp, id) of a row: where a page of a newest-first list ends
+
+
+def _before(position: Position | None) -> tuple[str, tuple[float, ...]]:
+    """The WHERE clause that starts a newest-first page after `position`."""
+    if position is None:
+        return "", ()
+    return "WHERE (timestamp, id) < (?, ?) ", (float(position[0]), position[1])
+
+
 @dataclass
 class UserRecord:
     name: str
@@ -75,9 +86,10 @@ class AuditRecord:
 
 class Store:
     def __init__(self, state_dir: Path, *, batch_max: int = 512, spool_threshold: int = 256 * 1024,
-                 readers: int = 4, max_records: int = 100_000) -> None:
+                 readers: int = 4, max_records: int = 100_000, missing_max_bytes: int = 8 * 1024 * 1024) -> None:
         self.state_dir = Path(state_dir)
         self.max_records = max_records  # newest missing-model and crash rows kept by purge_finished
+        self._missing_bound = MissingLogBound(missing_max_bytes)
         self.db_path = self.state_dir / db.DB_NAME
         self.spool_threshold = spool_threshold
         self.spool = Spool(self.state_dir)
@@ -85,6 +97,14 @@ class Store:
         self._readers = Readers(readers)
         self._ledger = SqliteRefreshLedger(self._writer, self._readers)
         self._open_lock = asyncio.Lock()
+
+    @property
+    def missing_max_bytes(self) -> int:
+        return self._missing_bound.max_bytes
+
+    @missing_max_bytes.setter
+    def missing_max_bytes(self, value: int) -> None:
+        self._missing_bound.max_bytes = value  # read by the writer thread at its next add
 
     @property
     def commits(self) -> int:
@@ -219,11 +239,13 @@ class Store:
 
     async def add_missing_model(self, rec: MissingModelRecord) -> None:
         values = (rec.model_name, rec.client_id, rec.subject, rec.timestamp)
+        size = row_bytes(rec.model_name, rec.client_id, rec.subject)
 
         def op(txn: Txn) -> None:
             txn.conn.execute(
                 "INSERT INTO missing_models (model_name, client_id, subject, timestamp) VALUES (?, ?, ?, ?)",
                 values)
+            self._missing_bound.added(txn.conn, size)
 
         await self._writer.submit(op)
 
@@ -306,30 +328,37 @@ class Store:
 
         return await self._readers.run(read)
 
-    async def crashes(self, limit: int) -> list[CrashRecord]:
+    async def crashes(self, limit: int, before: Position | None = None) -> list[CrashRecord]:
+        """Newest first; `before`: the (timestamp, id) of the last row of the previous page."""
+        where, params = _before(before)
+
         def read(conn: sqlite3.Connection) -> list[CrashRecord]:
-            rows = conn.execute(f"SELECT {', '.join(CRASH_COLUMNS)} FROM crashes "
-                                "ORDER BY timestamp DESC, id DESC LIMIT ?", (max(0, limit),))
+            rows = conn.execute(f"SELECT {', '.join(CRASH_COLUMNS)} FROM crashes {where}"
+                                "ORDER BY timestamp DESC, id DESC LIMIT ?", (*params, max(0, limit)))
             return [crash_from_row(row) for row in rows]
 
         return await self._readers.run(read)
 
-    async def missing_models_grouped(self, by: str, limit: int) -> list[tuple[str, int, float, float]]:
+    async def missing_models_grouped(self, by: str, limit: int, offset: int = 0
+                                     ) -> list[tuple[str, int, float, float]]:
         """(model or client id, count, first seen, last seen), most requested first."""
         column = {"model": "model_name", "client": "client_id"}[by]
 
         def read(conn: sqlite3.Connection) -> list[tuple[str, int, float, float]]:
             rows = conn.execute(f"SELECT {column}, COUNT(*), MIN(timestamp), MAX(timestamp) FROM missing_models "
-                                f"GROUP BY {column} ORDER BY COUNT(*) DESC, MAX(timestamp) DESC LIMIT ?",
-                                (max(0, limit),))
+                                f"GROUP BY {column} ORDER BY COUNT(*) DESC, MAX(timestamp) DESC, {column} "
+                                "LIMIT ? OFFSET ?", (max(0, limit), max(0, offset)))
             return [(str(r[0]), int(r[1]), float(r[2]), float(r[3])) for r in rows]
 
         return await self._readers.run(read)
 
-    async def missing_models(self, limit: int) -> list[MissingModelRecord]:
+    async def missing_models(self, limit: int, before: Position | None = None) -> list[MissingModelRecord]:
+        """Newest first; `before`: the (timestamp, id) of the last row of the previous page."""
+        where, params = _before(before)
+
         def read(conn: sqlite3.Connection) -> list[MissingModelRecord]:
-            rows = conn.execute(f"SELECT {', '.join(MISSING_COLUMNS)} FROM missing_models "
-                                "ORDER BY timestamp DESC, id DESC LIMIT ?", (max(0, limit),))
+            rows = conn.execute(f"SELECT {', '.join(MISSING_COLUMNS)} FROM missing_models {where}"
+                                "ORDER BY timestamp DESC, id DESC LIMIT ?", (*params, max(0, limit)))
             return [missing_from_row(row) for row in rows]
 
         return await self._readers.run(read)
@@ -435,11 +464,13 @@ class Store:
 
         return await self._writer.submit(op)
 
-    async def audit(self, limit: int) -> list[AuditRecord]:
-        """Newest first."""
+    async def audit(self, limit: int, before: Position | None = None) -> list[AuditRecord]:
+        """Newest first; `before`: the (timestamp, id) of the last row of the previous page."""
+        where, params = _before(before)
+
         def read(conn: sqlite3.Connection) -> list[AuditRecord]:
-            rows = conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY timestamp DESC, id DESC LIMIT ?",
-                                (max(0, limit),))
+            rows = conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit {where}ORDER BY timestamp DESC, id DESC "
+                                "LIMIT ?", (*params, max(0, limit)))
             out = []
             for id_, ts, actor, via, command, args, status, outcome, detail in rows:
                 try:

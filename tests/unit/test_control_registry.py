@@ -39,7 +39,8 @@ def test_arguments_are_converted_and_checked() -> None:
     described = cmd.describe()
     assert described["args"][1] == {"name": "count", "help": "c", "type": "int", "required": False,
                                     "positional": False, "choices": [], "complete": None, "default": 3,
-                                    "secret": False, "short": None, "minimum": 1, "maximum": 5}
+                                    "secret": False, "short": None, "minimum": 1, "maximum": 5,
+                                    "max_length": 1024}
 
 
 def test_registry_refuses_duplicates_and_bad_names() -> None:
