@@ -18,6 +18,7 @@ from typing import Any
 from . import render
 from .client import DEFAULT_SOCKET, Client, CommandFailed, HttpClient, SocketClient, Unreachable
 from .repl import Shell
+from .safe import text as safe
 from .spec import CommandSpec, add_arguments, groups, index, values
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -92,7 +93,7 @@ async def one_shot(client: Client, as_json: bool, words: Sequence[str]) -> int:
         print(f"aigwctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except CommandFailed as exc:
-        print(f"aigwctl: the daemon refused the command list: {exc.status}: {exc.detail}", file=sys.stderr)
+        print(f"aigwctl: the daemon refused the command list: {exc.status}: {safe(exc.detail)}", file=sys.stderr)
         return EXIT_FAILED
     try:
         ns = command_parser(specs).parse_args(list(words))
@@ -119,12 +120,15 @@ async def one_shot(client: Client, as_json: bool, words: Sequence[str]) -> int:
         print(f"aigwctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except CommandFailed as exc:
-        print(f"aigwctl: {spec.name}: {exc.status}: {exc.detail}", file=sys.stderr)
+        print(f"aigwctl: {spec.name}: {exc.status}: {safe(exc.detail)}", file=sys.stderr)
         return EXIT_FAILED
     if not reply.ok:
-        print(f"aigwctl: {spec.name}: {reply.status}: {reply.detail}", file=sys.stderr)
+        print(f"aigwctl: {spec.name}: {reply.status}: {safe(reply.detail)}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(reply.body, indent=2) if as_json else render.render(spec.name, reply.body))
+    hint = render.more(reply.next_cursor)
+    if hint:
+        print(hint, file=sys.stderr)  # stdout stays the answer alone, for scripts
     return EXIT_OK
 
 

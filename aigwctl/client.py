@@ -18,6 +18,7 @@ from .spec import CommandSpec
 
 DEFAULT_SOCKET = "/run/aigw/control.sock"
 CALL_TIMEOUT_S = 120.0
+NEXT_CURSOR = "X-Next-Cursor"
 
 
 class Unreachable(Exception):
@@ -35,6 +36,7 @@ class CommandFailed(Exception):
 class Reply:
     status: int
     body: Any
+    next_cursor: str | None = None  # a paged list's next page (the X-Next-Cursor header)
 
     @property
     def ok(self) -> bool:
@@ -93,7 +95,7 @@ class _HttpBase:
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 async with self._http().request(method, url, **kwargs) as resp:
-                    return Reply(resp.status, _body(await resp.read()))
+                    return Reply(resp.status, _body(await resp.read()), resp.headers.get(NEXT_CURSOR))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
             raise self._unreachable(exc) from None
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .safe import text as safe
+
 Columns = Sequence[tuple[str, str]]  # (key, header)
 
 MODEL_COLUMNS: Columns = (("name", "MODEL"), ("status", "STATUS"), ("is_healthy", "HEALTHY"),
@@ -35,7 +37,7 @@ def cell(value: Any) -> str:
         return f"{value:.2f}"
     if isinstance(value, dict | list):
         value = json.dumps(value, sort_keys=True)
-    text = str(value).replace("\n", " ")
+    text = safe(value)
     return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
 
 
@@ -51,7 +53,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
         return "(none)"
     cells = [[cell(short_time(r.get(key))) for key, _ in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip()]  # headers: ours
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 
@@ -60,12 +62,12 @@ def generic_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(none)"
     keys = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
-    return table(rows, [(k, k.upper()) for k in keys])
+    return table(rows, [(k, safe(k).upper()) for k in keys])
 
 
 def pairs(body: dict[str, Any]) -> str:
     width = max((len(k) for k in body), default=0)
-    return "\n".join(f"{k.ljust(width)}  {cell(short_time(v))}" for k, v in body.items())
+    return "\n".join(f"{safe(k).ljust(width)}  {cell(short_time(v))}" for k, v in body.items())
 
 
 def util_bar(fraction: float, width: int = 20) -> str:
@@ -86,7 +88,7 @@ def gpu_lines(gpus: Any) -> str:
     if not isinstance(gpus, dict):
         return "GPUs: not monitored"
     if not gpus.get("available"):
-        return f"GPUs: unavailable ({gpus.get('reason') or 'no reason given'})"
+        return f"GPUs: unavailable ({safe(gpus.get('reason') or 'no reason given')})"
     rows = [g for g in gpus.get("gpus", []) if isinstance(g, dict)]
     if not rows:
         return "GPUs: none"
@@ -97,18 +99,18 @@ def gpu_lines(gpus: Any) -> str:
 
 
 def status(body: dict[str, Any]) -> str:
-    head = (f"aigwd {body.get('version', '?')}  pid {body.get('pid', '?')}  up {body.get('uptime_s', 0)} s  "
-            f"config {body.get('config', '?')}")
+    head = safe(f"aigwd {body.get('version', '?')}  pid {body.get('pid', '?')}  up {body.get('uptime_s', 0)} s  "
+                f"config {body.get('config', '?')}")
     parts = [head, "", models_table(body.get("models") or {}), "", queues_table(body.get("queues") or {}), "",
              gpu_lines(body.get("gpus"))]
     return "\n".join(parts)
 
 
 def reload(body: dict[str, Any]) -> str:
-    lines = [str(body.get("message", "reloaded"))]
-    lines.append("applied: " + (", ".join(body.get("applied") or []) or "nothing changed"))
+    lines = [safe(body.get("message", "reloaded"))]
+    lines.append("applied: " + (", ".join(map(safe, body.get("applied") or [])) or "nothing changed"))
     if body.get("restart_needed"):
-        lines.append("needs a restart: " + ", ".join(body["restart_needed"]))
+        lines.append("needs a restart: " + ", ".join(map(safe, body["restart_needed"])))
     return "\n".join(lines)
 
 
@@ -126,12 +128,17 @@ def render(command: str, body: Any) -> str:
         return generic_table([r for r in body if isinstance(r, dict)]) if body else "(none)"
     if isinstance(body, dict):
         if "message" in body and len(body) <= 4:
-            return str(body["message"])
+            return safe(body["message"])
         return pairs(body)
-    return "" if body is None else str(body)
+    return "" if body is None else safe(body)
+
+
+def more(cursor: str | None) -> str | None:
+    """The hint after a page that is not the last."""
+    return None if not cursor else f"(more: run again with --cursor {safe(cursor)})"
 
 
 def log_line(item: dict[str, Any]) -> str:
-    ts = str(item.get("ts", ""))[11:23]
-    where = f"[{item['backend']}] " if item.get("backend") else ""
-    return f"{ts} {where}{item.get('text', '')}"
+    ts = safe(item.get("ts", ""))[11:23]
+    where = f"[{safe(item['backend'])}] " if item.get("backend") else ""
+    return f"{ts} {where}{safe(item.get('text', ''))}"

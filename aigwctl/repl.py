@@ -25,6 +25,7 @@ from prompt_toolkit.output import Output
 from . import render
 from .client import Client, CommandFailed, Unreachable
 from .completion import BUILTINS, CompletionData, ShellCompleter
+from .safe import text as safe
 from .spec import CommandSpec, HelpShown, UsageError, find, groups, index, parse_words, usage
 from .toolbar import LiveState, from_status, lost, toolbar_text
 from .watch import WatchView
@@ -229,16 +230,19 @@ class Shell:
             self.write(f"{exc}; retrying in the background")
             return
         except CommandFailed as exc:
-            self.write(f"error {exc.status}: {exc.detail}")
+            self.write(f"error {exc.status}: {safe(exc.detail)}")
             return
         if spec.mutates:
             self._poke()  # new users, stopped models: completion and toolbar follow at once
         if not reply.ok:
-            self.write(f"error {reply.status}: {reply.detail}")
+            self.write(f"error {reply.status}: {safe(reply.detail)}")
         elif self.json_output:
             self.write(json.dumps(reply.body, indent=2))
         else:
             self.write(render.render(spec.name, reply.body))
+        hint = render.more(reply.next_cursor) if reply.ok else None
+        if hint:
+            self.write(hint)
 
     async def _status(self) -> dict[str, Any]:
         spec = self.specs.get("status")

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .safe import text as safe
+
 GPU_SEVERITY = ("healthy", "unavailable", "degraded", "failed")
 
 
@@ -53,7 +55,7 @@ def toolbar_text(state: LiveState) -> str:
     if not state.connected:
         if state.updated == 0.0 and state.error is None:
             return f" connecting to {state.where} ..."
-        return f" DISCONNECTED from {state.where}: {state.error or 'no answer'} (retrying)"
+        return f" DISCONNECTED from {state.where}: {safe(state.error or 'no answer')} (retrying)"
     gpu = f" | GPU {state.gpu}" if state.gpu else ""
     return (f" {state.where} | models {state.models_up}/{state.models_total} up | "
             f"queue {state.waiting} waiting, {state.processing} processing{gpu}")

@@ -20,6 +20,7 @@ from prompt_toolkit.output import Output
 
 from .client import CommandFailed, Unreachable
 from .render import cell, table, util_bar
+from .safe import text as safe
 from .toolbar import gpu_verdict
 
 SORTS = ("name", "utilization", "waiting")
@@ -69,7 +70,7 @@ class WatchView:
             self.body = await self.fetch()
             self.error = None
         except (Unreachable, CommandFailed) as exc:
-            self.error = str(exc)
+            self.error = safe(exc)
         self.refreshes += 1
         self.updated = time.time()
 

@@ -1,23 +1,43 @@
 """One line per event with key=value fields on stdout; journald keeps them.
 
-Never pass secrets, tokens, prompts or images as fields.
+Never pass secrets, tokens, prompts or images as fields. Field values may hold anything a client
+sent: control characters and line separators are escaped, so one event is always one line and no
+value can forge another record or reach a terminal as an escape sequence.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 _logger = logging.getLogger("aigw")
 
+# C0 controls, DEL, C1 controls (NEL among them), the Unicode line and paragraph separators, and the
+# bidirectional overrides that reorder what a terminal shows.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every unsafe character written as a backslash escape."""
+    return UNSAFE.sub(_escape, text) if UNSAFE.search(text) else text
+
 
 def _quote(value: Any) -> str:
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    if not text or " " in text or '"' in text or "=" in text or "\n" in text or "\t" in text:
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
+    if text and not _NEEDS_QUOTES.search(text) and not UNSAFE.search(text):
+        return text
+    return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -51,7 +71,8 @@ class _Formatter(logging.Formatter):
         line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} {msg}"
         if record.exc_info:
             line += " exc=" + _quote(self.formatException(record.exc_info))
-        return line
+        # Values from event() are escaped already; this catches %-formatted arguments of other loggers.
+        return escape_controls(line)
 
 
 def setup(level: str = "info") -> None:

@@ -11,9 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..bounds import MAX_MODEL_NAME, MAX_PASSWORD, MAX_TOKEN, MAX_USERNAME
 from ..config import RESOLUTIONS
 from ..control.catalog import default_registry
-from ..control.http import NDJSON
+from ..control.http import NDJSON, NEXT_CURSOR
 from ..control.registry import Arg, Command
 
 JSON = "application/json"
@@ -64,10 +65,10 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["message", "type"],
         "properties": {"message": {"type": "string"}, "type": {"type": "string"}}}}},
     "Credentials": {"type": "object", "required": ["username", "password"], "properties": {
-        "username": {"type": "string", "minLength": 1, "maxLength": 1024},
-        "password": {"type": "string", "minLength": 1, "maxLength": 1024}}},
+        "username": {"type": "string", "minLength": 1, "maxLength": MAX_USERNAME},
+        "password": {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD}}},
     "RefreshBody": {"type": "object", "required": ["refresh_token"],
-                    "properties": {"refresh_token": {"type": "string", "minLength": 1}}},
+                    "properties": {"refresh_token": {"type": "string", "minLength": 1, "maxLength": MAX_TOKEN}}},
     "TokenPair": {"type": "object", "required": ["access_token", "refresh_token", "token_type"], "properties": {
         "access_token": {"type": "string"}, "refresh_token": {"type": "string"},
         "token_type": {"const": "bearer"}}},
@@ -82,7 +83,7 @@ _SCHEMAS: dict[str, Any] = {
                 "image_url": {"type": "object", "properties": {"url": {"type": "string"}}}}}},
             {"type": "null"}]}}},
     "ChatBody": {"type": "object", "required": ["model", "messages"], "properties": {
-        "model": {"type": "string", "minLength": 1},
+        "model": {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME},
         "messages": {"type": "array", "minItems": 1, "maxItems": 1024, "items": _ref("Message")},
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -160,7 +161,7 @@ def _arg_schema(arg: Arg, *, in_query: bool) -> dict[str, Any]:
         return schema
     if arg.type == "bool":
         return {"type": "boolean"}
-    return {"type": "string", "maxLength": 1024, **({"minLength": 1} if in_query else {})}
+    return {"type": "string", "maxLength": arg.max_length, **({"minLength": 1} if in_query else {})}
 
 
 def _admin_operation(cmd: Command) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
     in_path = [a for a in cmd.args if "{" + a.name + "}" in cmd.path]
     rest = [a for a in cmd.args if a not in in_path]
     params: list[dict[str, Any]] = [{"name": a.name, "in": "path", "required": True,
-                                     "schema": {"type": "string", "minLength": 1, "maxLength": 1024}}
+                                     "schema": {"type": "string", "minLength": 1, "maxLength": a.max_length}}
                                     for a in in_path]
     op: dict[str, Any] = {"summary": cmd.help, "operationId": cmd.name.replace(" ", "_")}
     if cmd.method == "GET":
@@ -184,6 +185,10 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
     success = _json(ANY, ok, media=NDJSON if cmd.stream else JSON)
     if cmd.stream:
         success["content"][NDJSON]["schema"] = {"type": "string"}
+    if cmd.paged:
+        success["headers"] = {NEXT_CURSOR: {
+            "description": "The next page: send it back as cursor. Absent on the last page.",
+            "schema": {"type": "string"}}}
     op["responses"] = {str(ok): success, **_errors(400, 401, 403, 404, 409, 413, 503)}
     return op
 

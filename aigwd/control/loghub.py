@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from ..logs import stamp
+from ..logs import escape_controls, stamp
 
 BACKLOG = 1000
 QUEUE_SIZE = 1000
@@ -97,6 +97,7 @@ class _Handler(logging.Handler):
             return
         if not msg.startswith("event="):
             msg = f"event=log logger={record.name} msg={json.dumps(msg)}"
+        msg = escape_controls(msg)  # one line each, as on stdout
         self._hub.publish_threadsafe({"ts": _now(), "level": record.levelname.lower(), "source": "aigwd",
                                       "text": msg})
 

@@ -46,7 +46,7 @@ def test_split_keeps_the_word_being_typed() -> None:
     ("logs ", ["deepseek", "gemma"]),
     ("logs -", ["--follow", "--lines", "--no-follow"]),
     ("logs -f ", ["deepseek", "gemma"]),
-    ("crashes ", ["--limit"]),
+    ("crashes ", ["--cursor", "--limit"]),
     ("crashes --limit ", []),
     ("help ", sorted({"status", "models", "start", "stop", "restart", "resolution", "queue", "crashes",
                       "missing", "audit", "users", "tokens", "keys", "autoswitch", "reload", "logs"})),

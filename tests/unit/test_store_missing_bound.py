@@ -1,0 +1,40 @@
+"""The missing-model log stays within its byte bound however many long names clients send."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aigwd.bounds import MAX_CLIENT_ID, MAX_MODEL_NAME
+from aigwd.store import MissingModelRecord, Store
+from aigwd.store.missing import ROW_BYTES
+
+
+async def logged_bytes(store: Store) -> int:
+    return await store._readers.run(
+        lambda conn: int(conn.execute(f"SELECT COALESCE(SUM({ROW_BYTES}), 0) FROM missing_models").fetchone()[0]))
+
+
+async def test_many_distinct_long_names_stay_within_the_byte_bound(tmp_path: Path) -> None:
+    bound = 64 * 1024
+    async with Store(tmp_path, missing_max_bytes=bound) as store:
+        for i in range(2000):
+            name = f"{i:06d}" + "é" * (MAX_MODEL_NAME - 6)  # two bytes a character: the bound counts bytes
+            await store.add_missing_model(MissingModelRecord(name, "c" * MAX_CLIENT_ID, "alice", float(i)))
+            if i % 100 == 99:
+                assert await logged_bytes(store) <= bound
+        rows = await store.missing_models(1000)
+        assert rows and rows[0].model_name.startswith("001999")  # the newest are the ones kept
+        ids = [int(r.model_name[:6]) for r in rows]
+        assert ids == list(range(1999, 1999 - len(ids), -1))  # and nothing in between was lost
+        assert await logged_bytes(store) <= bound
+
+
+async def test_the_bound_can_change_while_running(tmp_path: Path) -> None:
+    async with Store(tmp_path, missing_max_bytes=1 << 20) as store:
+        for i in range(100):
+            await store.add_missing_model(MissingModelRecord("m" * MAX_MODEL_NAME, "c", "s", float(i)))
+        assert await logged_bytes(store) > 16 * 1024
+        store.missing_max_bytes = 16 * 1024
+        await store.add_missing_model(MissingModelRecord("last", "c", "s", 100.0))
+        assert await logged_bytes(store) <= 16 * 1024
+        assert (await store.missing_models(1))[0].model_name == "last"
