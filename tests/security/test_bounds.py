@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aigwd.bounds import LIST_LIMIT_MAX, MAX_CLIENT_ID, MAX_MODEL_NAME, MAX_SUBJECT, MAX_USERNAME
 from tests.integration.conftest import Client, async_wait_until, chat_backend
+
+# The documented maxima (aigwd/bounds.py, README): written out, so a change to them is a visible one.
+MAX_MODEL_NAME, MAX_CLIENT_ID, MAX_USERNAME, MAX_SUBJECT, LIST_LIMIT_MAX = 256, 64, 64, 128, 1000
 
 
 def state_bytes(d: Any) -> int:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from aigwctl import render
-from aigwctl.safe import UNSAFE, text
 from aigwctl.toolbar import LiveState, toolbar_text
 
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 HOSTILE = "x\x1b]0;owned\x07\x1b[2J\r\nevent=login user=admin\u2028\x85\u202e\x9b"
 
 
 def test_text_escapes_every_control() -> None:
+    from aigwctl.safe import text
+
     assert text("a\x1b[31mb") == "a\\e[31mb"
     assert text("a\r\nb") == "a\\r\\nb"
     assert text("a\u2028b\x85c\u202ed") == "a\\u2028b\\x85c\\u202ed"

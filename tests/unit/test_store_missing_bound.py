@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aigwd.bounds import MAX_CLIENT_ID, MAX_MODEL_NAME
 from aigwd.store import MissingModelRecord, Store
-from aigwd.store.missing import ROW_BYTES
+
+MAX_MODEL_NAME, MAX_CLIENT_ID = 256, 64
+# What a row costs: its strings' bytes and about 32 for the id, the time and SQLite's record header.
+ROW_BYTES = ("length(CAST(model_name AS BLOB)) + length(CAST(client_id AS BLOB)) "
+             "+ length(CAST(coalesce(subject, '') AS BLOB)) + 32")
 
 
 async def logged_bytes(store: Store) -> int:
