@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bounds import MAX_USERNAME
+from .bounds import MAX_MODEL_NAME, MAX_USERNAME
 
 try:
     import tomllib
@@ -409,6 +409,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
         backend = _build(BackendConfig, b, where, fail)
         backend.name = name
         for model in backend.models:
+            if len(model) > MAX_MODEL_NAME:
+                raise fail(f"{where}.models", f"model name {model[:40]!r}... is longer than {MAX_MODEL_NAME} "
+                                              "characters, so no client could ask for it")
             if model in owners:
                 raise fail(f"{where}.models", f"model {model!r} is already served by {owners[model]}")
             owners[model] = name

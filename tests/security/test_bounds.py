@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from tests.integration.conftest import Client, async_wait_until, chat_backend
+from tests.integration.control_helpers import aigwctl, start
 
 # The documented maxima (aigwd/bounds.py, README): written out, so a change to them is a visible one.
 MAX_MODEL_NAME, MAX_CLIENT_ID, MAX_USERNAME, MAX_SUBJECT, LIST_LIMIT_MAX = 256, 64, 64, 128, 1000
@@ -128,3 +131,20 @@ async def test_a_limit_past_the_maximum_or_a_forged_cursor_gets_400(make_daemon,
         assert status == 400 and "cursor is not one this list" in body["detail"], (path, body)
     status, body, _ = await client.call("GET", "/admin/users?cursor=" + "c" * 300)
     assert status == 400 and body["detail"] == "cursor is longer than 256 characters"
+
+
+async def test_aigwctl_walks_pages_with_the_cursor_it_is_given(make_daemon) -> None:
+    d = start(make_daemon)
+    seen: list[str] = []
+    args = ["--json", "users", "list", "--limit", "2"]
+    for _ in range(5):
+        done = aigwctl(d, *args)
+        assert done.returncode == 0, done.stderr
+        seen += [u["name"] for u in json.loads(done.stdout)]  # stdout is the page alone
+        hint = re.search(r"--cursor (\S+)\)", done.stderr)
+        if hint is None:
+            break
+        args = ["--json", "users", "list", "--limit", "2", "--cursor", hint.group(1)]
+    assert seen == ["admin", "alice", "bob"]
+    too_many = aigwctl(d, "users", "list", "--limit", str(LIST_LIMIT_MAX + 1))
+    assert too_many.returncode != 0 and f"from 1 to {LIST_LIMIT_MAX}" in too_many.stderr

@@ -167,7 +167,7 @@ class PlaneClient:
             result = await self.plane.run(spec.name, args, actor="shell", via="socket")
         except ApiError as exc:
             return Reply(exc.status, {"detail": exc.detail})
-        return Reply(result.status, result.body)
+        return Reply(result.status, result.body, result.next_cursor)
 
     async def stream(self, spec: Any, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         self._check()

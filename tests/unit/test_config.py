@@ -72,6 +72,10 @@ def test_overrides(tmp_path: Path) -> None:
      "already served"),
     (BACKEND + "[backends.y]\nmodels = ['z']\nport = 8000\ncommand = ['a']\n", "backends.y.port", "already used"),
     ("[queue\n", "not valid TOML", ""),
+    (f"[backends.x]\nmodels = ['{'m' * 257}']\nport = 1\ncommand = ['a']\n", "backends.x.models",
+     "longer than 256 characters"),
+    ("[[users]]\nname = '" + "u" * 65 + "'\npassword = 'x'\n", "users[0].name", ""),
+    ("[results]\nmissing_models_max_bytes = 1000\n", "results.missing_models_max_bytes", "65536"),
 ])
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as err:
