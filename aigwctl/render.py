@@ -53,7 +53,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
         return "(none)"
     cells = [[cell(short_time(r.get(key))) for key, _ in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip()]  # headers: ours
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 
