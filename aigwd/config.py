@@ -117,6 +117,10 @@ class ServerConfig:
                                    "empty: /metrics only on the main address, to admin tokens.",
                                lambda v: None if v == "" else _listen(v))
     max_body_mib: float = _opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", _positive)
+    max_small_body_kib: float = _opt(8.0, "Largest request body, in KiB, on every route but the submissions "
+                                          "(/api/chat, /api/ocr, /v1/chat/completions): login, refresh, admin, "
+                                          "DELETE. Checked before any of the body is read; larger gets 413.",
+                                     _positive)
     body_read_timeout_s: float = _opt(30.0, "A request body not fully received in this many seconds gets 408 "
                                       "and the connection is closed (slow uploads hold no slot).", _positive)
     admin_wait_s: float = _opt(30.0, "Admin model actions (start, stop, switch) answer when done, or 202 with "
