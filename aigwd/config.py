@@ -88,6 +88,15 @@ def _non_empty(v: Any) -> str | None:
     return None if len(v) > 0 else "must not be empty"
 
 
+def _networks(v: Any) -> str | None:
+    for entry in v:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return f"{entry!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)"
+    return None
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """'HOST:PORT' (IPv6 as '[::1]:8080') -> (host, port)."""
     host, sep, port_s = value.rpartition(":")
@@ -125,6 +134,13 @@ class ServerConfig:
                                       "and the connection is closed (slow uploads hold no slot).", _positive)
     admin_wait_s: float = _opt(30.0, "Admin model actions (start, stop, switch) answer when done, or 202 with "
                                       "a way to follow them once they take longer than this.", _positive)
+    trusted_proxies: list[str] = _opt_factory(list, "Addresses or networks of reverse proxies whose "
+                                                    "client_address_header is believed, e.g. [\"127.0.0.1\"]. "
+                                                    "Empty: the TCP peer is the client address.",
+                                              _networks)
+    client_address_header: str = _opt("", "Header a trusted proxy puts the client address in, e.g. "
+                                          "X-Forwarded-For; its right-most entry that is not a trusted proxy is "
+                                          "taken. Ignored from peers not in trusted_proxies.")
     shutdown_grace_s: float = _opt(10.0, "On stop, how long processing requests may run before they are "
                                          "cut off (they are queued again at the next start).", _non_negative)
 
@@ -135,6 +151,15 @@ class AuthConfig:
                                 "Empty: <state_dir>/jwt.secret.")
     access_ttl_s: int = _opt(900, "Lifetime of an access token, seconds.", _positive)
     refresh_ttl_s: int = _opt(7 * 86400, "Lifetime of a refresh token, seconds.", _positive)
+    login_attempts_per_user: int = _opt(5, "Password checks one user name gets back to back from one client "
+                                           "address; then each further one waits twice as long as the last "
+                                           "(1 s, 2 s, ...). A correct password clears the count.", _positive)
+    login_attempts_per_address: int = _opt(30, "Password checks one client address gets back to back, whatever "
+                                               "the names (password spraying); correct ones are not counted.",
+                                           _positive)
+    login_checks_in_flight_per_address: int = _opt(4, "Password checks from one client address running at "
+                                                      "once; more get 429.", _positive)
+    login_lockout_max_s: float = _opt(300.0, "Longest wait a run of failed logins leads to, seconds.", _positive)
 
 
 @dataclass

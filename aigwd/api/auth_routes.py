@@ -8,9 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import logs
-from ..auth.throttle import LoginThrottle
+from ..auth.throttle import LoginThrottle, Throttled
 from ..auth.tokens import TokenError
 from ..errors import ApiError, bad_request
+from .clientaddr import client_address
 from .context import SERVICES
 from .validation import parse_json
 
@@ -42,17 +43,24 @@ async def token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     fields = await _fields(request)
     username, password = _text(fields, "username"), _text(fields, "password")
-    throttle, peer = request.app[THROTTLE], request.remote or "-"
-    wait = throttle.retry_after(username, peer)
-    if wait > 0:
-        raise ApiError(429, f"Too many failed logins; retry in {math.ceil(wait)} s",
-                       {"Retry-After": str(math.ceil(wait))})
-    user = await services.users.authenticate(username, password)
+    auth = services.cfg.auth
+    throttle, address = request.app[THROTTLE], client_address(request)
+    throttle.configure(per_user=auth.login_attempts_per_user, per_address=auth.login_attempts_per_address,
+                       in_flight=auth.login_checks_in_flight_per_address, max_s=auth.login_lockout_max_s)
+    try:
+        # Counted here, before the hash runs: concurrent guesses see each other's count.
+        attempt = throttle.begin(username, address)
+    except Throttled as exc:
+        wait = max(1, math.ceil(exc.retry_after))
+        raise ApiError(429, f"{exc.why}; retry in {wait} s", {"Retry-After": str(wait)}) from None
+    user = None
+    try:
+        user = await services.users.authenticate(username, password)
+    finally:
+        attempt.end(ok=user is not None)
     if user is None:
-        throttle.failed(username, peer)
-        logs.event("login_failed", user=username[:64], peer=request.remote)
+        logs.event("login_failed", user=username[:64], peer=address)
         raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})
-    throttle.succeeded(username)
     logs.event("login", user=user.name, role=user.role)
     return web.json_response(await services.tokens.issue_pair(user.name, user.role))
 
