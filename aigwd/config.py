@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -345,6 +346,21 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return True
 
 
+# No setting means anything past this (a billion seconds is 31 years), and arithmetic on a larger one,
+# or on inf and nan, fails or overflows far from the config file (a sleep, a timestamp, an int()).
+MAX_NUMBER = 1_000_000_000
+
+
+def _number_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number (not inf or nan)"
+    if abs(value) > MAX_NUMBER:
+        return f"must be between -{MAX_NUMBER:,} and {MAX_NUMBER:,}"
+    return None
+
+
 def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigError]) -> Any:
     if not isinstance(raw, dict):
         raise fail(where, "must be a table")
@@ -364,6 +380,9 @@ def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigErr
             raise fail(f"{where}.{key}", f"must be of type {f.type}, got {type(value).__name__}")
         if isinstance(value, int) and not isinstance(value, bool) and f.type in ("float", float):
             value = float(value)
+        problem = _number_problem(value)
+        if problem:
+            raise fail(f"{where}.{key}", problem)
         check = f.metadata.get("check")
         problem = check(value) if check else None
         if problem:
