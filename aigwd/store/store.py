@@ -103,6 +103,8 @@ class Store:
                 return
             try:
                 conn, swept = await asyncio.to_thread(self._prepare)
+            except db.LostDatabase as exc:
+                raise StoreError(str(exc)) from None
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open {self.db_path}: {exc}") from exc
             self._writer.start(conn)
@@ -126,12 +128,15 @@ class Store:
 
     def _prepare(self) -> tuple[sqlite3.Connection, int]:
         """Blocking part of open(): directories, private db file, migrations, orphan sweep."""
-        self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        self.spool.dir.mkdir(mode=0o750, exist_ok=True)
+        db.private_dir(self.state_dir)
+        db.private_dir(self.spool.dir)
+        db.check_not_lost(self.db_path)
         db.ensure_file(self.db_path)
         conn = db.connect(self.db_path)
         try:
+            db.check_schema(conn, self.db_path)  # before the sweep: a lost database must not cost the bodies
             db.migrate(conn)
+            db.mark_created(self.db_path)
             referenced = [row[0] for row in
                           conn.execute("SELECT payload_path FROM requests WHERE payload_path IS NOT NULL")]
             swept = self.spool.sweep(referenced)
