@@ -15,7 +15,7 @@ from .openapi import openapi_json
 # Every answer says `Server: aigw`, not Python's and aiohttp's versions (which tell a caller which published
 # flaws to try). aiohttp reads this name when it prepares any response, its own parser's errors included.
 SERVER_HEADER = "aigw"
-web_response.SERVER_SOFTWARE = SERVER_HEADER
+web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
 async def health(request: web.Request) -> web.Response:
