@@ -62,7 +62,7 @@ async def token(request: web.Request) -> web.Response:
         logs.event("login_failed", user=username[:64], peer=address)
         raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})
     logs.event("login", user=user.name, role=user.role)
-    return web.json_response(await services.tokens.issue_pair(user.name, user.role))
+    return web.json_response(await services.tokens.issue_pair(user.name, user.role, user.id))
 
 
 async def refresh(request: web.Request) -> web.Response:
@@ -70,9 +70,9 @@ async def refresh(request: web.Request) -> web.Response:
     fields = await _fields(request)
     refresh_token = _text(fields, "refresh_token")
 
-    def role_of(name: str) -> str | None:
+    def role_of(name: str, uid: str) -> str | None:
         user = services.users.active(name)
-        return user.role if user else None
+        return user.role if user is not None and user.id == uid else None
 
     try:
         pair = await services.tokens.refresh(refresh_token, role_of)

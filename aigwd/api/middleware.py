@@ -92,7 +92,8 @@ def authenticate(request: web.Request) -> None:
             raise ApiError(401, "Invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
         if request.path.startswith("/admin") or request.path == "/metrics":
             raise ApiError(403, "This route needs the admin role; API keys never have it")
-        request[CLAIMS] = Claims(sub=key.subject, role="user", typ="api_key", jti=key.id, fam="", iat=0, exp=0)
+        request[CLAIMS] = Claims(sub=key.subject, role="user", typ="api_key", jti=key.id, fam="", iat=0, exp=0,
+                                 uid=key.account)
         request[ROLE] = "user"
         request[API_KEY] = key
         return
@@ -101,7 +102,7 @@ def authenticate(request: web.Request) -> None:
     except TokenError as exc:
         raise ApiError(401, exc.detail, {"WWW-Authenticate": "Bearer"}) from None
     user = services.users.active(claims.sub)
-    if user is None:
+    if user is None or user.id != claims.uid:  # the same name may now be another account
         raise ApiError(401, "User no longer active", {"WWW-Authenticate": "Bearer"})
     # The directory's role, not the token's: a demoted admin loses admin routes at once.
     if (request.path.startswith("/admin") or request.path == "/metrics") and user.role != "admin":

@@ -119,6 +119,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX requests_status",
         "CREATE INDEX requests_unfinished ON requests(status) WHERE status IN ('queued', 'processing')",
     ),
+    # 8: results belong to an account id, not a name: a user deleted and added again under the same name is
+    # a new account and does not read the old one's results. Rows from before go to the name's holder now.
+    (
+        "ALTER TABLE users ADD COLUMN id TEXT",
+        "UPDATE users SET id = lower(hex(randomblob(16))) WHERE id IS NULL",
+        "CREATE UNIQUE INDEX users_id ON users(id)",
+        "ALTER TABLE requests ADD COLUMN account TEXT",
+        "UPDATE requests SET account = (SELECT id FROM users WHERE users.name = requests.subject)",
+        "ALTER TABLE api_keys ADD COLUMN account TEXT",
+        "UPDATE api_keys SET account = COALESCE((SELECT id FROM users WHERE users.name = api_keys.subject), "
+        "'key-' || api_keys.id)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -11,7 +11,8 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -46,7 +47,7 @@ _REQUEST_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload
 _REQUEST_REPLACE = _REQUEST_INSERT.replace("INSERT INTO", "INSERT OR REPLACE INTO", 1)
 _FINISHED = "('" + "', '".join(FINISHED_STATUSES) + "')"
 _UNFINISHED = "('" + "', '".join(UNFINISHED_STATUSES) + "')"
-_USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at"
+_USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at, id"
 _AUDIT_COLUMNS = "id, timestamp, actor, via, command, args, status, outcome, detail"
 
 
@@ -58,6 +59,9 @@ class UserRecord:
     disabled: bool
     source: str  # "config" (from [[users]] in the config file) | "admin" (added at run time)
     updated_at: float
+    # Stable and never reused: what tokens, API keys and stored requests refer to. The name is for display,
+    # and a new account under an old name gets a new id.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -344,8 +348,8 @@ class Store:
     async def users(self) -> list[UserRecord]:
         def read(conn: sqlite3.Connection) -> list[UserRecord]:
             rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name")
-            return [UserRecord(name, role, pw, bool(disabled), source, updated)
-                    for name, role, pw, disabled, source, updated in rows]
+            return [UserRecord(name, role, pw, bool(disabled), source, updated, id_)
+                    for name, role, pw, disabled, source, updated, id_ in rows]
 
         return await self._readers.run(read)
 
@@ -361,12 +365,13 @@ class Store:
         def op(txn: Txn) -> None:
             conn = txn.conn
             for name, role, pw_hash in users:
+                # A new row gets a new account id; an existing one keeps its id.
                 conn.execute(
-                    f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 0, 'config', ?) "
+                    f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 0, 'config', ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, "
                     "source = 'config', updated_at = excluded.updated_at WHERE users.role != excluded.role "
                     "OR users.password_hash != excluded.password_hash OR users.source != 'config'",
-                    (name, role, pw_hash, now))
+                    (name, role, pw_hash, now, uuid.uuid4().hex))
             gone = [row[0] for row in conn.execute("SELECT name FROM users WHERE source = 'config'")
                     if row[0] not in names]
             conn.executemany("DELETE FROM users WHERE name = ?", [(name,) for name in gone])
@@ -375,10 +380,10 @@ class Store:
 
     async def add_user(self, rec: UserRecord) -> bool:
         """Insert a user; False when the name is taken."""
-        values = (rec.name, rec.role, rec.password_hash, int(rec.disabled), rec.source, rec.updated_at)
+        values = (rec.name, rec.role, rec.password_hash, int(rec.disabled), rec.source, rec.updated_at, rec.id)
 
         def op(txn: Txn) -> bool:
-            cur = txn.conn.execute(f"INSERT OR IGNORE INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            cur = txn.conn.execute(f"INSERT OR IGNORE INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                    values)
             return cur.rowcount == 1
 

@@ -30,7 +30,7 @@ def secret_of(d: Daemon) -> bytes:
 
 def claims(**over: Any) -> dict[str, Any]:
     now = int(time.time())
-    base = {"sub": "admin", "role": "admin", "typ": "access", "jti": "j" * 32, "fam": "f" * 32,
+    base = {"sub": "admin", "uid": "0" * 32, "role": "admin", "typ": "access", "jti": "j" * 32, "fam": "f" * 32,
             "iat": now, "exp": now + 600}
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}
