@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,15 @@ def _non_empty(v: Any) -> str | None:
     return None if len(v) > 0 else "must not be empty"
 
 
+def _networks(v: Any) -> str | None:
+    for entry in v:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return f"{entry!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)"
+    return None
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """'HOST:PORT' (IPv6 as '[::1]:8080') -> (host, port)."""
     host, sep, port_s = value.rpartition(":")
@@ -119,10 +129,21 @@ class ServerConfig:
                                    "empty: /metrics only on the main address, to admin tokens.",
                                lambda v: None if v == "" else _listen(v))
     max_body_mib: float = _opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", _positive)
+    max_small_body_kib: float = _opt(8.0, "Largest request body, in KiB, on every route but the submissions "
+                                          "(/api/chat, /api/ocr, /v1/chat/completions): login, refresh, admin, "
+                                          "DELETE. Checked before any of the body is read; larger gets 413.",
+                                     _positive)
     body_read_timeout_s: float = _opt(30.0, "A request body not fully received in this many seconds gets 408 "
                                       "and the connection is closed (slow uploads hold no slot).", _positive)
     admin_wait_s: float = _opt(30.0, "Admin model actions (start, stop, switch) answer when done, or 202 with "
                                       "a way to follow them once they take longer than this.", _positive)
+    trusted_proxies: list[str] = _opt_factory(list, "Addresses or networks of reverse proxies whose "
+                                                    "client_address_header is believed, e.g. [\"127.0.0.1\"]. "
+                                                    "Empty: the TCP peer is the client address.",
+                                              _networks)
+    client_address_header: str = _opt("", "Header a trusted proxy puts the client address in, e.g. "
+                                          "X-Forwarded-For; its right-most entry that is not a trusted proxy is "
+                                          "taken. Ignored from peers not in trusted_proxies.")
     shutdown_grace_s: float = _opt(10.0, "On stop, how long processing requests may run before they are "
                                          "cut off (they are queued again at the next start).", _non_negative)
 
@@ -133,6 +154,15 @@ class AuthConfig:
                                 "Empty: <state_dir>/jwt.secret.")
     access_ttl_s: int = _opt(900, "Lifetime of an access token, seconds.", _positive)
     refresh_ttl_s: int = _opt(7 * 86400, "Lifetime of a refresh token, seconds.", _positive)
+    login_attempts_per_user: int = _opt(5, "Password checks one user name gets back to back from one client "
+                                           "address; then each further one waits twice as long as the last "
+                                           "(1 s, 2 s, ...). A correct password clears the count.", _positive)
+    login_attempts_per_address: int = _opt(30, "Password checks one client address gets back to back, whatever "
+                                               "the names (password spraying); correct ones are not counted.",
+                                           _positive)
+    login_checks_in_flight_per_address: int = _opt(4, "Password checks from one client address running at "
+                                                      "once; more get 429.", _positive)
+    login_lockout_max_s: float = _opt(300.0, "Longest wait a run of failed logins leads to, seconds.", _positive)
 
 
 @dataclass
@@ -324,6 +354,21 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return True
 
 
+# No setting means anything past this (a billion seconds is 31 years), and arithmetic on a larger one,
+# or on inf and nan, fails or overflows far from the config file (a sleep, a timestamp, an int()).
+MAX_NUMBER = 1_000_000_000
+
+
+def _number_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number (not inf or nan)"
+    if abs(value) > MAX_NUMBER:
+        return f"must be between -{MAX_NUMBER:,} and {MAX_NUMBER:,}"
+    return None
+
+
 def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigError]) -> Any:
     if not isinstance(raw, dict):
         raise fail(where, "must be a table")
@@ -343,6 +388,9 @@ def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigErr
             raise fail(f"{where}.{key}", f"must be of type {f.type}, got {type(value).__name__}")
         if isinstance(value, int) and not isinstance(value, bool) and f.type in ("float", float):
             value = float(value)
+        problem = _number_problem(value)
+        if problem:
+            raise fail(f"{where}.{key}", problem)
         check = f.metadata.get("check")
         problem = check(value) if check else None
         if problem:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 
@@ -24,7 +23,7 @@ from .control.server import ControlServer, ControlSocketError
 from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.ratelimit import RateLimiter
-from .store import Store
+from .store import Store, StoreError
 from .systemd import Notifier, block_loop_on_signal_for_tests
 
 STATUS_INTERVAL_S = 5.0
@@ -55,9 +54,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
         block_loop_on_signal_for_tests(loop)
-        os.makedirs(cfg.state_dir, mode=0o750, exist_ok=True)
         store = Store(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)
-        await store.open()
+        try:
+            await store.open()  # creates the state directory owner-only
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
         async with contextlib.AsyncExitStack() as stack:
             # Pinged from this loop from the start to the very end, so a hang anywhere is caught.
             watchdog = asyncio.create_task(self.notifier.run_watchdog())

@@ -112,13 +112,13 @@ class Gateway:
 
     async def submit(self, rt: BackendRuntime, *, subject: str, client_id: str, model: str,
                      priority: Priority, resolution: str | None, payload: bytes, sync: bool = False,
-                     stream: bool = False) -> Live:
+                     stream: bool = False, account: str | None = None) -> Live:
         now_wall, now_mono = time.time(), time.monotonic()
         timeout = self.cfg.queue.timeout_s
         rec = RequestRecord(
             id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=rt.cfg.name, model=model,
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
-            queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync)
+            queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync, account=account)
         live = Live(rec, payload)
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.

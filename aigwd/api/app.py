@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ..metrics import CONTENT_TYPE
 from . import admin_routes, auth_routes, client_routes, openai_routes
 from .context import SERVICES, Services
 from .middleware import client_layer
 from .openapi import openapi_json
+
+# Every answer says `Server: aigw`, not Python's and aiohttp's versions (which tell a caller which published
+# flaws to try). aiohttp reads this name when it prepares any response, its own parser's errors included.
+SERVER_HEADER = "aigw"
+web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
 async def health(request: web.Request) -> web.Response:

@@ -8,10 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from .. import logs
-from ..auth.throttle import LoginThrottle
+from ..auth.throttle import LoginThrottle, Throttled
 from ..auth.tokens import TokenError
 from ..bounds import MAX_PASSWORD, MAX_TOKEN, MAX_USERNAME, check_length
 from ..errors import ApiError, bad_request
+from .clientaddr import client_address
 from .context import SERVICES
 from .validation import parse_json
 
@@ -40,19 +41,26 @@ async def token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     fields = await _fields(request)
     username, password = _text(fields, "username", MAX_USERNAME), _text(fields, "password", MAX_PASSWORD)
-    throttle, peer = request.app[THROTTLE], request.remote or "-"
-    wait = throttle.retry_after(username, peer)
-    if wait > 0:
-        raise ApiError(429, f"Too many failed logins; retry in {math.ceil(wait)} s",
-                       {"Retry-After": str(math.ceil(wait))})
-    user = await services.users.authenticate(username, password)
+    auth = services.cfg.auth
+    throttle, address = request.app[THROTTLE], client_address(request)
+    throttle.configure(per_user=auth.login_attempts_per_user, per_address=auth.login_attempts_per_address,
+                       in_flight=auth.login_checks_in_flight_per_address, max_s=auth.login_lockout_max_s)
+    try:
+        # Counted here, before the hash runs: concurrent guesses see each other's count.
+        attempt = throttle.begin(username, address)
+    except Throttled as exc:
+        wait = max(1, math.ceil(exc.retry_after))
+        raise ApiError(429, f"{exc.why}; retry in {wait} s", {"Retry-After": str(wait)}) from None
+    user = None
+    try:
+        user = await services.users.authenticate(username, password)
+    finally:
+        attempt.end(ok=user is not None)
     if user is None:
-        throttle.failed(username, peer)
-        logs.event("login_failed", user=username, peer=request.remote)
+        logs.event("login_failed", user=username, peer=address)
         raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})
-    throttle.succeeded(username)
     logs.event("login", user=user.name, role=user.role)
-    return web.json_response(await services.tokens.issue_pair(user.name, user.role))
+    return web.json_response(await services.tokens.issue_pair(user.name, user.role, user.id))
 
 
 async def refresh(request: web.Request) -> web.Response:
@@ -60,9 +68,9 @@ async def refresh(request: web.Request) -> web.Response:
     fields = await _fields(request)
     refresh_token = _text(fields, "refresh_token", MAX_TOKEN)
 
-    def role_of(name: str) -> str | None:
+    def role_of(name: str, uid: str) -> str | None:
         user = services.users.active(name)
-        return user.role if user else None
+        return user.role if user is not None and user.id == uid else None
 
     try:
         pair = await services.tokens.refresh(refresh_token, role_of)

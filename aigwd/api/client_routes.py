@@ -86,7 +86,8 @@ async def _submit(request: web.Request, kind: str) -> web.Response:
     sub = request[CLAIMS].sub
     rt = services.gateway.backend_for(model, kind, client_id, sub)
     live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model,
-                                         priority=priority, resolution=resolution, payload=raw)
+                                         priority=priority, resolution=resolution, payload=raw,
+                                         account=request[CLAIMS].uid)
     rec = live.record
     answer: dict[str, Any] = {"request_id": rec.id, "status": "queued"}
     if kind == "ocr":
@@ -109,8 +110,9 @@ async def _owned(request: web.Request) -> tuple[RequestRecord, int | None]:
     services = request.app[SERVICES]
     request_id = request.match_info["request_id"]
     found = await services.gateway.lookup(request_id) if len(request_id) <= 64 else None
-    # Someone else's request looks exactly like one that does not exist.
-    if found is None or (found[0].subject != request[CLAIMS].sub and request[ROLE] != "admin"):
+    # Someone else's request looks exactly like one that does not exist. Owned by account id, not name:
+    # a new account under a deleted one's name does not read the old one's results.
+    if found is None or (found[0].account != request[CLAIMS].uid and request[ROLE] != "admin"):
         raise not_found(f"Request {request_id[:64]} not found")
     return found
 

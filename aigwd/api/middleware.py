@@ -92,7 +92,8 @@ def authenticate(request: web.Request) -> None:
             raise ApiError(401, "Invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
         if request.path.startswith("/admin") or request.path == "/metrics":
             raise ApiError(403, "This route needs the admin role; API keys never have it")
-        request[CLAIMS] = Claims(sub=key.subject, role="user", typ="api_key", jti=key.id, fam="", iat=0, exp=0)
+        request[CLAIMS] = Claims(sub=key.subject, role="user", typ="api_key", jti=key.id, fam="", iat=0, exp=0,
+                                 uid=key.account)
         request[ROLE] = "user"
         request[API_KEY] = key
         return
@@ -101,7 +102,7 @@ def authenticate(request: web.Request) -> None:
     except TokenError as exc:
         raise ApiError(401, exc.detail, {"WWW-Authenticate": "Bearer"}) from None
     user = services.users.active(claims.sub)
-    if user is None:
+    if user is None or user.id != claims.uid:  # the same name may now be another account
         raise ApiError(401, "User no longer active", {"WWW-Authenticate": "Bearer"})
     # The directory's role, not the token's: a demoted admin loses admin routes at once.
     if (request.path.startswith("/admin") or request.path == "/metrics") and user.role != "admin":
@@ -110,34 +111,62 @@ def authenticate(request: web.Request) -> None:
     request[ROLE] = user.role
 
 
-async def read_body(request: web.Request) -> None:
-    """Read a request's body within server.body_read_timeout_s, so a client that trickles
-    its upload cannot hold a connection and its buffers for ever. Handlers then read the cached body."""
+def body_limit(request: web.Request) -> tuple[int, str]:
+    """Bytes a body may have on this route, and how to say so. The submissions take large bodies;
+    everything else (login, refresh, admin, DELETE) only a small one, so nobody makes the gateway read or
+    parse megabytes, least of all before it knows who they are."""
     cfg = request.app[SERVICES].cfg.server
-    limit = int(cfg.max_body_mib * 1024 * 1024)
+    if request.path in SUBMISSION_PATHS:
+        return int(cfg.max_body_mib * 1024 * 1024), f"{cfg.max_body_mib:g} MiB"
+    return int(cfg.max_small_body_kib * 1024), f"{cfg.max_small_body_kib:g} KiB on this route"
+
+
+def _too_large(what: str) -> ApiError:
+    return ApiError(413, f"Request body is larger than the limit of {what}", {"Connection": "close"})
+
+
+def check_length(request: web.Request) -> None:
+    """413 from the announced length alone, before any of the body is read."""
+    limit, what = body_limit(request)
     if request.content_length is not None and request.content_length > limit:
-        # Answer before reading any of it; the connection is closed after this response.
-        raise ApiError(413, f"Request body is larger than the limit of {cfg.max_body_mib:g} MiB")
-    if request.can_read_body:
-        try:
-            if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+        # The connection is closed after this response.
+        raise _too_large(what)
+
+
+async def read_body(request: web.Request) -> None:
+    """Read a request's body within server.body_read_timeout_s and the route's bound, so a client that
+    trickles its upload cannot hold a connection and its buffers for ever, and one that streams more than
+    the bound is cut off as soon as it passes it. Handlers then read the cached body."""
+    cfg = request.app[SERVICES].cfg.server
+    check_length(request)
+    if not request.can_read_body:
+        return
+    try:
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+            await request.read()
+        else:
+            async with asyncio.timeout(cfg.body_read_timeout_s):
                 await request.read()
-            else:
-                async with asyncio.timeout(cfg.body_read_timeout_s):
-                    await request.read()
-        except TimeoutError:
-            raise ApiError(408, f"Request body not received within {cfg.body_read_timeout_s:g} s",
-                           {"Connection": "close"}) from None
+    except TimeoutError:
+        raise ApiError(408, f"Request body not received within {cfg.body_read_timeout_s:g} s",
+                       {"Connection": "close"}) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(body_limit(request)[1]) from None
 
 
 @web.middleware
 async def client_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Errors as answers, authentication, then the body: one middleware layer, as every layer costs
-    every request."""
+    """Errors as answers, the body's announced length, authentication, then the body: one middleware
+    layer, as every layer costs every request."""
     try:
+        check_length(request)
+        small = request.path not in SUBMISSION_PATHS
+        if small and request.body_exists:
+            # The same request with the small bound, which aiohttp enforces while it reads chunks.
+            request = request.clone(client_max_size=body_limit(request)[0])
         if request.path not in PUBLIC_PATHS:
             authenticate(request)
-        if request.path not in SUBMISSION_PATHS:
+        if small:
             await read_body(request)
         return await handler(request)
     except Exception as exc:

@@ -54,7 +54,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     rt = services.gateway.backend_for(model, kind, client_id, sub)
     stream = bool(body.get("stream"))
     live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model, priority=priority,
-                                         resolution=resolution, payload=raw, sync=True, stream=stream)
+                                         resolution=resolution, payload=raw, sync=True, stream=stream,
+                                         account=request[CLAIMS].uid)
     try:
         if stream:
             return await _stream(request, services, live)

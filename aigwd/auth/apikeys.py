@@ -25,6 +25,7 @@ class ApiKey:
     created_at: float = field(default_factory=time.time)
     revoked_at: float | None = None
     hint: str = ""  # the first characters, so an admin can tell keys apart
+    account: str = ""  # the account whose requests these are: its user's id, or the key's own
 
     def public(self) -> dict[str, object]:
         """What a listing shows: never the key or its hash."""
@@ -38,13 +39,14 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_key(subject: str, client_ids: list[str], max_priority: str) -> tuple[ApiKey, str]:
+def new_key(subject: str, client_ids: list[str], max_priority: str, account: str = "") -> tuple[ApiKey, str]:
     """A new key record and its secret, which is not kept anywhere."""
     if max_priority not in PRIORITIES:
         raise ValueError(f"max_priority must be one of {', '.join(PRIORITIES)}")
     secret = PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(id=uuid.uuid4().hex[:12], key_hash=digest(secret), subject=subject, client_ids=client_ids,
-                 max_priority=max_priority, hint=secret[: len(PREFIX) + 4])
+    key_id = uuid.uuid4().hex[:12]
+    key = ApiKey(id=key_id, key_hash=digest(secret), subject=subject, client_ids=client_ids,
+                 max_priority=max_priority, hint=secret[: len(PREFIX) + 4], account=account or f"key-{key_id}")
     return key, secret
 
 

@@ -33,7 +33,9 @@ _ALGORITHM = "HS256"
 _MIN_SECRET_BYTES = 32
 # Clients' and our clocks may disagree a little; a token from slightly ahead is not an attack.
 _FUTURE_SKEW_S = 30
-_REQUIRED = ("exp", "iat", "sub", "jti", "typ", "fam", "role")
+# uid: the account id. sub is the user name, for display; a token without uid (issued before accounts had
+# ids) is refused, so its holder logs in again and gets one.
+_REQUIRED = ("exp", "iat", "sub", "uid", "jti", "typ", "fam", "role")
 _ACCESS = "access"
 _REFRESH = "refresh"
 
@@ -58,6 +60,7 @@ class Claims:
     fam: str
     iat: int
     exp: int
+    uid: str  # account id: who owns what this token submits
 
 
 def _number(value: Any) -> float | None:
@@ -99,21 +102,23 @@ class TokenService:
         """Bring revocations recorded before a restart into memory."""
         self._revoked |= await self._ledger.revoked_families()
 
-    async def issue_pair(self, sub: str, role: str) -> dict[str, str]:
-        """Tokens for a fresh login: a new family."""
-        return await self._issue_pair(sub, role, uuid.uuid4().hex)
+    async def issue_pair(self, sub: str, role: str, uid: str) -> dict[str, str]:
+        """Tokens for a fresh login of account `uid` (named `sub`): a new family."""
+        if not uid:
+            raise ValueError("a token needs the account id")
+        return await self._issue_pair(sub, role, uid, uuid.uuid4().hex)
 
-    async def _issue_pair(self, sub: str, role: str, fam: str) -> dict[str, str]:
+    async def _issue_pair(self, sub: str, role: str, uid: str, fam: str) -> dict[str, str]:
         now = int(self._clock())
-        access = self._encode(sub, role, _ACCESS, fam, now, now + self.access_ttl_s)[0]
+        access = self._encode(sub, role, uid, _ACCESS, fam, now, now + self.access_ttl_s)[0]
         refresh_exp = now + self.refresh_ttl_s
-        refresh, refresh_jti = self._encode(sub, role, _REFRESH, fam, now, refresh_exp)
+        refresh, refresh_jti = self._encode(sub, role, uid, _REFRESH, fam, now, refresh_exp)
         await self._ledger.issued(refresh_jti, fam, sub, float(refresh_exp))
         return {"access_token": access, "refresh_token": refresh, "token_type": "bearer"}
 
-    def _encode(self, sub: str, role: str, typ: str, fam: str, iat: int, exp: int) -> tuple[str, str]:
+    def _encode(self, sub: str, role: str, uid: str, typ: str, fam: str, iat: int, exp: int) -> tuple[str, str]:
         jti = uuid.uuid4().hex
-        payload = {"sub": sub, "role": role, "typ": typ, "jti": jti, "fam": fam, "iat": iat, "exp": exp}
+        payload = {"sub": sub, "uid": uid, "role": role, "typ": typ, "jti": jti, "fam": fam, "iat": iat, "exp": exp}
         return jwt.encode(payload, self._secret, algorithm=_ALGORITHM), jti
 
     def _decode(self, token: str, want: str) -> Claims:
@@ -135,9 +140,9 @@ class TokenService:
             raise TokenError("Invalid token") from e
 
         sub, role, typ = _text(payload.get("sub")), _text(payload.get("role")), _text(payload.get("typ"))
-        jti, fam = _text(payload.get("jti")), _text(payload.get("fam"))
+        jti, fam, uid = _text(payload.get("jti")), _text(payload.get("fam")), _text(payload.get("uid"))
         iat, exp = _number(payload.get("iat")), _number(payload.get("exp"))
-        if sub is None or role is None or typ is None or jti is None or fam is None:
+        if sub is None or role is None or typ is None or jti is None or fam is None or uid is None:
             raise TokenError("Invalid token")
         if iat is None or exp is None:
             raise TokenError("Invalid token")
@@ -162,7 +167,7 @@ class TokenService:
             raise TokenError("Invalid token")
         if fam in self._revoked:
             raise TokenError("Token revoked")
-        return Claims(sub=sub, role=role, typ=typ, jti=jti, fam=fam, iat=int(iat), exp=int(exp))
+        return Claims(sub=sub, role=role, typ=typ, jti=jti, fam=fam, iat=int(iat), exp=int(exp), uid=uid)
 
     def verify_access(self, token: str) -> Claims:
         """Claims of a valid, unrevoked access token; TokenError otherwise. No I/O.
@@ -183,10 +188,11 @@ class TokenService:
             raise TokenError("Token revoked")
         return claims
 
-    async def refresh(self, token: str, role_of: Callable[[str], str | None]) -> dict[str, str]:
+    async def refresh(self, token: str, role_of: Callable[[str, str], str | None]) -> dict[str, str]:
         """Trade a refresh token for a new pair in the same family.
 
-        ``role_of`` gives the subject's current role, or None when the user is gone or disabled.
+        ``role_of(name, account id)`` gives the account's current role, or None when it is gone or disabled
+        (a new account under the same name is another account).
         """
         claims = self._decode(token, _REFRESH)
         outcome = await self._ledger.consume(claims.jti)
@@ -196,11 +202,11 @@ class TokenService:
             raise TokenError("Refresh token reused; its session has been revoked")
         if outcome != "ok":
             raise TokenError("Invalid token")
-        role = role_of(claims.sub)
+        role = role_of(claims.sub, claims.uid)
         if role is None:
             raise TokenError("User no longer active")
         # Same family: a later reuse of the old token also revokes the pair issued here.
-        return await self._issue_pair(claims.sub, role, claims.fam)
+        return await self._issue_pair(claims.sub, role, claims.uid, claims.fam)
 
     async def revoke_family(self, fam: str) -> None:
         # Memory first, so the revocation takes effect here even if recording it fails.

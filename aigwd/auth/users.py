@@ -17,6 +17,7 @@ class User:
     role: str
     password_hash: str
     disabled: bool = False
+    id: str = ""  # the account id: stable, never reused for another account of the same name
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

@@ -35,7 +35,7 @@ def check_password(password: str | None) -> str:
 
 
 def _view(rec: UserRecord) -> dict[str, Any]:
-    return {"name": rec.name, "role": rec.role, "source": rec.source, "disabled": rec.disabled,
+    return {"name": rec.name, "id": rec.id, "role": rec.role, "source": rec.source, "disabled": rec.disabled,
             "updated_at": iso(rec.updated_at)}
 
 
@@ -69,7 +69,7 @@ class Accounts:
 
     async def _rebuild(self) -> None:
         records = await self._store.users()
-        self._directory.replace(User(r.name, r.role, r.password_hash, r.disabled) for r in records)
+        self._directory.replace(User(r.name, r.role, r.password_hash, r.disabled, r.id) for r in records)
 
     async def _get(self, name: str) -> UserRecord:
         rec = next((r for r in await self._store.users() if r.name == name), None)

@@ -21,7 +21,13 @@ async def keys_create(ctx: Context, args: dict[str, Any]) -> Result:
     if bad or not clients:
         raise bad_request(f"clients must be a comma-separated list of client IDs (1-{MAX_CLIENT_ID} characters "
                           "of letters, digits, '.', '_', '-')")
-    key, secret = new_key(args["subject"], clients, args["max_priority"])
+    # The key acts as its subject's account when the subject is a user; otherwise as its own, shared with
+    # the subject's other live keys so a rotated key still reads the results of the one it replaces.
+    subject = args["subject"]
+    user = ctx.services.users.get(subject)
+    account = user.id if user is not None else next(
+        (k.account for k in ctx.services.api_keys.list() if k.subject == subject and k.revoked_at is None), "")
+    key, secret = new_key(subject, clients, args["max_priority"], account)
     await ctx.services.gateway.store.api_keys().add(key)
     ctx.services.api_keys.add(key)
     return Result({**key.public(), "key": secret,

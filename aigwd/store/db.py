@@ -119,9 +119,70 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX requests_status",
         "CREATE INDEX requests_unfinished ON requests(status) WHERE status IN ('queued', 'processing')",
     ),
+    # 8: results belong to an account id, not a name: a user deleted and added again under the same name is
+    # a new account and does not read the old one's results. Rows from before go to the name's holder now.
+    (
+        "ALTER TABLE users ADD COLUMN id TEXT",
+        "UPDATE users SET id = lower(hex(randomblob(16))) WHERE id IS NULL",
+        "CREATE UNIQUE INDEX users_id ON users(id)",
+        "ALTER TABLE requests ADD COLUMN account TEXT",
+        "UPDATE requests SET account = (SELECT id FROM users WHERE users.name = requests.subject)",
+        "ALTER TABLE api_keys ADD COLUMN account TEXT",
+        "UPDATE api_keys SET account = COALESCE((SELECT id FROM users WHERE users.name = api_keys.subject), "
+        "'key-' || api_keys.id)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# Written next to the database once its schema exists. A database that is then missing or empty was
+# lost (a truncated file, a failed restore), not new: starting afresh would delete the spooled bodies of
+# every queued request, so the daemon refuses to start instead.
+MARKER_NAME = "aigw.db.created"
+
+
+class LostDatabase(Exception):
+    """The marker says a database was created here, but the file is missing, empty or has no schema."""
+
+
+def private_dir(path: Path) -> None:
+    """Create a directory owner-only (0700), and tighten one an older version created looser."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def check_not_lost(path: Path) -> None:
+    """Before the file is opened (which would create it): refuse a missing or empty one after the marker."""
+    marker = path.with_name(MARKER_NAME)
+    if marker.exists() and (not path.exists() or path.stat().st_size == 0):
+        raise LostDatabase(_lost_message(path, "missing" if not path.exists() else "empty (0 bytes)"))
+
+
+def check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """After opening, before migrating: a file with no schema after the marker was lost too."""
+    marker = path.with_name(MARKER_NAME)
+    has_schema = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+    if marker.exists() and not has_schema:
+        raise LostDatabase(_lost_message(path, "without its tables"))
+
+
+def mark_created(path: Path) -> None:
+    marker = path.with_name(MARKER_NAME)
+    if not marker.exists():
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("aigwd created its database here. If the database is ever missing or empty while this "
+                     "file exists, aigwd refuses to start rather than begin afresh.\n")
+
+
+def _lost_message(path: Path, what: str) -> str:
+    marker = path.with_name(MARKER_NAME)
+    return (f"the database {path} is {what}, but {marker} shows one was created here before; refusing to "
+            f"start so queued requests and their spooled bodies in {path.parent / 'spool'} are kept. Restore "
+            f"{path.name} from a backup, or, to start afresh and lose them, remove {marker}")
 
 
 def ensure_file(path: Path) -> None:

@@ -9,7 +9,7 @@ from ..auth.apikeys import ApiKey
 from .readers import Readers
 from .writer import Txn, Writer
 
-_COLUMNS = "id, key_hash, subject, client_ids, max_priority, created_at, revoked_at, hint"
+_COLUMNS = "id, key_hash, subject, client_ids, max_priority, created_at, revoked_at, hint, account"
 
 
 class ApiKeyTable:
@@ -19,10 +19,10 @@ class ApiKeyTable:
 
     async def add(self, key: ApiKey) -> None:
         values = (key.id, key.key_hash, key.subject, json.dumps(key.client_ids), key.max_priority,
-                  key.created_at, key.revoked_at, key.hint)
+                  key.created_at, key.revoked_at, key.hint, key.account)
 
         def op(txn: Txn) -> None:
-            txn.conn.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+            txn.conn.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
 
         await self._writer.submit(op)
 
@@ -38,6 +38,7 @@ class ApiKeyTable:
         def read(conn: sqlite3.Connection) -> list[ApiKey]:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at")
             return [ApiKey(id=r[0], key_hash=r[1], subject=r[2], client_ids=json.loads(r[3]), max_priority=r[4],
-                           created_at=r[5], revoked_at=r[6], hint=r[7]) for r in rows]
+                           created_at=r[5], revoked_at=r[6], hint=r[7], account=r[8] or f"key-{r[0]}")
+                    for r in rows]
 
         return await self._readers.run(read)

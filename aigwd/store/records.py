@@ -37,6 +37,7 @@ class RequestRecord:
     attempts: int = 0
     served_resolution: str | None = None  # OCR: the mode of the server that ran it
     sync: bool = False  # its client waits on the connection (OpenAI routes)
+    account: str | None = None  # id of the account (user or API key) that owns it; subject is for display
 
 
 @dataclass
@@ -65,7 +66,7 @@ class MissingModelRecord:
 REQUEST_COLUMNS = (
     "id", "subject", "client_id", "backend", "model", "kind", "priority", "resolution", "status",
     "queued_at", "deadline_at", "started_at", "finished_at", "result", "error", "attempts",
-    "served_resolution", "sync",
+    "served_resolution", "sync", "account",
 )
 CRASH_COLUMNS = (
     "id", "timestamp", "model", "error", "exit_code", "signal", "stderr_tail", "gpu_memory_mib",

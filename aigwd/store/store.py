@@ -11,7 +11,8 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -47,7 +48,7 @@ _REQUEST_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload
 _REQUEST_REPLACE = _REQUEST_INSERT.replace("INSERT INTO", "INSERT OR REPLACE INTO", 1)
 _FINISHED = "('" + "', '".join(FINISHED_STATUSES) + "')"
 _UNFINISHED = "('" + "', '".join(UNFINISHED_STATUSES) + "')"
-_USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at"
+_USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at, id"
 _AUDIT_COLUMNS = "id, timestamp, actor, via, command, args, status, outcome, detail"
 
 
@@ -69,6 +70,9 @@ class UserRecord:
     disabled: bool
     source: str  # "config" (from [[users]] in the config file) | "admin" (added at run time)
     updated_at: float
+    # Stable and never reused: what tokens, API keys and stored requests refer to. The name is for display,
+    # and a new account under an old name gets a new id.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -123,6 +127,8 @@ class Store:
                 return
             try:
                 conn, swept = await asyncio.to_thread(self._prepare)
+            except db.LostDatabase as exc:
+                raise StoreError(str(exc)) from None
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open {self.db_path}: {exc}") from exc
             self._writer.start(conn)
@@ -146,12 +152,15 @@ class Store:
 
     def _prepare(self) -> tuple[sqlite3.Connection, int]:
         """Blocking part of open(): directories, private db file, migrations, orphan sweep."""
-        self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        self.spool.dir.mkdir(mode=0o750, exist_ok=True)
+        db.private_dir(self.state_dir)
+        db.private_dir(self.spool.dir)
+        db.check_not_lost(self.db_path)
         db.ensure_file(self.db_path)
         conn = db.connect(self.db_path)
         try:
+            db.check_schema(conn, self.db_path)  # before the sweep: a lost database must not cost the bodies
             db.migrate(conn)
+            db.mark_created(self.db_path)
             referenced = [row[0] for row in
                           conn.execute("SELECT payload_path FROM requests WHERE payload_path IS NOT NULL")]
             swept = self.spool.sweep(referenced)
@@ -368,8 +377,8 @@ class Store:
     async def users(self) -> list[UserRecord]:
         def read(conn: sqlite3.Connection) -> list[UserRecord]:
             rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name")
-            return [UserRecord(name, role, pw, bool(disabled), source, updated)
-                    for name, role, pw, disabled, source, updated in rows]
+            return [UserRecord(name, role, pw, bool(disabled), source, updated, id_)
+                    for name, role, pw, disabled, source, updated, id_ in rows]
 
         return await self._readers.run(read)
 
@@ -385,12 +394,13 @@ class Store:
         def op(txn: Txn) -> None:
             conn = txn.conn
             for name, role, pw_hash in users:
+                # A new row gets a new account id; an existing one keeps its id.
                 conn.execute(
-                    f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 0, 'config', ?) "
+                    f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 0, 'config', ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET role = excluded.role, password_hash = excluded.password_hash, "
                     "source = 'config', updated_at = excluded.updated_at WHERE users.role != excluded.role "
                     "OR users.password_hash != excluded.password_hash OR users.source != 'config'",
-                    (name, role, pw_hash, now))
+                    (name, role, pw_hash, now, uuid.uuid4().hex))
             gone = [row[0] for row in conn.execute("SELECT name FROM users WHERE source = 'config'")
                     if row[0] not in names]
             conn.executemany("DELETE FROM users WHERE name = ?", [(name,) for name in gone])
@@ -399,10 +409,10 @@ class Store:
 
     async def add_user(self, rec: UserRecord) -> bool:
         """Insert a user; False when the name is taken."""
-        values = (rec.name, rec.role, rec.password_hash, int(rec.disabled), rec.source, rec.updated_at)
+        values = (rec.name, rec.role, rec.password_hash, int(rec.disabled), rec.source, rec.updated_at, rec.id)
 
         def op(txn: Txn) -> bool:
-            cur = txn.conn.execute(f"INSERT OR IGNORE INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            cur = txn.conn.execute(f"INSERT OR IGNORE INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                    values)
             return cur.rowcount == 1
 

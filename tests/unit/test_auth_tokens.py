@@ -49,6 +49,7 @@ def _b64(raw: bytes) -> str:
 def _claims(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "sub": "alice",
+        "uid": "id-alice",
         "role": "user",
         "typ": "access",
         "jti": "j1",
@@ -74,7 +75,7 @@ def _detail(svc: TokenService, token: str) -> str:
 
 
 async def test_issue_and_verify_access(svc: TokenService) -> None:
-    pair = await svc.issue_pair("alice", "admin")
+    pair = await svc.issue_pair("alice", "admin", "id-alice")
     assert set(pair) == {"access_token", "refresh_token", "token_type"}
     assert pair["token_type"] == "bearer"
     claims = svc.verify_access(pair["access_token"])
@@ -86,13 +87,13 @@ async def test_issue_and_verify_access(svc: TokenService) -> None:
 
 
 async def test_each_login_gets_its_own_family(svc: TokenService) -> None:
-    a = svc.verify_access((await svc.issue_pair("alice", "user"))["access_token"])
-    b = svc.verify_access((await svc.issue_pair("alice", "user"))["access_token"])
+    a = svc.verify_access((await svc.issue_pair("alice", "user", "id-alice"))["access_token"])
+    b = svc.verify_access((await svc.issue_pair("alice", "user", "id-alice"))["access_token"])
     assert a.fam != b.fam
 
 
 async def test_expired(svc: TokenService, clock: FakeClock) -> None:
-    token = (await svc.issue_pair("alice", "user"))["access_token"]
+    token = (await svc.issue_pair("alice", "user", "id-alice"))["access_token"]
     clock.now = T0 + 899
     svc.verify_access(token)
     clock.now = T0 + 900
@@ -111,14 +112,14 @@ def test_nbf_in_future(svc: TokenService) -> None:
     assert _detail(svc, token) == "Token not yet valid"
 
 
-@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti", "typ", "fam", "role"])
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "uid", "jti", "typ", "fam", "role"])
 def test_missing_claim(svc: TokenService, missing: str) -> None:
     token = jwt.encode(_claims(**{missing: None}), SECRET, algorithm="HS256")
     assert _detail(svc, token) == "Invalid token"
 
 
 @pytest.mark.parametrize(
-    "over", [{"exp": "soon"}, {"iat": True}, {"sub": 5}, {"fam": ""}, {"nbf": "x"}, {"exp": 10**400}]
+    "over", [{"exp": "soon"}, {"iat": True}, {"sub": 5}, {"uid": ""}, {"fam": ""}, {"nbf": "x"}, {"exp": 10**400}]
 )
 def test_badly_typed_claims(svc: TokenService, over: dict[str, Any]) -> None:
     token = _craft({"alg": "HS256", "typ": "JWT"}, _claims(**over))
@@ -153,7 +154,7 @@ def test_wrong_secret(svc: TokenService) -> None:
 
 
 async def test_tampered_payload(svc: TokenService) -> None:
-    token = (await svc.issue_pair("alice", "user"))["access_token"]
+    token = (await svc.issue_pair("alice", "user", "id-alice"))["access_token"]
     header, payload, sig = token.split(".")
     i = len(payload) // 2
     flipped = payload[:i] + ("A" if payload[i] != "A" else "B") + payload[i + 1 :]
@@ -178,14 +179,14 @@ def test_foreign_audience_refused(svc: TokenService) -> None:
 
 
 async def test_refresh_token_as_access(svc: TokenService) -> None:
-    pair = await svc.issue_pair("alice", "user")
+    pair = await svc.issue_pair("alice", "user", "id-alice")
     assert _detail(svc, pair["refresh_token"]) == "Access token required"
 
 
 async def test_access_token_as_refresh(svc: TokenService) -> None:
-    pair = await svc.issue_pair("alice", "user")
+    pair = await svc.issue_pair("alice", "user", "id-alice")
     with pytest.raises(TokenError, match="Refresh token required"):
-        await svc.refresh(pair["access_token"], lambda _: "user")
+        await svc.refresh(pair["access_token"], lambda *_: "user")
 
 
 async def test_unknown_typ_refused(svc: TokenService) -> None:
@@ -193,30 +194,30 @@ async def test_unknown_typ_refused(svc: TokenService) -> None:
 
 
 async def test_refresh_rotation(svc: TokenService, clock: FakeClock) -> None:
-    first = await svc.issue_pair("alice", "user")
+    first = await svc.issue_pair("alice", "user", "id-alice")
     clock.now += 60
-    second = await svc.refresh(first["refresh_token"], lambda _: "admin")
+    second = await svc.refresh(first["refresh_token"], lambda *_: "admin")
     new_access = svc.verify_access(second["access_token"])
     assert new_access.role == "admin"  # the role is looked up afresh
     assert new_access.fam == svc.verify_access(first["access_token"]).fam
     assert new_access.iat == int(T0) + 60
-    third = await svc.refresh(second["refresh_token"], lambda _: "admin")
+    third = await svc.refresh(second["refresh_token"], lambda *_: "admin")
     svc.verify_access(third["access_token"])
 
 
 async def test_reuse_revokes_the_family(svc: TokenService, ledger: MemoryRefreshLedger) -> None:
-    first = await svc.issue_pair("alice", "user")
-    second = await svc.refresh(first["refresh_token"], lambda _: "user")
-    other_login = await svc.issue_pair("alice", "user")
+    first = await svc.issue_pair("alice", "user", "id-alice")
+    second = await svc.refresh(first["refresh_token"], lambda *_: "user")
+    other_login = await svc.issue_pair("alice", "user", "id-alice")
 
     with pytest.raises(TokenError) as info:
-        await svc.refresh(first["refresh_token"], lambda _: "user")
+        await svc.refresh(first["refresh_token"], lambda *_: "user")
     assert info.value.detail == "Refresh token reused; its session has been revoked"
 
     assert _detail(svc, second["access_token"]) == "Token revoked"
     assert _detail(svc, first["access_token"]) == "Token revoked"
     with pytest.raises(TokenError, match="Token revoked"):
-        await svc.refresh(second["refresh_token"], lambda _: "user")
+        await svc.refresh(second["refresh_token"], lambda *_: "user")
     # Another login of the same user is a different family and keeps working.
     svc.verify_access(other_login["access_token"])
     fam = svc.verify_access(other_login["access_token"]).fam
@@ -225,27 +226,27 @@ async def test_reuse_revokes_the_family(svc: TokenService, ledger: MemoryRefresh
 
 
 async def test_refresh_for_inactive_user(svc: TokenService) -> None:
-    pair = await svc.issue_pair("alice", "user")
+    pair = await svc.issue_pair("alice", "user", "id-alice")
     with pytest.raises(TokenError, match="User no longer active"):
-        await svc.refresh(pair["refresh_token"], lambda _: None)
+        await svc.refresh(pair["refresh_token"], lambda *_: None)
 
 
 async def test_refresh_unknown_to_ledger(svc: TokenService) -> None:
     token = jwt.encode(_claims(typ="refresh", jti="never-issued"), SECRET, algorithm="HS256")
     with pytest.raises(TokenError, match=r"^Invalid token$"):
-        await svc.refresh(token, lambda _: "user")
+        await svc.refresh(token, lambda *_: "user")
 
 
 async def test_refresh_expired(svc: TokenService, clock: FakeClock) -> None:
-    pair = await svc.issue_pair("alice", "user")
+    pair = await svc.issue_pair("alice", "user", "id-alice")
     clock.now = T0 + 3600
     with pytest.raises(TokenError, match="Token expired"):
-        await svc.refresh(pair["refresh_token"], lambda _: "user")
+        await svc.refresh(pair["refresh_token"], lambda *_: "user")
 
 
 async def test_load_restores_revocations(clock: FakeClock, ledger: MemoryRefreshLedger) -> None:
     before = TokenService(SECRET, ledger, clock=clock)
-    pair = await before.issue_pair("alice", "user")
+    pair = await before.issue_pair("alice", "user", "id-alice")
     await before.revoke_family(before.verify_access(pair["access_token"]).fam)
 
     after = TokenService(SECRET, ledger, clock=clock)  # a restart
@@ -260,7 +261,7 @@ def test_short_secret_refused(ledger: MemoryRefreshLedger) -> None:
 
 
 async def test_a_remembered_token_is_still_revocable(svc: TokenService) -> None:
-    pair = await svc.issue_pair("alice", "user")
+    pair = await svc.issue_pair("alice", "user", "id-alice")
     claims = svc.verify_access(pair["access_token"])  # verified once, now remembered
     assert svc.verify_access(pair["access_token"]) == claims
     await svc.revoke_family(claims.fam)

@@ -88,7 +88,7 @@ async def test_users_add_passwd_disable_delete(harness: Harness) -> None:
     assert listed["admin"]["source"] == "config" and listed["carol"]["role"] == "admin"
     assert not any("hash" in key for u in listed.values() for key in u)
 
-    pair = await h.services.tokens.issue_pair("carol", "admin")
+    pair = await h.services.tokens.issue_pair("carol", "admin", "id-carol")
     changed = await h.run("users passwd", name="carol", password="new-pw")
     assert changed["revoked_families"] == 1
     with pytest.raises(TokenError):
@@ -117,16 +117,16 @@ async def test_users_add_passwd_disable_delete(harness: Harness) -> None:
 
 async def test_tokens_revoke_ends_every_family_of_a_user(harness: Harness) -> None:
     tokens = harness.services.tokens
-    first = await tokens.issue_pair("alice", "user")
-    second = await tokens.issue_pair("alice", "user")
-    other = await tokens.issue_pair("admin", "admin")
+    first = await tokens.issue_pair("alice", "user", "id-alice")
+    second = await tokens.issue_pair("alice", "user", "id-alice")
+    other = await tokens.issue_pair("admin", "admin", "id-admin")
     body = await harness.run("tokens revoke", user="alice")
     assert body["revoked_families"] == 2
     for pair in (first, second):
         with pytest.raises(TokenError):
             tokens.verify_access(pair["access_token"])
         with pytest.raises(TokenError):
-            await tokens.refresh(pair["refresh_token"], lambda _: "user")
+            await tokens.refresh(pair["refresh_token"], lambda *_: "user")
     assert tokens.verify_access(other["access_token"]).sub == "admin"
     with pytest.raises(ApiError) as err:
         await harness.run("tokens revoke", user="nobody")
