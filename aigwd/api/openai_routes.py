@@ -1,8 +1,9 @@
 """OpenAI-compatible routes: GET /v1/models and POST /v1/chat/completions, JSON or streamed.
 
 The request takes the same path as /api/chat and /api/ocr (auth, rate limit, fairness, priority queue,
-deadline, store); the connection is held until the answer comes. A client that goes away, queued or
-streaming, frees its slot and the upstream call is aborted.
+deadline, store); the connection is held until the answer comes. A client that goes away at any point
+(while its request is stored, queued, before the first byte or mid-stream) ends it as cancelled: its slot
+or waiting place is freed and the upstream call is aborted, as nobody could collect the answer later.
 """
 
 from __future__ import annotations
@@ -53,17 +54,38 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sub = request[CLAIMS].sub
     rt = services.gateway.backend_for(model, kind, client_id, sub)
     stream = bool(body.get("stream"))
-    live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model, priority=priority,
-                                         resolution=resolution, payload=raw, sync=True, stream=stream)
+    submitting = asyncio.ensure_future(services.gateway.submit(
+        rt, subject=sub, client_id=client_id, model=model, priority=priority, resolution=resolution,
+        payload=raw, sync=True, stream=stream))
+    try:
+        # Shielded: a client gone while its request is being stored must not leave it half accepted.
+        live = await asyncio.shield(submitting)
+    except asyncio.CancelledError:
+        await asyncio.shield(_cancel_when_accepted(services, submitting))
+        raise
     try:
         if stream:
             return await _stream(request, services, live)
         await live.done.wait()
         return _answer(live)
     except asyncio.CancelledError:
-        # The client went away: free its slot and abort the upstream call.
-        await asyncio.shield(services.gateway.cancel(live.record.id))
+        # The connection closed (aiohttp cancels the handler): nobody can collect this answer.
+        await asyncio.shield(_client_gone(services, live))
         raise
+
+
+async def _client_gone(services: Services, live: Live) -> None:
+    """Cancel a held request whose client has gone: frees its slot or waiting place, and aborts the
+    upstream call (the model server sees its connection close and stops generating)."""
+    await services.gateway.cancel(live.record.id)
+
+
+async def _cancel_when_accepted(services: Services, submitting: asyncio.Future[Live]) -> None:
+    try:
+        live = await submitting
+    except Exception:  # refused (queue full, store down): nothing was accepted
+        return
+    await _client_gone(services, live)
 
 
 def _answer(live: Live) -> web.Response:
@@ -81,6 +103,15 @@ def _answer(live: Live) -> web.Response:
 async def _stream(request: web.Request, services: Services, live: Live) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Request-Id": live.record.id, "X-Accel-Buffering": "no"})
+    try:
+        await _stream_to(request, resp, services, live)
+    except ConnectionError:
+        # The connection is closing and aiohttp has not yet cancelled the handler: the same as a cancel.
+        await asyncio.shield(_client_gone(services, live))
+    return resp
+
+
+async def _stream_to(request: web.Request, resp: web.StreamResponse, services: Services, live: Live) -> None:
     await resp.prepare(request)
     rt = services.gateway.backends[live.record.backend]
     chunks = live.chunks
@@ -111,7 +142,6 @@ async def _stream(request: web.Request, services: Services, live: Live) -> web.S
             error = openai_error(_FAILURE_STATUS.get(live.record.status, 502), live.record.error or "failed")
         await resp.write(f"data: {json.dumps(error)}\n\n".encode())
     await resp.write_eof()
-    return resp
 
 
 def add_routes(app: web.Application) -> None:
