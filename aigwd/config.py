@@ -176,6 +176,14 @@ class ResultsConfig:
 @dataclass
 class OcrConfig:
     default_resolution: str = _opt("large", "Resolution when a request sends no X-Resolution.", _resolution)
+    max_image_pixels: int = _opt(40_000_000, "An image whose header declares more pixels (width x height) is "
+                                             "refused with 413, before the model server decodes it. DeepSeek-OCR "
+                                             "scales every image down to its mode (1280 x 1280 in large; a "
+                                             "1024 px view and 640 px tiles in gundam), so more pixels add "
+                                             "nothing; 40 megapixels holds an A4 page at 600 dpi (35) and "
+                                             "bounds the decoder's memory to about 160 MB.", _positive)
+    max_image_side: int = _opt(16_384, "An image wider or taller than this many pixels is refused with 413 "
+                                       "(long receipts fit; WebP's own maximum).", _positive)
     policy: str = _opt("strict", "strict: a request runs only on a server in its resolution, the server "
                                  "switches mode for waiting demand; serve-current: any mode serves it and "
                                  "the result says which.", _policy)

@@ -80,7 +80,8 @@ async def _submit(request: web.Request, kind: str) -> web.Response:
     body = validation.parse_json(raw)
     model = validation.chat_body(body)
     if kind == "ocr":
-        validation.ocr_image(body, len(raw))
+        ocr = services.cfg.ocr
+        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
     elif validation.image_parts(body):
         raise bad_request("Images go to /api/ocr; /api/chat takes text messages")
     sub = request[CLAIMS].sub

@@ -48,7 +48,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     resolution = None
     if kind == "ocr":
         resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
-        validation.ocr_image(body, len(raw))
+        ocr = services.cfg.ocr
+        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
     elif validation.image_parts(body):
         raise bad_request(f"Model {model} takes text only; images go to the OCR model")
     sub = request[CLAIMS].sub

@@ -24,7 +24,7 @@ OBJECT: dict[str, Any] = {"type": "object"}
 _DESCRIPTIONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request: the detail says what to change",
                  401: "Not authenticated", 408: "Request body not received in time",
                  403: "Not allowed for this role or key", 404: "Not found",
-                 409: "Conflict with the current state", 413: "Request body too large",
+                 409: "Conflict with the current state", 413: "Request body, or an image's pixel size, too large",
                  429: "Too many requests (see Retry-After)", 502: "The model server failed",
                  503: "Queue full, model unavailable or state database unavailable", 504: "Deadline passed"}
 

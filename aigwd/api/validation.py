@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import RESOLUTIONS
 from ..errors import ApiError, bad_request
-from ..images import inspect_data_url
+from ..images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageInfo, inspect_data_url, size_problem
 from ..scheduling.fairqueue import Priority
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -141,8 +141,10 @@ def image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
     return parts
 
 
-def ocr_image(body: dict[str, Any], max_bytes: int) -> None:
-    """Exactly one image, a data: URL of real PNG, JPEG or WebP bytes (the bytes decide, not the label)."""
+def ocr_image(body: dict[str, Any], max_bytes: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_side: int = DEFAULT_MAX_SIDE) -> None:
+    """Exactly one image, a data: URL of real PNG, JPEG or WebP bytes (the bytes decide, not the label),
+    of a size within the bounds."""
     parts = image_parts(body)
     if len(parts) != 1:
         raise bad_request(f"OCR needs exactly one image_url part; this request has {len(parts)}")
@@ -157,3 +159,11 @@ def ocr_image(body: dict[str, Any], max_bytes: int) -> None:
     if info is None:
         raise ApiError(400, "The image is not a PNG, JPEG or WebP file (checked by its bytes); "
                             "send one of those formats")
+    image_size(info, max_pixels, max_side)
+
+
+def image_size(info: ImageInfo, max_pixels: int, max_side: int) -> None:
+    """413 for an image whose header declares more pixels, or a longer side, than the bounds allow."""
+    problem = size_problem(info, max_pixels, max_side)
+    if problem is not None:
+        raise ApiError(413, problem[:1].upper() + problem[1:])

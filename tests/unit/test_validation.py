@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,24 @@ def test_ocr_image() -> None:
     assert "base64" in detail(validation.ocr_image, body, 10**6)
     body["messages"][0]["content"][0]["image_url"] = "data:image/png;base64,AAAA"
     assert "url" in detail(validation.ocr_image, body, 10**6)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    return (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+            + b"\x00" * 16)
+
+
+def test_ocr_image_past_the_size_bounds_is_413() -> None:
+    with pytest.raises(ApiError) as err:
+        validation.ocr_image(ocr(_png_header(2**31 - 1, 2**31 - 1)), 10**6)
+    assert err.value.status == 413 and "ocr.max_image_side" in err.value.detail
+    with pytest.raises(ApiError) as err:
+        validation.ocr_image(ocr(_png_header(10_000, 10_000)), 10**6)
+    assert err.value.status == 413 and "ocr.max_image_pixels" in err.value.detail
+    assert "40 megapixels" in err.value.detail
+    # The configured bounds are the ones applied.
+    validation.ocr_image(ocr(_png_header(10_000, 10_000)), 10**6, max_pixels=10**8, max_side=10_000)
+    with pytest.raises(ApiError) as err:
+        validation.ocr_image(ocr(PNG), 10**6, max_pixels=96 * 32 - 1)
+    assert err.value.status == 413
