@@ -268,6 +268,11 @@ class BackendConfig:
     backoff_max_s: float = _opt(60.0, "Longest restart delay.", _positive)
     requeue_on_crash: bool = _opt(False, "Requests processing when the server dies are queued again once "
                                          "instead of failing.")
+    max_tokens_limit: int = _opt(8192, "A request asking for more than this many answer tokens (max_tokens or "
+                                       "max_completion_tokens) is refused with 400. An answer without either "
+                                       "is bounded by the server's context (vLLM's --max-model-len): none is "
+                                       "filled in, as vLLM refuses a max_tokens that does not fit beside a "
+                                       "long prompt. Keep it no higher than the server's context.", _positive)
     vllm_priority: bool = _opt(False, "The server runs vLLM with --scheduling-policy priority: send the "
                                       "request's class as vLLM's integer priority (high = 0).")
 

@@ -19,7 +19,7 @@ from ..gateway import Live
 from . import validation
 from .client_routes import client_and_priority, rate_limit
 from .context import SERVICES, Services
-from .middleware import CLAIMS, openai_error, read_body
+from .middleware import CLAIMS, ROLE, openai_error, read_body
 
 # While a streaming request waits, an SSE comment says where it stands this often.
 POSITION_INTERVAL_S = 1.0
@@ -43,6 +43,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     body = validation.parse_json(raw)
     model = validation.chat_body(body, allow_stream=True)
+    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
     name = services.gateway.model_index.get(model)
     kind = services.cfg.backends[name].kind if name else "chat"
     resolution = None
@@ -54,16 +55,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise bad_request(f"Model {model} takes text only; images go to the OCR model")
     sub = request[CLAIMS].sub
     rt = services.gateway.backend_for(model, kind, client_id, sub)
+    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
     stream = bool(body.get("stream"))
-    submitting = asyncio.ensure_future(services.gateway.submit(
-        rt, subject=sub, client_id=client_id, model=model, priority=priority, resolution=resolution,
-        payload=raw, sync=True, stream=stream))
-    try:
-        # Shielded: a client gone while its request is being stored must not leave it half accepted.
-        live = await asyncio.shield(submitting)
-    except asyncio.CancelledError:
-        await asyncio.shield(_cancel_when_accepted(services, submitting))
-        raise
+    submitting = services.gateway.submit(rt, subject=sub, client_id=client_id, model=model, priority=priority,
+                                         resolution=resolution, payload=raw, sync=True, stream=stream)
+    if len(raw) <= services.gateway.store.spool_threshold:
+        live = await submitting  # stored once finished: nothing to wait on, so no cancel can land inside
+    else:
+        # Its body is written to the store first; a client gone meanwhile must not leave it half accepted.
+        task = asyncio.ensure_future(submitting)
+        try:
+            live = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.shield(_cancel_when_accepted(services, task))
+            raise
     try:
         if stream:
             return await _stream(request, services, live)

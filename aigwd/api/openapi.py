@@ -81,13 +81,32 @@ _SCHEMAS: dict[str, Any] = {
                 "type": {"enum": ["text", "image_url"]}, "text": {"type": "string"},
                 "image_url": {"type": "object", "properties": {"url": {"type": "string"}}}}}},
             {"type": "null"}]}}},
-    "ChatBody": {"type": "object", "required": ["model", "messages"], "properties": {
+    # The fields forwarded to the model server (validation.FORWARDED_FIELDS); any other is refused with 400.
+    # max_tokens is further bounded per model (backends.<name>.max_tokens_limit).
+    "ChatBody": {"type": "object", "required": ["model", "messages"], "additionalProperties": False,
+                 "properties": {
         "model": {"type": "string", "minLength": 1},
         "messages": {"type": "array", "minItems": 1, "maxItems": 1024, "items": _ref("Message")},
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
+        "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "stream": {"type": "boolean"}}},
+        "top_k": {"type": "integer", "minimum": -1, "maximum": 100000},
+        "stop": {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": 16, "items": {"type": "string"}}]},
+        "seed": {"type": "integer", "minimum": -2**63, "maximum": 2**63 - 1},
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "n": {"type": "integer", "minimum": 1, "maximum": 1},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "response_format": {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "json_object", "json_schema"]}}},
+        "logprobs": {"type": "boolean"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+        "user": {"type": "string"},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+        "parallel_tool_calls": {"type": "boolean"}}},
     "Accepted": {"type": "object", "required": ["request_id", "status", "message"], "properties": {
         "request_id": {"type": "string"}, "status": {"const": "queued"}, "message": {"type": "string"},
         "resolution": {"type": "string"}}},

@@ -16,11 +16,11 @@ MODEL = "gemma-3-4b-it"
 
 
 async def _send(d: Daemon, token: str, *, stream: bool, until: bytes | None = None,
-                leave: asyncio.Event | None = None) -> None:
+                leave: asyncio.Event | None = None, content: str = "long") -> None:
     """Send one /v1 chat request on a raw connection, read until `until` is seen (nothing when None),
     wait for `leave` when given, then close the connection without reading the rest."""
     body = json.dumps({"model": MODEL, "stream": stream,
-                       "messages": [{"role": "user", "content": "long"}]}).encode()
+                       "messages": [{"role": "user", "content": content}]}).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
     writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
                  f"X-Client-ID: leaver\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -90,6 +90,17 @@ async def test_plain_requests_closed_right_after_sending_are_cancelled(make_daem
     client = Client(session, d.url)
     await client.login()
     await asyncio.gather(*(_send(d, client.token, stream=False) for _ in range(20)))
+    await _all_cancelled(client, session, d, 20)
+
+
+async def test_large_bodies_closed_right_after_sending_are_cancelled(make_daemon,
+                                                                     session: aiohttp.ClientSession) -> None:
+    # Over the store's spool threshold (256 KiB): the body is written to disk before the request queues.
+    d = _slow_daemon(make_daemon)
+    client = Client(session, d.url)
+    await client.login()
+    await asyncio.gather(*(_send(d, client.token, stream=stream, content="x" * 300_000)
+                           for stream in [True, False] * 10))
     await _all_cancelled(client, session, d, 20)
 
 
