@@ -214,6 +214,14 @@ class ResultsConfig:
 @dataclass
 class OcrConfig:
     default_resolution: str = _opt("large", "Resolution when a request sends no X-Resolution.", _resolution)
+    max_image_pixels: int = _opt(40_000_000, "An image whose header declares more pixels (width x height) is "
+                                             "refused with 413, before the model server decodes it. DeepSeek-OCR "
+                                             "scales every image down to its mode (1280 x 1280 in large; a "
+                                             "1024 px view and 640 px tiles in gundam), so more pixels add "
+                                             "nothing; 40 megapixels holds an A4 page at 600 dpi (35) and "
+                                             "bounds the decoder's memory to about 160 MB.", _positive)
+    max_image_side: int = _opt(16_384, "An image wider or taller than this many pixels is refused with 413 "
+                                       "(long receipts fit; WebP's own maximum).", _positive)
     policy: str = _opt("strict", "strict: a request runs only on a server in its resolution, the server "
                                  "switches mode for waiting demand; serve-current: any mode serves it and "
                                  "the result says which.", _policy)
@@ -298,6 +306,11 @@ class BackendConfig:
     backoff_max_s: float = _opt(60.0, "Longest restart delay.", _positive)
     requeue_on_crash: bool = _opt(False, "Requests processing when the server dies are queued again once "
                                          "instead of failing.")
+    max_tokens_limit: int = _opt(8192, "A request asking for more than this many answer tokens (max_tokens or "
+                                       "max_completion_tokens) is refused with 400. An answer without either "
+                                       "is bounded by the server's context (vLLM's --max-model-len): none is "
+                                       "filled in, as vLLM refuses a max_tokens that does not fit beside a "
+                                       "long prompt. Keep it no higher than the server's context.", _positive)
     vllm_priority: bool = _opt(False, "The server runs vLLM with --scheduling-policy priority: send the "
                                       "request's class as vLLM's integer priority (high = 0).")
 

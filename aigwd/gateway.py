@@ -9,6 +9,7 @@ a restart: it is stored once, when it has finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -213,8 +214,11 @@ class Gateway:
         """Pass the server's SSE bytes to the waiting client as they come; never buffer the whole."""
         assert live.chunks is not None
         try:
-            async for chunk in rt.upstream.stream(body, live.record.id):
-                await live.chunks.put(chunk)
+            # Closed on the way out, cancelled included: the upstream connection is aborted at once,
+            # not when the garbage collector finalises the generator.
+            async with contextlib.aclosing(rt.upstream.stream(body, live.record.id)) as chunks:
+                async for chunk in chunks:
+                    await live.chunks.put(chunk)
         except UpstreamStatus as exc:
             live.upstream_error = (exc.status, exc.body)
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {exc.status}: "

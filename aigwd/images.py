@@ -13,7 +13,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["ImageInfo", "decode_data_url", "inspect_data_url", "sniff"]
+__all__ = ["ImageInfo", "decode_data_url", "inspect_data_url", "size_problem", "sniff"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB
 JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
 JPEG_EOI, JPEG_SOS = 0xD9, 0xDA
 PNG_MAX_DIM = 2**31 - 1
+# Defaults of ocr.max_image_pixels and ocr.max_image_side; see their help in config.py.
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_SIDE = 16_384
 
 
 def sniff(data: bytes) -> ImageInfo | None:
@@ -46,6 +49,21 @@ def sniff(data: bytes) -> ImageInfo | None:
     except (IndexError, struct.error):
         # Every length is checked before reading; this is a last guard so garbage never raises.
         return None
+    return None
+
+
+def size_problem(info: ImageInfo, max_pixels: int, max_side: int) -> str | None:
+    """Why an image's declared size is refused (what to send instead), or None when it is within bounds.
+
+    The size comes from the header alone: a few kilobytes of compressed data can declare billions of
+    pixels, which the model server's decoder would try to allocate."""
+    if info.width > max_side or info.height > max_side:
+        return (f"image is {info.width} x {info.height} pixels; each side may be at most {max_side} pixels "
+                "(ocr.max_image_side): send a smaller image")
+    pixels = info.width * info.height
+    if pixels > max_pixels:
+        return (f"image is {info.width} x {info.height} pixels ({pixels / 1e6:.1f} megapixels), over the limit "
+                f"of {max_pixels / 1e6:g} megapixels (ocr.max_image_pixels): send a smaller image")
     return None
 
 

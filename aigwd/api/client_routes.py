@@ -79,12 +79,15 @@ async def _submit(request: web.Request, kind: str) -> web.Response:
     raw = await request.read()
     body = validation.parse_json(raw)
     model = validation.chat_body(body)
+    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
     if kind == "ocr":
-        validation.ocr_image(body, len(raw))
+        ocr = services.cfg.ocr
+        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
     elif validation.image_parts(body):
         raise bad_request("Images go to /api/ocr; /api/chat takes text messages")
     sub = request[CLAIMS].sub
     rt = services.gateway.backend_for(model, kind, client_id, sub)
+    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
     live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model,
                                          priority=priority, resolution=resolution, payload=raw,
                                          account=request[CLAIMS].uid)

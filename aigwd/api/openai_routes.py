@@ -1,8 +1,9 @@
 """OpenAI-compatible routes: GET /v1/models and POST /v1/chat/completions, JSON or streamed.
 
 The request takes the same path as /api/chat and /api/ocr (auth, rate limit, fairness, priority queue,
-deadline, store); the connection is held until the answer comes. A client that goes away, queued or
-streaming, frees its slot and the upstream call is aborted.
+deadline, store); the connection is held until the answer comes. A client that goes away at any point
+(while its request is stored, queued, before the first byte or mid-stream) ends it as cancelled: its slot
+or waiting place is freed and the upstream call is aborted, as nobody could collect the answer later.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..gateway import Live
 from . import validation
 from .client_routes import client_and_priority, rate_limit
 from .context import SERVICES, Services
-from .middleware import CLAIMS, openai_error, read_body
+from .middleware import CLAIMS, ROLE, openai_error, read_body
 
 # While a streaming request waits, an SSE comment says where it stands this often.
 POSITION_INTERVAL_S = 1.0
@@ -42,29 +43,56 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     body = validation.parse_json(raw)
     model = validation.chat_body(body, allow_stream=True)
+    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
     name = services.gateway.model_index.get(model)
     kind = services.cfg.backends[name].kind if name else "chat"
     resolution = None
     if kind == "ocr":
         resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
-        validation.ocr_image(body, len(raw))
+        ocr = services.cfg.ocr
+        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
     elif validation.image_parts(body):
         raise bad_request(f"Model {model} takes text only; images go to the OCR model")
     sub = request[CLAIMS].sub
     rt = services.gateway.backend_for(model, kind, client_id, sub)
+    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
     stream = bool(body.get("stream"))
-    live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model, priority=priority,
+    submitting = services.gateway.submit(rt, subject=sub, client_id=client_id, model=model, priority=priority,
                                          resolution=resolution, payload=raw, sync=True, stream=stream,
                                          account=request[CLAIMS].uid)
+    if len(raw) <= services.gateway.store.spool_threshold:
+        live = await submitting  # stored once finished: nothing to wait on, so no cancel can land inside
+    else:
+        # Its body is written to the store first; a client gone meanwhile must not leave it half accepted.
+        task = asyncio.ensure_future(submitting)
+        try:
+            live = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.shield(_cancel_when_accepted(services, task))
+            raise
     try:
         if stream:
             return await _stream(request, services, live)
         await live.done.wait()
         return _answer(live)
     except asyncio.CancelledError:
-        # The client went away: free its slot and abort the upstream call.
-        await asyncio.shield(services.gateway.cancel(live.record.id))
+        # The connection closed (aiohttp cancels the handler): nobody can collect this answer.
+        await asyncio.shield(_client_gone(services, live))
         raise
+
+
+async def _client_gone(services: Services, live: Live) -> None:
+    """Cancel a held request whose client has gone: frees its slot or waiting place, and aborts the
+    upstream call (the model server sees its connection close and stops generating)."""
+    await services.gateway.cancel(live.record.id)
+
+
+async def _cancel_when_accepted(services: Services, submitting: asyncio.Future[Live]) -> None:
+    try:
+        live = await submitting
+    except Exception:  # refused (queue full, store down): nothing was accepted
+        return
+    await _client_gone(services, live)
 
 
 def _answer(live: Live) -> web.Response:
@@ -82,6 +110,15 @@ def _answer(live: Live) -> web.Response:
 async def _stream(request: web.Request, services: Services, live: Live) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Request-Id": live.record.id, "X-Accel-Buffering": "no"})
+    try:
+        await _stream_to(request, resp, services, live)
+    except ConnectionError:
+        # The connection is closing and aiohttp has not yet cancelled the handler: the same as a cancel.
+        await asyncio.shield(_client_gone(services, live))
+    return resp
+
+
+async def _stream_to(request: web.Request, resp: web.StreamResponse, services: Services, live: Live) -> None:
     await resp.prepare(request)
     rt = services.gateway.backends[live.record.backend]
     chunks = live.chunks
@@ -112,7 +149,6 @@ async def _stream(request: web.Request, services: Services, live: Live) -> web.S
             error = openai_error(_FAILURE_STATUS.get(live.record.status, 502), live.record.error or "failed")
         await resp.write(f"data: {json.dumps(error)}\n\n".encode())
     await resp.write_eof()
-    return resp
 
 
 def add_routes(app: web.Application) -> None:

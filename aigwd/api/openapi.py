@@ -25,7 +25,7 @@ OBJECT: dict[str, Any] = {"type": "object"}
 _DESCRIPTIONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad request: the detail says what to change",
                  401: "Not authenticated", 408: "Request body not received in time",
                  403: "Not allowed for this role or key", 404: "Not found",
-                 409: "Conflict with the current state", 413: "Request body too large",
+                 409: "Conflict with the current state", 413: "Request body, or an image's pixel size, too large",
                  429: "Too many requests (see Retry-After)", 502: "The model server failed",
                  503: "Queue full, model unavailable or state database unavailable", 504: "Deadline passed"}
 
@@ -82,13 +82,32 @@ _SCHEMAS: dict[str, Any] = {
                 "type": {"enum": ["text", "image_url"]}, "text": {"type": "string"},
                 "image_url": {"type": "object", "properties": {"url": {"type": "string"}}}}}},
             {"type": "null"}]}}},
-    "ChatBody": {"type": "object", "required": ["model", "messages"], "properties": {
+    # The fields forwarded to the model server (validation.FORWARDED_FIELDS); any other is refused with 400.
+    # max_tokens is further bounded per model (backends.<name>.max_tokens_limit).
+    "ChatBody": {"type": "object", "required": ["model", "messages"], "additionalProperties": False,
+                 "properties": {
         "model": {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME},
         "messages": {"type": "array", "minItems": 1, "maxItems": 1024, "items": _ref("Message")},
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
+        "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "stream": {"type": "boolean"}}},
+        "top_k": {"type": "integer", "minimum": -1, "maximum": 100000},
+        "stop": {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": 16, "items": {"type": "string"}}]},
+        "seed": {"type": "integer", "minimum": -2**63, "maximum": 2**63 - 1},
+        "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "n": {"type": "integer", "minimum": 1, "maximum": 1},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "response_format": {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "json_object", "json_schema"]}}},
+        "logprobs": {"type": "boolean"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+        "user": {"type": "string"},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+        "parallel_tool_calls": {"type": "boolean"}}},
     "Accepted": {"type": "object", "required": ["request_id", "status", "message"], "properties": {
         "request_id": {"type": "string"}, "status": {"const": "queued"}, "message": {"type": "string"},
         "resolution": {"type": "string"}}},

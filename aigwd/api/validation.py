@@ -9,7 +9,7 @@ from typing import Any
 from ..bounds import MAX_CLIENT_ID, MAX_MODEL_NAME, check_length
 from ..config import RESOLUTIONS
 from ..errors import ApiError, bad_request
-from ..images import inspect_data_url
+from ..images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageInfo, inspect_data_url, size_problem
 from ..scheduling.fairqueue import Priority
 
 CLIENT_ID_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{MAX_CLIENT_ID}}}$")
@@ -143,8 +143,10 @@ def image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
     return parts
 
 
-def ocr_image(body: dict[str, Any], max_bytes: int) -> None:
-    """Exactly one image, a data: URL of real PNG, JPEG or WebP bytes (the bytes decide, not the label)."""
+def ocr_image(body: dict[str, Any], max_bytes: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_side: int = DEFAULT_MAX_SIDE) -> None:
+    """Exactly one image, a data: URL of real PNG, JPEG or WebP bytes (the bytes decide, not the label),
+    of a size within the bounds."""
     parts = image_parts(body)
     if len(parts) != 1:
         raise bad_request(f"OCR needs exactly one image_url part; this request has {len(parts)}")
@@ -159,3 +161,70 @@ def ocr_image(body: dict[str, Any], max_bytes: int) -> None:
     if info is None:
         raise ApiError(400, "The image is not a PNG, JPEG or WebP file (checked by its bytes); "
                             "send one of those formats")
+    image_size(info, max_pixels, max_side)
+
+
+def image_size(info: ImageInfo, max_pixels: int, max_side: int) -> None:
+    """413 for an image whose header declares more pixels, or a longer side, than the bounds allow."""
+    problem = size_problem(info, max_pixels, max_side)
+    if problem is not None:
+        raise ApiError(413, problem[:1].upper() + problem[1:])
+
+
+# --- Fields forwarded to the model server ---------------------------------------------------------------
+# The body goes upstream as sent (no second serialisation on the hot path), so what it may hold is an
+# allow-list: a field outside it is refused with 400 rather than dropped, since a dropped field would let the
+# client believe it took effect. The official openai client sends only the fields its caller sets.
+FORWARDED_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "n", "stream", "stream_options", "response_format", "logprobs",
+    "top_logprobs", "user", "tools", "tool_choice", "parallel_tool_calls"})
+# Accepted from admins only: generating past the end of an answer is for measuring servers, not for use.
+ADMIN_FIELDS = frozenset({"ignore_eos"})
+_REFUSED_WHY = {
+    "priority": "the gateway sets the model server's priority from the request's class; send X-Priority",
+    "ignore_eos": "it is accepted from admins only",
+    "best_of": "one answer per request is served", "use_beam_search": "one answer per request is served",
+}
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+MAX_STOP = 16
+MAX_TOP_LOGPROBS = 20
+INT64 = 2**63
+
+
+def forwarded_fields(body: dict[str, Any], *, admin: bool) -> None:
+    """400 for a field the gateway does not forward, or one of the wrong type or range."""
+    for key in body:
+        if key not in FORWARDED_FIELDS and not (admin and key in ADMIN_FIELDS):
+            shown = key if len(key) <= 64 else key[:64] + "..."
+            why = _REFUSED_WHY.get(key, "")
+            raise bad_request(f"{shown!r} is not accepted{' (' + why + ')' if why else ''}; the fields accepted "
+                              f"are {', '.join(sorted(FORWARDED_FIELDS))}")
+    _number(body, "top_k", -1, 100_000, integer=True)
+    _number(body, "seed", -INT64, INT64 - 1, integer=True)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    _number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
+        raise bad_request(f"stop must be a string or a list of at most {MAX_STOP} strings")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in RESPONSE_FORMATS):
+        raise bad_request(f"response_format must be an object whose type is one of {', '.join(RESPONSE_FORMATS)}")
+    for key in ("logprobs", "parallel_tool_calls", "ignore_eos"):
+        if body.get(key) is not None and not isinstance(body[key], bool):
+            raise bad_request(f"{key} must be true or false")
+    for key, kind, what in (("stream_options", dict, "an object"), ("user", str, "a string"),
+                            ("tools", list, "a list of tool objects"),
+                            ("tool_choice", str | dict, "a string or an object")):
+        if body.get(key) is not None and not isinstance(body[key], kind):
+            raise bad_request(f"{key} must be {what}")
+
+
+def max_tokens_bound(body: dict[str, Any], model: str, limit: int) -> None:
+    """400 for max_tokens or max_completion_tokens past the model's bound (its backend's max_tokens_limit)."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and value > limit:
+            raise bad_request(f"{key} is {value}; model {model} answers at most {limit} tokens per request")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from urllib.parse import urlsplit
 
 from .httpclient import HttpError, Pool
@@ -38,7 +38,7 @@ class Upstream:
             status, _, answer = await self._pool.fetch(CHAT_PATH, body, headers)
         return status, answer
 
-    async def stream(self, body: bytes, request_id: str) -> AsyncIterator[bytes]:
+    async def stream(self, body: bytes, request_id: str) -> AsyncGenerator[bytes, None]:
         """POST a streaming chat; yields the server's bytes as they arrive. A non-200 answer raises
         UpstreamStatus with the body, so the caller can pass the error on."""
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "Accept": "text/event-stream"}

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from aigwd.images import SNIFF_PREFIX_CHARS, ImageInfo, decode_data_url, inspect_data_url, sniff
+from aigwd.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    SNIFF_PREFIX_CHARS,
+    ImageInfo,
+    decode_data_url,
+    inspect_data_url,
+    size_problem,
+    sniff,
+)
 
 EXAMPLE_PNG = Path(__file__).resolve().parents[2] / "examples" / "document.png"
 
@@ -242,3 +251,40 @@ def test_inspect_refuses_oversize_with_the_exact_size() -> None:
     assert inspect_data_url(data_url(data), 5004)[2] == 5004
     with pytest.raises(ValueError, match=r"over the limit of 4\.9 KiB"):
         inspect_data_url(data_url(data), 5003)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """Only a PNG's signature and IHDR: what the size is read from."""
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+
+
+@pytest.mark.parametrize(("data", "bound"), [
+    (png_header(2**31 - 1, 2**31 - 1), "max_image_side"),
+    (png_header(10_000, 10_000), "max_image_pixels"),  # 100 megapixels, each side allowed
+    (png_header(16_385, 1), "max_image_side"),
+    (make_jpeg(65_535, 65_535), "max_image_side"),
+    (make_jpeg(8_000, 6_000, sof=0xC2), "max_image_pixels"),
+    (make_vp8(16_383, 16_383), "max_image_pixels"),
+    (make_vp8l(16_384, 16_384), "max_image_pixels"),
+    (make_vp8x(16_777_216, 16_777_216), "max_image_side"),
+    (make_vp8x(16_384, 3_000), "max_image_pixels"),
+])
+def test_declared_sizes_past_the_bounds_are_refused(data: bytes, bound: str) -> None:
+    info = sniff(data)
+    assert info is not None
+    problem = size_problem(info, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)
+    assert problem is not None and bound in problem and f"{info.width} x {info.height}" in problem
+
+
+@pytest.mark.parametrize("data", [png_header(6_000, 6_000), png_header(16_384, 2_000), make_jpeg(4_961, 7_016),
+                                  make_vp8(16_383, 2_000), make_vp8l(1, 16_384), make_vp8x(5_000, 8_000)])
+def test_sizes_within_the_bounds_pass(data: bytes) -> None:
+    info = sniff(data)
+    assert info is not None and size_problem(info, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE) is None
+
+
+def test_the_bounds_are_the_given_ones() -> None:
+    info = ImageInfo("png", 100, 50)
+    assert size_problem(info, 5_000, 100) is None
+    assert "max_image_pixels" in (size_problem(info, 4_999, 100) or "")
+    assert "at most 99 pixels" in (size_problem(info, 5_000, 99) or "")

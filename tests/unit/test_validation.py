@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,88 @@ def test_ocr_image() -> None:
     assert "base64" in detail(validation.ocr_image, body, 10**6)
     body["messages"][0]["content"][0]["image_url"] = "data:image/png;base64,AAAA"
     assert "url" in detail(validation.ocr_image, body, 10**6)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    return (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+            + b"\x00" * 16)
+
+
+def test_ocr_image_past_the_size_bounds_is_413() -> None:
+    with pytest.raises(ApiError) as err:
+        validation.ocr_image(ocr(_png_header(2**31 - 1, 2**31 - 1)), 10**6)
+    assert err.value.status == 413 and "ocr.max_image_side" in err.value.detail
+    with pytest.raises(ApiError) as err:
+        validation.ocr_image(ocr(_png_header(10_000, 10_000)), 10**6)
+    assert err.value.status == 413 and "ocr.max_image_pixels" in err.value.detail
+    assert "40 megapixels" in err.value.detail
+    # The configured bounds are the ones applied.
+    validation.ocr_image(ocr(_png_header(10_000, 10_000)), 10**6, max_pixels=10**8, max_side=10_000)
+    with pytest.raises(ApiError) as err:
+        validation.ocr_image(ocr(PNG), 10**6, max_pixels=96 * 32 - 1)
+    assert err.value.status == 413
+
+
+FULL = chat(max_tokens=10, max_completion_tokens=10, temperature=0.5, top_p=0.9, top_k=40, stop=["\n"], seed=7,
+            presence_penalty=0.5, frequency_penalty=-0.5, n=1, stream=False, stream_options={"include_usage": True},
+            response_format={"type": "json_object"}, logprobs=True, top_logprobs=5, user="u1",
+            tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto", parallel_tool_calls=False)
+
+
+def test_every_forwarded_field_is_accepted() -> None:
+    assert set(FULL) == validation.FORWARDED_FIELDS
+    validation.forwarded_fields(FULL, admin=False)
+    validation.forwarded_fields(chat(stop="END", response_format={"type": "json_schema", "json_schema": {}},
+                                     tool_choice={"type": "function"}, seed=None), admin=False)
+
+
+@pytest.mark.parametrize("field", ["best_of", "use_beam_search", "min_tokens", "ignore_eos", "priority",
+                                   "chat_template", "chat_template_kwargs", "request_id", "guided_json",
+                                   "logit_bias", "skip_special_tokens", "vllm_xargs", "store"])
+def test_fields_outside_the_allow_list_are_refused_by_name(field: str) -> None:
+    message = detail(validation.forwarded_fields, chat(**{field: 1}), admin=False)
+    assert message.startswith(f"'{field}' is not accepted") and "max_tokens" in message
+
+
+def test_refusals_say_what_to_do_instead() -> None:
+    assert "X-Priority" in detail(validation.forwarded_fields, chat(priority=0), admin=False)
+    assert "admins only" in detail(validation.forwarded_fields, chat(ignore_eos=True), admin=False)
+    validation.forwarded_fields(chat(ignore_eos=True), admin=True)
+    assert "priority" in detail(validation.forwarded_fields, chat(priority=0), admin=True)
+    long = detail(validation.forwarded_fields, chat(**{"k" * 10_000: 1}), admin=False)
+    assert len(long) < 1000 and "kkk..." in long
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"top_k": 1.5}, "top_k"), ({"top_k": -2}, "top_k"), ({"seed": "7"}, "seed"), ({"seed": 2**64}, "seed"),
+    ({"presence_penalty": 3}, "presence_penalty"), ({"frequency_penalty": "x"}, "frequency_penalty"),
+    ({"top_logprobs": 21}, "top_logprobs"), ({"logprobs": 1}, "logprobs"), ({"stop": ["a"] * 17}, "stop"),
+    ({"stop": [1]}, "stop"), ({"stop": {"a": 1}}, "stop"),
+    ({"response_format": {"type": "grammar"}}, "response_format"),
+    ({"response_format": "json"}, "response_format"), ({"stream_options": True}, "stream_options"),
+    ({"user": 5}, "user"), ({"tools": {}}, "tools"), ({"tool_choice": 1}, "tool_choice"),
+    ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+])
+def test_forwarded_fields_are_checked(extra: dict[str, Any], needle: str) -> None:
+    assert needle in detail(validation.forwarded_fields, chat(**extra), admin=False)
+
+
+def test_ignore_eos_from_an_admin_must_be_a_boolean() -> None:
+    assert "ignore_eos" in detail(validation.forwarded_fields, chat(ignore_eos="yes"), admin=True)
+
+
+def test_max_tokens_bound_per_model() -> None:
+    validation.max_tokens_bound(chat(max_tokens=4096, max_completion_tokens=4096), "m", 4096)
+    validation.max_tokens_bound(chat(), "m", 1)
+    for key in ("max_tokens", "max_completion_tokens"):
+        message = detail(validation.max_tokens_bound, chat(**{key: 4097}), "m", 4096)
+        assert key in message and "4097" in message and "at most 4096" in message and "model m" in message
+
+
+def test_the_published_schema_lists_the_forwarded_fields() -> None:
+    from aigwd.api.openapi import _SCHEMAS
+
+    chat_schema = _SCHEMAS["ChatBody"]
+    assert set(chat_schema["properties"]) == validation.FORWARDED_FIELDS
+    assert chat_schema["additionalProperties"] is False
