@@ -48,6 +48,10 @@ def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be 0 or more"
 
 
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be a fraction greater than 0 and at most 1, e.g. 0.5"
+
+
 def _port(v: Any) -> str | None:
     return None if 1 <= v <= 65535 else "must be a port number 1-65535"
 
@@ -148,11 +152,24 @@ class ClientLimit:
 
 
 @dataclass
+class SubjectLimit:
+    per_minute: float = _opt(120.0, "Requests per minute for this subject, all its client IDs together.",
+                             _positive)
+    burst: int = _opt(20, "Burst size for this subject, all its client IDs together.", _positive)
+
+
+@dataclass
 class RateLimitConfig:
     per_minute: float = _opt(60.0, "Sustained submissions per minute per (token subject, client ID).",
                              _positive)
     burst: int = _opt(10, "Submissions allowed at once before the sustained rate applies.", _positive)
     clients: dict[str, ClientLimit] = _opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
+    subject_per_minute: float = _opt(120.0, "Sustained submissions per minute per token subject (a user, or "
+                                            "the subject of an API key), all its client IDs together; both "
+                                            "this and the per-client bucket must allow.", _positive)
+    subject_burst: int = _opt(20, "Submissions one subject may send at once, all its client IDs together.",
+                              _positive)
+    subjects: dict[str, SubjectLimit] = _opt_factory(dict, "Overrides by subject: [rate_limit.subjects.NAME].")
 
 
 @dataclass
@@ -165,6 +182,10 @@ class QueueConfig:
                           _non_negative)
     max_poll_wait_s: float = _opt(60.0, "Longest ?wait= a client may ask for on GET /api/requests/{id}.",
                                   _positive)
+    subject_share: float = _opt(0.5, "Fraction of a backend's max_waiting one subject may hold, all its "
+                                      "client IDs together; one more gets 503.", _fraction)
+    subject_min_waiting: int = _opt(1, "A subject may always hold this many waiting requests of a backend, "
+                                       "whatever subject_share gives (within max_waiting).", _positive)
 
 
 @dataclass
@@ -330,6 +351,12 @@ def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigErr
                 raise fail(f"{where}.{key}", "must be a table of client IDs")
             values[key] = {cid: _build(ClientLimit, v, f"{where}.clients.{cid}", fail)
                            for cid, v in value.items()}
+            continue
+        if cls is RateLimitConfig and key == "subjects":
+            if not isinstance(value, dict):
+                raise fail(f"{where}.{key}", "must be a table of subjects (user names)")
+            values[key] = {sub: _build(SubjectLimit, v, f"{where}.subjects.{sub}", fail)
+                           for sub, v in value.items()}
             continue
         if not _type_ok(value, f.type):
             raise fail(f"{where}.{key}", f"must be of type {f.type}, got {type(value).__name__}")

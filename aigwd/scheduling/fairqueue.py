@@ -71,6 +71,8 @@ class Job:
     enqueued_at: float
     deadline: float
     data: Any = field(default=None, repr=False)
+    # Who sent it (token subject or API key's subject): the bound on a subject's share of the waiting room.
+    subject: str = ""
     # The class the job sits in now; differs from `priority` once aged, and then
     # the job waits in that class's aged lane.
     cls: Priority = field(init=False)
@@ -109,6 +111,8 @@ class FairQueue:
         # Job id -> (since, seq) of its one live arrival record.
         self._entry: dict[str, tuple[float, int]] = {}
         self._seq = itertools.count()
+        # Waiting jobs per subject, kept where jobs enter and leave (push, pop, remove) so it cannot drift.
+        self._per_subject: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -127,6 +131,9 @@ class FairQueue:
         """Waiting jobs per current class (aged ones included), as of the last pop/position/age call."""
         return {p.label: sum(self._sizes[p]) for p in Priority}
 
+    def waiting_of(self, subject: str) -> int:
+        return self._per_subject.get(subject, 0)
+
     def oldest_enqueued(self) -> float | None:
         # O(n), n <= max_waiting; pushes need not arrive in enqueued_at order.
         return min((j.enqueued_at for j in self._jobs.values()), default=None)
@@ -137,6 +144,7 @@ class FairQueue:
         # A job pushed again (e.g. requeued) ages afresh from its enqueued_at.
         job.cls = job.priority
         self._jobs[job.id] = job
+        self._per_subject[job.subject] = self._per_subject.get(job.subject, 0) + 1
         self._place(job, job.enqueued_at, by_time=False)
 
     def pop(self, now: float) -> Job | None:
@@ -163,6 +171,7 @@ class FairQueue:
             self._shrink(c, lane)
             del self._entry[job.id]
             del self._jobs[job.id]
+            self._forget(job)
             self._compact(c)
             return job
         return None
@@ -171,7 +180,15 @@ class FairQueue:
         job = self._jobs.pop(job_id, None)
         if job is not None:
             self._unlink(job)
+            self._forget(job)
         return job
+
+    def _forget(self, job: Job) -> None:
+        left = self._per_subject[job.subject] - 1
+        if left:
+            self._per_subject[job.subject] = left
+        else:
+            del self._per_subject[job.subject]  # memory bounded by the subjects waiting now
 
     def position(self, job_id: str, now: float) -> int | None:
         """1-based place in dispatch order if nothing else arrived, None if not queued.

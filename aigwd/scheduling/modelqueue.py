@@ -121,6 +121,9 @@ class ModelQueue:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
+    def waiting_of(self, subject: str) -> int:
+        return self._waiting.waiting_of(subject)
+
     def can_start_now(self) -> bool:
         """A job submitted now would start at once (cheap: on every submission)."""
         return (self._ready and not self._closed and len(self._waiting) == 0
