@@ -200,10 +200,22 @@ class OcrConfig:
     policy: str = _opt("strict", "strict: a request runs only on a server in its resolution, the server "
                                  "switches mode for waiting demand; serve-current: any mode serves it and "
                                  "the result says which.", _policy)
-    min_dwell_s: float = _opt(30.0, "strict: stay in a mode at least this long before switching again.",
-                              _non_negative)
+    min_dwell_s: float = _opt(30.0, "strict: stay in a mode at least this long before switching again, "
+                                    "even when the running mode is idle.", _non_negative)
     max_mismatch_wait_s: float = _opt(120.0, "strict: a request of another mode that waited this long "
-                                             "forces a switch (after the dwell time).", _positive)
+                                             "asks for a switch whatever the count (after the dwell time).",
+                                      _positive)
+    switch_min_demand: int = _opt(2, "strict: requests that must wait for another mode, counted as "
+                                     "switch_demand_per_subject at most per subject, before a switch is made "
+                                     "for them (or one waits max_mismatch_wait_s).", _positive)
+    switch_demand_per_subject: int = _opt(1, "strict: the most requests of one subject counted as demand for "
+                                             "a mode, so one subject's many requests weigh as a few.", _positive)
+    max_switches_per_hour: int = _opt(6, "Mode switches (each a restart of the OCR server) in any 60 "
+                                         "minutes, whoever asks: past it the policy and the auto-switch "
+                                         "wait; admin switches are still made, and counted.", _positive)
+    switch_share_per_subject: float = _opt(0.5, "strict: the fraction of max_switches_per_hour one subject's "
+                                                "requests may cause; past it they no longer count as demand "
+                                                "for the rest of the hour.", _fraction)
 
 
 def _at_least_one(v: Any) -> str | None:

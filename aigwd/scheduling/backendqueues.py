@@ -123,6 +123,10 @@ class BackendQueues:
         return {key: (s.waiting, s.oldest_wait_s) for key, s in
                 ((key, q.stats()) for key, q in self.queues.items())}
 
+    def demand_by_subject(self) -> dict[str, dict[str, tuple[int, float]]]:
+        """Per mode, per subject: (waiting, oldest wait in seconds); O(waiting), for the switch policy."""
+        return {key: q.waiting_by_subject() for key, q in self.queues.items()}
+
     def stats(self) -> dict[str, object]:
         """The contract's counters for the whole backend, plus the split by mode."""
         parts = {key: q.stats() for key, q in self.queues.items()}
