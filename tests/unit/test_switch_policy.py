@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from pathlib import Path
 
-from aigwd.config import OcrConfig
+import pytest
+
+from aigwd.backends.supervisor import Supervisor
+from aigwd.config import OcrConfig, load
+from aigwd.errors import ApiError
+from aigwd.gateway import Gateway
 from aigwd.scheduling.ocrmodes import HOUR_S, Decision, SwitchLedger, decide, weigh
+from aigwd.store import Store
+
+from .fakeos import FakeLayer
 
 MODES = ("tiny", "small", "base", "large", "gundam")
 OCR = OcrConfig()
@@ -104,3 +114,32 @@ def test_one_subject_rotating_modes_causes_at_most_its_share_of_switches_an_hour
     assert rotate(3600, ("bob",)) <= OCR.max_switches_per_hour * OCR.switch_share_per_subject
     # Many subjects together are still bounded by the hour's limit.
     assert rotate(3600, ("bob", "carol", "dave", "erin")) <= OCR.max_switches_per_hour
+
+
+async def test_past_the_bound_the_auto_switch_is_refused_and_an_admin_switch_is_made_and_counted(
+        tmp_path: Path) -> None:
+    config = tmp_path / "aigw.toml"
+    config.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n[ocr]\nmax_switches_per_hour = 2\n'
+                      '[backends.deepseek]\nkind = "ocr"\nmodels = ["ocr"]\nport = 8001\ncommand = ["serve"]\n'
+                      'start = "manual"\nstop_grace_s = 0.05\n')
+    cfg = load(config)
+    layer = FakeLayer()
+    layer.healthy = True
+    async with Store(tmp_path / "state") as store:
+        gateway = Gateway(cfg, store)
+        supervisor = Supervisor(cfg, gateway, store, layer=layer, action_wait_s=5)
+        try:
+            ledger = supervisor.ledger("deepseek")
+            now = time.monotonic()
+            ledger.record(now - 10)
+            ledger.record(now - 5)
+            with pytest.raises(ApiError) as refused:
+                await supervisor.switch_backend("deepseek", "tiny", graceful=True, by="auto-switch")
+            assert refused.value.status == 429 and "max_switches_per_hour" in refused.value.detail
+            done = await supervisor.switch_backend("deepseek", "tiny", graceful=True)  # an admin's
+            assert done.body["status"] == "switched" and supervisor.backends["deepseek"].mode == "tiny"
+            status = supervisor.describe("deepseek")["mode_switching"]
+            assert status["switches_last_hour"] == 3 and status["max_switches_per_hour"] == 2
+        finally:
+            await supervisor.close()
+            await gateway.close()
