@@ -51,6 +51,10 @@ def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be 0 or more"
 
 
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be a fraction greater than 0 and at most 1, e.g. 0.5"
+
+
 def _port(v: Any) -> str | None:
     return None if 1 <= v <= 65535 else "must be a port number 1-65535"
 
@@ -180,11 +184,24 @@ class ClientLimit:
 
 
 @dataclass
+class SubjectLimit:
+    per_minute: float = _opt(120.0, "Requests per minute for this subject, all its client IDs together.",
+                             _positive)
+    burst: int = _opt(20, "Burst size for this subject, all its client IDs together.", _positive)
+
+
+@dataclass
 class RateLimitConfig:
     per_minute: float = _opt(60.0, "Sustained submissions per minute per (token subject, client ID).",
                              _positive)
     burst: int = _opt(10, "Submissions allowed at once before the sustained rate applies.", _positive)
     clients: dict[str, ClientLimit] = _opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
+    subject_per_minute: float = _opt(120.0, "Sustained submissions per minute per token subject (a user, or "
+                                            "the subject of an API key), all its client IDs together; both "
+                                            "this and the per-client bucket must allow.", _positive)
+    subject_burst: int = _opt(20, "Submissions one subject may send at once, all its client IDs together.",
+                              _positive)
+    subjects: dict[str, SubjectLimit] = _opt_factory(dict, "Overrides by subject: [rate_limit.subjects.NAME].")
 
 
 @dataclass
@@ -197,6 +214,10 @@ class QueueConfig:
                           _non_negative)
     max_poll_wait_s: float = _opt(60.0, "Longest ?wait= a client may ask for on GET /api/requests/{id}.",
                                   _positive)
+    subject_share: float = _opt(0.5, "Fraction of a backend's max_waiting one subject may hold, all its "
+                                      "client IDs together; one more gets 503.", _fraction)
+    subject_min_waiting: int = _opt(1, "A subject may always hold this many waiting requests of a backend, "
+                                       "whatever subject_share gives (within max_waiting).", _positive)
 
 
 def _at_least_64k(v: Any) -> str | None:
@@ -225,10 +246,22 @@ class OcrConfig:
     policy: str = _opt("strict", "strict: a request runs only on a server in its resolution, the server "
                                  "switches mode for waiting demand; serve-current: any mode serves it and "
                                  "the result says which.", _policy)
-    min_dwell_s: float = _opt(30.0, "strict: stay in a mode at least this long before switching again.",
-                              _non_negative)
+    min_dwell_s: float = _opt(30.0, "strict: stay in a mode at least this long before switching again, "
+                                    "even when the running mode is idle.", _non_negative)
     max_mismatch_wait_s: float = _opt(120.0, "strict: a request of another mode that waited this long "
-                                             "forces a switch (after the dwell time).", _positive)
+                                             "asks for a switch whatever the count (after the dwell time).",
+                                      _positive)
+    switch_min_demand: int = _opt(2, "strict: requests that must wait for another mode, counted as "
+                                     "switch_demand_per_subject at most per subject, before a switch is made "
+                                     "for them (or one waits max_mismatch_wait_s).", _positive)
+    switch_demand_per_subject: int = _opt(1, "strict: the most requests of one subject counted as demand for "
+                                             "a mode, so one subject's many requests weigh as a few.", _positive)
+    max_switches_per_hour: int = _opt(6, "Mode switches (each a restart of the OCR server) in any 60 "
+                                         "minutes, whoever asks: past it the policy and the auto-switch "
+                                         "wait; admin switches are still made, and counted.", _positive)
+    switch_share_per_subject: float = _opt(0.5, "strict: the fraction of max_switches_per_hour one subject's "
+                                                "requests may cause; past it they no longer count as demand "
+                                                "for the rest of the hour.", _fraction)
 
 
 def _at_least_one(v: Any) -> str | None:
@@ -396,6 +429,12 @@ def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigErr
                 raise fail(f"{where}.{key}", "must be a table of client IDs")
             values[key] = {cid: _build(ClientLimit, v, f"{where}.clients.{cid}", fail)
                            for cid, v in value.items()}
+            continue
+        if cls is RateLimitConfig and key == "subjects":
+            if not isinstance(value, dict):
+                raise fail(f"{where}.{key}", "must be a table of subjects (user names)")
+            values[key] = {sub: _build(SubjectLimit, v, f"{where}.subjects.{sub}", fail)
+                           for sub, v in value.items()}
             continue
         if not _type_ok(value, f.type):
             raise fail(f"{where}.{key}", f"must be of type {f.type}, got {type(value).__name__}")

@@ -34,8 +34,9 @@ class StartupError(Exception):
 
 
 def rate_limiter(cfg: Config) -> RateLimiter:
-    per_client = {cid: (c.per_minute, c.burst) for cid, c in cfg.rate_limit.clients.items()}
-    return RateLimiter(cfg.rate_limit.per_minute, cfg.rate_limit.burst, per_client)
+    limiter = RateLimiter(cfg.rate_limit.per_minute, cfg.rate_limit.burst)
+    limiter.configure(cfg.rate_limit)
+    return limiter
 
 
 class Daemon:

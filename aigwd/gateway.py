@@ -25,7 +25,7 @@ from .chunkstream import ChunkStream
 from .config import RESOLUTIONS, BackendConfig, Config
 from .errors import ApiError
 from .metrics import Metrics
-from .scheduling.backendqueues import BackendQueues
+from .scheduling.backendqueues import BackendQueues, ShareFull
 from .scheduling.fairqueue import Job, Priority
 from .scheduling.modelqueue import REQUEUED, QueueFull
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
@@ -84,7 +84,8 @@ class Gateway:
             modes = list(RESOLUTIONS) if bcfg.kind == "ocr" and cfg.ocr.policy == "strict" else []
             queues = BackendQueues(name, modes, bcfg.resolution, max_concurrent=max_concurrent,
                                    max_waiting=max_waiting, aging_s=cfg.queue.aging_s, runner=self._run,
-                                   on_timeout=self._timed_out)
+                                   on_timeout=self._timed_out, subject_share=cfg.queue.subject_share,
+                                   subject_min=cfg.queue.subject_min_waiting)
             upstream = Upstream(name, f"http://{bcfg.host}:{bcfg.port}", max_concurrent)
             mode = bcfg.resolution if bcfg.kind == "ocr" else None
             self.backends[name] = BackendRuntime(bcfg, queues, upstream, mode)
@@ -125,10 +126,17 @@ class Gateway:
             # Bounded: a slow reader slows the upstream read instead of growing memory.
             live.chunks = ChunkStream(STREAM_BUFFER_CHUNKS)
         job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
-                  deadline=now_mono + timeout, data=live)
+                  deadline=now_mono + timeout, data=live, subject=subject)
         self.live[rec.id] = live
         try:
             rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
+        except ShareFull as exc:
+            del self.live[rec.id]
+            self.metrics.rejected(rt.cfg.name, 503)
+            raise ApiError(503, f"Your share of the queue of {rt.cfg.name} is full: subject {subject} already "
+                                f"has {exc.held} requests waiting, the most one subject may hold "
+                                f"(queue.subject_share of max_waiting); retry when some have finished",
+                           {"Retry-After": "5"}) from None
         except QueueFull:
             del self.live[rec.id]
             self.metrics.rejected(rt.cfg.name, 503)
@@ -386,7 +394,7 @@ class Gateway:
                 rec.status, rec.started_at = "queued", None
                 job = Job(id=rec.id, client_id=rec.client_id, priority=Priority.parse(rec.priority),
                           enqueued_at=now_mono - max(0.0, now_wall - rec.queued_at),
-                          deadline=now_mono + (rec.deadline_at - now_wall), data=live)
+                          deadline=now_mono + (rec.deadline_at - now_wall), data=live, subject=rec.subject)
                 if rt.cfg.kind == "ocr" and rec.resolution not in RESOLUTIONS:
                     rec.resolution = rt.cfg.resolution
                 rt.queues.submit(job, rec.resolution, force=True)  # accepted once: it always fits

@@ -43,11 +43,17 @@ def request_view(rec: RequestRecord, position: int | None) -> bytes:
 
 
 def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
-    wait = services.limiter.check(request[CLAIMS].sub, client_id)
+    subject = request[CLAIMS].sub
+    wait, scope = services.limiter.admit(subject, client_id)
     if wait > 0:
         services.gateway.metrics.rejected("-", 429)
-        raise ApiError(429, f"Rate limit exceeded for client {client_id}; retry in {math.ceil(wait)} s",
-                       {"Retry-After": str(max(1, math.ceil(wait)))})
+        retry = max(1, math.ceil(wait))
+        if scope == "subject":
+            detail = (f"Rate limit exceeded for subject {subject}, all its client IDs together "
+                      f"(rate_limit.subject_per_minute); retry in {retry} s")
+        else:
+            detail = f"Rate limit exceeded for client {client_id}; retry in {retry} s"
+        raise ApiError(429, detail, {"Retry-After": str(retry)})
 
 
 def client_and_priority(request: web.Request) -> tuple[str, Priority]:

@@ -23,7 +23,7 @@ from .. import logs
 from ..config import RESOLUTIONS, Config
 from ..errors import ApiError
 from ..gateway import Gateway
-from ..scheduling.ocrmodes import choose_mode
+from ..scheduling.ocrmodes import SwitchLedger, decide
 from ..store import CrashRecord, Store
 from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
@@ -51,6 +51,9 @@ class Supervisor(ModelManager):
         self._busy: set[str] = set()  # a restart or switch is under way: requests keep queueing
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_switch: dict[str, float] = {}
+        # Per backend: the switches of the last hour and who caused them; why the policy did not switch.
+        self._ledgers: dict[str, SwitchLedger] = {}
+        self.switch_reason: dict[str, str] = {}
         self._last_work: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -167,7 +170,18 @@ class Supervisor(ModelManager):
             "last_exit": b.last_exit, "gpu": b.cfg.gpu, "gpu_memory_bytes": b.gpu_memory_bytes(),
             "start": b.cfg.start, "mode_switches": self.switches.get(name, 0),
             "gpu_status": self._gpu_status(b.cfg.gpu),
+            **({"mode_switching": {**self.ledger(name).status(time.monotonic()),
+                                   "reason": self.switch_reason.get(name, "")}} if b.cfg.kind == "ocr" else {}),
         }
+
+    def ledger(self, name: str) -> SwitchLedger:
+        """The switch ledger of a backend, its bounds read from the running config (a reload applies)."""
+        ocr = self.cfg.ocr
+        led = self._ledgers.get(name)
+        if led is None:
+            led = self._ledgers[name] = SwitchLedger(ocr.max_switches_per_hour, ocr.switch_share_per_subject)
+        led.max_per_hour, led.subject_share = ocr.max_switches_per_hour, ocr.switch_share_per_subject
+        return led
 
     def _gpu_status(self, index: int) -> dict[str, Any]:
         """The verdict on a backend's GPU, or why there is none."""
@@ -245,8 +259,10 @@ class Supervisor(ModelManager):
                                   {"status": "restarting", "model": name, "follow": f"/admin/models#{name}"},
                                   lambda: backend.running, backend)
 
-    async def _restart(self, name: str, mode: str | None, reason: str, graceful: bool = True) -> None:
-        """Stop and start again; waiting requests stay queued and run on the new server."""
+    async def _restart(self, name: str, mode: str | None, reason: str, graceful: bool = True,
+                       charged: tuple[str, ...] = ()) -> None:
+        """Stop and start again; waiting requests stay queued and run on the new server. A mode switch is
+        counted in the backend's ledger, and charged to the subjects in `charged`."""
         backend = self.backends[name]
         async with self._locks[name]:
             self._busy.add(name)
@@ -259,6 +275,7 @@ class Supervisor(ModelManager):
                     self.gateway.set_mode(name, mode)
                     self.switches[name] = self.switches.get(name, 0) + 1
                     self._last_switch[name] = time.monotonic()
+                    self.ledger(name).record(self._last_switch[name], charged)
                 if backend.state in (State.BACKOFF, State.FATAL):
                     await backend.stop(reason)
                 await backend.start(reason)
@@ -282,6 +299,9 @@ class Supervisor(ModelManager):
                 "message": f"OCR resolution switched to {resolution}"}
         if backend.mode == resolution and backend.state is State.RUNNING:
             return ActionResult({**done, "message": f"OCR resolution is already {resolution}"})
+        spent = self.ledger(name).spent(time.monotonic())
+        if spent is not None and by != "admin":  # an admin's switch is made, and counted
+            raise ApiError(429, f"{name}: no switch to {resolution} now: {spent}")
         self.admin_stopped.discard(name)
         logs.event("ocr_switch", backend=name, before=backend.mode, after=resolution, by=by)
         task = self._spawn(self._restart(name, resolution, f"switch to {resolution}", graceful))
@@ -317,14 +337,22 @@ class Supervisor(ModelManager):
         queues = self.gateway.backends[name].queues
         if not queues.per_mode or backend.state is not State.RUNNING or self._locks[name].locked():
             return
-        since = time.monotonic() - self._last_switch.get(name, 0.0)
-        decision = choose_mode(backend.mode or queues.active, queues.demand(), queues.processing(), since,
-                               min_dwell_s=self.cfg.ocr.min_dwell_s,
-                               max_mismatch_wait_s=self.cfg.ocr.max_mismatch_wait_s)
+        now = time.monotonic()
+        ocr = self.cfg.ocr
+        decision = decide(self.ledger(name), now, backend.mode or queues.active, queues.demand_by_subject(),
+                          queues.processing(), now - self._last_switch.get(name, -1e18),
+                          min_dwell_s=ocr.min_dwell_s, max_mismatch_wait_s=ocr.max_mismatch_wait_s,
+                          min_demand=ocr.switch_min_demand, per_subject=ocr.switch_demand_per_subject)
         if decision.target is not None:
+            self.switch_reason[name] = f"switching: {decision.reason}"
             logs.event("ocr_switch", backend=name, before=backend.mode, after=decision.target,
                        by="policy", reason=decision.reason)
-            self._spawn(self._restart(name, decision.target, f"switch to {decision.target}"))
+            self._spawn(self._restart(name, decision.target, f"switch to {decision.target}",
+                                      charged=decision.subjects))
+        elif decision.reason != self.switch_reason.get(name):
+            self.switch_reason[name] = decision.reason
+            if "the most allowed" in decision.reason or "left out" in decision.reason:
+                logs.event("ocr_switch_held", backend=name, reason=decision.reason)
 
     def _consider_idle_stop(self, name: str, backend: ManagedBackend) -> None:
         if backend.cfg.start != "on-demand" or backend.state is not State.RUNNING or name in self._busy:

@@ -105,9 +105,7 @@ class Reloader:
 
     def _apply(self, new: Config, merged: Config) -> None:
         s = self._services
-        rl = merged.rate_limit
-        s.limiter.reconfigure(rl.per_minute, rl.burst,
-                              {cid: (c.per_minute, c.burst) for cid, c in rl.clients.items()})
+        s.limiter.configure(merged.rate_limit)
         for name, rt in s.gateway.backends.items():
             running = rt.cfg  # the very object in merged.backends
             fresh = new.backends.get(name)
@@ -116,7 +114,8 @@ class Reloader:
                     setattr(running, key, getattr(fresh, key))
             max_concurrent, max_waiting = queue_limits(merged, running)
             rt.queues.reconfigure(max_concurrent=max_concurrent, max_waiting=max_waiting,
-                                  aging_s=merged.queue.aging_s)
+                                  aging_s=merged.queue.aging_s, subject_share=merged.queue.subject_share,
+                                  subject_min=merged.queue.subject_min_waiting)
             rt.upstream.set_max_connections(max_concurrent)
         s.tokens.access_ttl_s = merged.auth.access_ttl_s
         s.tokens.refresh_ttl_s = merged.auth.refresh_ttl_s

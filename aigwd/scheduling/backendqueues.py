@@ -1,7 +1,9 @@
 """The queues of one backend: one queue, or for a strict OCR backend one queue per resolution mode.
 
 A server runs in one mode at a time, so only the queue of the running mode dispatches; the others
-wait for a switch. The bound on waiting requests holds for all of them together.
+wait for a switch. The bound on waiting requests holds for all of them together, and so does each
+subject's share of it: no subject may hold more than `subject_share` of the waiting room (at least
+`subject_min` requests), so one subject, whatever client IDs it sends, never fills the queue for all.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ ANY_MODE = ""
 UNBOUNDED = 2**62
 
 
+class ShareFull(QueueFull):
+    """The subject already holds its share of the backend's waiting room."""
+
+    def __init__(self, subject: str, held: int, cap: int) -> None:
+        super().__init__(f"subject {subject} holds {held} of its {cap} waiting")
+        self.subject, self.held, self.cap = subject, held, cap
+
+
 class BackendQueues:
     def __init__(self, name: str, modes: list[str], active: str, *, max_concurrent: int, max_waiting: int,
                  aging_s: float, runner: Callable[[Job], Awaitable[str]],
-                 on_timeout: Callable[[Job, bool], None]) -> None:
+                 on_timeout: Callable[[Job, bool], None], subject_share: float = 1.0,
+                 subject_min: int = 1) -> None:
         self.name = name
         self.max_waiting = max_waiting
+        self.subject_share = subject_share
+        self.subject_min = subject_min
         self.per_mode = bool(modes)
         keys = modes or [ANY_MODE]
         # The bound on waiting requests is checked here, for all modes together.
@@ -38,12 +51,25 @@ class BackendQueues:
     def queue_for(self, mode: str | None) -> ModelQueue:
         return self.queues[self.key(mode)]
 
+    def subject_cap(self) -> int:
+        """The most waiting requests one subject may hold in this backend."""
+        return max(self.subject_min, int(self.subject_share * self.max_waiting))
+
+    def waiting_of(self, subject: str) -> int:
+        return sum(q.waiting_of(subject) for q in self.queues.values())
+
     def submit(self, job: Job, mode: str | None, *, force: bool = False) -> None:
-        """QueueFull when the backend's waiting bound is reached (force: recovered work always fits)."""
+        """QueueFull when the backend's waiting bound is reached, ShareFull when the job's subject holds its
+        share of it (force: recovered work always fits). A job that starts at once takes no waiting room."""
         queue = self.queue_for(mode)
-        if not force and self.waiting() >= self.max_waiting and not queue.can_start_now():
-            self.rejected += 1
-            raise QueueFull(f"{self.name}: {self.max_waiting} waiting")
+        if not force and not queue.can_start_now():
+            if self.waiting() >= self.max_waiting:
+                self.rejected += 1
+                raise QueueFull(f"{self.name}: {self.max_waiting} waiting")
+            held, cap = self.waiting_of(job.subject), self.subject_cap()
+            if held >= cap:
+                self.rejected += 1
+                raise ShareFull(job.subject, held, cap)
         queue.submit(job)
 
     def find(self, job_id: str) -> ModelQueue | None:
@@ -82,8 +108,13 @@ class BackendQueues:
     def drain_waiting(self) -> list[Job]:
         return [job for q in self.queues.values() for job in q.drain_waiting()]
 
-    def reconfigure(self, *, max_concurrent: int, max_waiting: int, aging_s: float) -> None:
+    def reconfigure(self, *, max_concurrent: int, max_waiting: int, aging_s: float,
+                    subject_share: float | None = None, subject_min: int | None = None) -> None:
         self.max_waiting = max_waiting
+        if subject_share is not None:
+            self.subject_share = subject_share
+        if subject_min is not None:
+            self.subject_min = subject_min
         for queue in self.queues.values():
             queue.reconfigure(max_concurrent=max_concurrent, max_waiting=UNBOUNDED, aging_s=aging_s)
 
@@ -91,6 +122,10 @@ class BackendQueues:
         """Per mode: (waiting, oldest wait in seconds)."""
         return {key: (s.waiting, s.oldest_wait_s) for key, s in
                 ((key, q.stats()) for key, q in self.queues.items())}
+
+    def demand_by_subject(self) -> dict[str, dict[str, tuple[int, float]]]:
+        """Per mode, per subject: (waiting, oldest wait in seconds); O(waiting), for the switch policy."""
+        return {key: q.waiting_by_subject() for key, q in self.queues.items()}
 
     def stats(self) -> dict[str, object]:
         """The contract's counters for the whole backend, plus the split by mode."""

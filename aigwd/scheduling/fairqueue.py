@@ -1,8 +1,11 @@
-"""Waiting jobs of one backend: priority classes, per-client round-robin, aging.
+"""Waiting jobs of one backend: priority classes, per-subject then per-client round-robin, aging.
 
-Classes are served strictly high > normal > low. Within a class clients take
-turns, so a client that floods the queue delays only itself; a client's own
-jobs stay FIFO.
+Classes are served strictly high > normal > low. Within a class subjects (the
+authenticated senders) take turns, and within a subject its client IDs take
+turns, so a subject that floods the queue, under however many client IDs,
+delays only itself, and so does one client of a subject; a client's own jobs
+stay FIFO. Client IDs are the caller's to choose, so turns between them alone
+would give a subject one turn per ID it makes up.
 
 Aging: a job that has waited `aging_s` in its class moves up one class, so a
 low job is high after 2 * aging_s and nothing starves. A promoted job does not
@@ -30,6 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -71,6 +75,8 @@ class Job:
     enqueued_at: float
     deadline: float
     data: Any = field(default=None, repr=False)
+    # Who sent it (token subject or API key's subject): the bound on a subject's share of the waiting room.
+    subject: str = ""
     # The class the job sits in now; differs from `priority` once aged, and then
     # the job waits in that class's aged lane.
     cls: Priority = field(init=False)
@@ -84,6 +90,18 @@ class Job:
 _Arrival = tuple[float, int, Job]
 
 
+def _ahead(rounds: int, me: str, members: Iterable[tuple[str, int]]) -> int:
+    """Jobs a round-robin serves before the job at 0-based place `rounds` of member `me`: its own
+    `rounds` ones, and from each other member as many, plus one more from those ahead of `me`."""
+    k, before_me = rounds, True
+    for member, size in members:
+        if member == me:
+            before_me = False
+            continue
+        k += min(size, rounds + 1 if before_me else rounds)
+    return k
+
+
 def _lane_of(job: Job) -> int:
     return _AGED if job.cls != job.priority else _OWN
 
@@ -95,9 +113,10 @@ class FairQueue:
         self.aging_s = aging_s  # <= 0 disables aging; may be changed at any time
         self.aged_every = aged_every
         self._jobs: dict[str, Job] = {}
-        # Per class, per lane (_OWN, _AGED): client id -> that client's FIFO. Key
-        # order is the rotation: the first client is served next, then goes to the back.
-        self._lanes: list[tuple[OrderedDict[str, deque[Job]], ...]] = [
+        # Per class, per lane (_OWN, _AGED): subject -> client id -> that client's
+        # FIFO. Key order is the rotation at both levels: the first subject is served
+        # next, its first client's job goes, and each goes to the back of its rotation.
+        self._lanes: list[tuple[OrderedDict[str, OrderedDict[str, deque[Job]]], ...]] = [
             (OrderedDict(), OrderedDict()) for _ in Priority]
         self._sizes: list[list[int]] = [[0, 0] for _ in Priority]
         # Per class: dispatches in a row from its own lane while its aged lane waited
@@ -109,6 +128,8 @@ class FairQueue:
         # Job id -> (since, seq) of its one live arrival record.
         self._entry: dict[str, tuple[float, int]] = {}
         self._seq = itertools.count()
+        # Waiting jobs per subject, kept where jobs enter and leave (push, pop, remove) so it cannot drift.
+        self._per_subject: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -127,6 +148,9 @@ class FairQueue:
         """Waiting jobs per current class (aged ones included), as of the last pop/position/age call."""
         return {p.label: sum(self._sizes[p]) for p in Priority}
 
+    def waiting_of(self, subject: str) -> int:
+        return self._per_subject.get(subject, 0)
+
     def oldest_enqueued(self) -> float | None:
         # O(n), n <= max_waiting; pushes need not arrive in enqueued_at order.
         return min((j.enqueued_at for j in self._jobs.values()), default=None)
@@ -137,6 +161,7 @@ class FairQueue:
         # A job pushed again (e.g. requeued) ages afresh from its enqueued_at.
         job.cls = job.priority
         self._jobs[job.id] = job
+        self._per_subject[job.subject] = self._per_subject.get(job.subject, 0) + 1
         self._place(job, job.enqueued_at, by_time=False)
 
     def pop(self, now: float) -> Job | None:
@@ -154,15 +179,21 @@ class FairQueue:
                 lane = _AGED
                 self._streak[c] = 0
             rotation = self._lanes[c][lane]
-            client_id, fifo = next(iter(rotation.items()))
+            subject, clients = next(iter(rotation.items()))
+            client_id, fifo = next(iter(clients.items()))
             job = fifo.popleft()
             if fifo:
-                rotation.move_to_end(client_id)
+                clients.move_to_end(client_id)
             else:
-                del rotation[client_id]
+                del clients[client_id]
+            if clients:
+                rotation.move_to_end(subject)
+            else:
+                del rotation[subject]
             self._shrink(c, lane)
             del self._entry[job.id]
             del self._jobs[job.id]
+            self._forget(job)
             self._compact(c)
             return job
         return None
@@ -171,14 +202,23 @@ class FairQueue:
         job = self._jobs.pop(job_id, None)
         if job is not None:
             self._unlink(job)
+            self._forget(job)
         return job
+
+    def _forget(self, job: Job) -> None:
+        left = self._per_subject[job.subject] - 1
+        if left:
+            self._per_subject[job.subject] = left
+        else:
+            del self._per_subject[job.subject]  # memory bounded by the subjects waiting now
 
     def position(self, job_id: str, now: float) -> int | None:
         """1-based place in dispatch order if nothing else arrived, None if not queued.
 
-        Computed by arithmetic rather than a full simulation. A lane's rotation
-        keeps its relative order round after round, so in each round every client
-        with jobs left is served once, in rotation order. The two lanes of a class
+        Computed by arithmetic rather than a full simulation. A rotation keeps its
+        relative order round after round, so in each round every member with jobs
+        left is served once, in rotation order: within the subject, its clients; in
+        the lane, the subjects, each giving its next job. The two lanes of a class
         interleave as pop() takes them: while both wait, the aged lane gets every
         aged_every-th dispatch, the first one after aged_every - 1 - streak own ones.
         """
@@ -188,16 +228,12 @@ class FairQueue:
             return None
         c, lane = job.cls, _lane_of(job)
         rotation = self._lanes[c][lane]
-        mine = rotation[job.client_id]
-        rounds = mine.index(job)  # jobs of the same client ahead of it
-        k = rounds  # jobs of its own lane dispatched before it
-        before_me = True
-        for client_id, fifo in rotation.items():
-            if client_id == job.client_id:
-                before_me = False
-                continue
-            # Clients ahead in the rotation are also served in the job's own round.
-            k += min(len(fifo), rounds + 1 if before_me else rounds)
+        clients = rotation[job.subject]
+        # Its place among its subject's jobs, then the subject's rounds before it in the lane.
+        rounds = _ahead(clients[job.client_id].index(job), job.client_id,
+                        ((cid, len(fifo)) for cid, fifo in clients.items()))
+        k = _ahead(rounds, job.subject,
+                   ((sub, sum(len(f) for f in cl.values())) for sub, cl in rotation.items()))
         # Jobs of the class's other lane dispatched before it.
         other = self._sizes[c][1 - lane]
         gap = self.aged_every - 1  # own dispatches between two aged ones
@@ -248,10 +284,12 @@ class FairQueue:
         self._entry[job.id] = (since, seq)
         heapq.heappush(self._arrivals[c], (since, seq, job))
         self._sizes[c][lane] += 1
-        rotation = self._lanes[c][lane]
-        fifo = rotation.get(job.client_id)
+        clients = self._lanes[c][lane].get(job.subject)
+        if clients is None:
+            clients = self._lanes[c][lane][job.subject] = OrderedDict()
+        fifo = clients.get(job.client_id)
         if fifo is None:
-            fifo = rotation[job.client_id] = deque()
+            fifo = clients[job.client_id] = deque()
         if not by_time:
             fifo.append(job)
             return
@@ -264,10 +302,13 @@ class FairQueue:
         """Take a job out of its class (but not out of `_jobs`)."""
         c, lane = job.cls, _lane_of(job)
         rotation = self._lanes[c][lane]
-        fifo = rotation[job.client_id]
+        clients = rotation[job.subject]
+        fifo = clients[job.client_id]
         fifo.remove(job)  # identity match: Job has eq=False
         if not fifo:
-            del rotation[job.client_id]  # keeps memory bounded by waiting jobs
+            del clients[job.client_id]  # keeps memory bounded by waiting jobs
+            if not clients:
+                del rotation[job.subject]
         self._shrink(c, lane)
         del self._entry[job.id]
         self._compact(c)

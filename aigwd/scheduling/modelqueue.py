@@ -121,6 +121,18 @@ class ModelQueue:
     def waiting_count(self) -> int:
         return len(self._waiting)
 
+    def waiting_of(self, subject: str) -> int:
+        return self._waiting.waiting_of(subject)
+
+    def waiting_by_subject(self) -> dict[str, tuple[int, float]]:
+        """Per subject: (waiting, oldest wait in seconds)."""
+        now = self._clock()
+        out: dict[str, tuple[int, float]] = {}
+        for job in self._waiting.jobs():
+            n, oldest = out.get(job.subject, (0, 0.0))
+            out[job.subject] = (n + 1, max(oldest, now - job.enqueued_at))
+        return out
+
     def can_start_now(self) -> bool:
         """A job submitted now would start at once (cheap: on every submission)."""
         return (self._ready and not self._closed and len(self._waiting) == 0

@@ -186,8 +186,16 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
              users: list[dict[str, str]] | None = None) -> Daemon:
         backends = backends if backends is not None else [chat_backend(), ocr_backend()]
         port = free_port()
-        # Generous limits unless a test is about them: tests send bursts a real client would not.
-        sections = {"rate_limit": {"per_minute": 60000, "burst": 1000}, **(sections or {})}
+        # Generous limits unless a test is about them: tests send bursts a real client would not, and most
+        # send everything as one user. A test's own settings win, key by key.
+        merged: dict[str, dict[str, Any]] = {
+            "rate_limit": {"per_minute": 60000, "burst": 1000, "subject_per_minute": 60000, "subject_burst": 1000},
+            "queue": {"subject_share": 1.0},
+            # A lone OCR request of another mode gets its switch after 1 s instead of 120 s.
+            "ocr": {"max_mismatch_wait_s": 1}}
+        for name, values in (sections or {}).items():
+            merged[name] = {**merged.get(name, {}), **values}
+        sections = merged
         config = write_config(tmp_path, backends, port=port, sections=sections, users=users)
         d = Daemon(config, port, tmp_path, backends)
         daemons.append(d)

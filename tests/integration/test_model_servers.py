@@ -123,7 +123,8 @@ def test_grandchild_ignoring_sigterm_leaves_nothing(make_daemon, tmp_path) -> No
 async def test_strict_switch_with_both_modes_queued_loses_nothing(make_daemon,
                                                                   session: aiohttp.ClientSession) -> None:
     backend = ocr_backend("--latency", "0.2", **FAST_HEALTH)
-    d = make_daemon([backend], sections={"ocr": {"policy": "strict", "min_dwell_s": 0.5},
+    # One user's requests: each mode's switch comes once its request has waited max_mismatch_wait_s.
+    d = make_daemon([backend], sections={"ocr": {"policy": "strict", "min_dwell_s": 0.5, "max_mismatch_wait_s": 1},
                                          "queue": {"max_concurrent": 2, "max_waiting": 50}})
     client = Client(session, d.url)
     await client.login()

@@ -11,9 +11,10 @@ from aigwd.scheduling.fairqueue import AGED_EVERY, FairQueue, Job, Priority
 _ids = itertools.count()
 
 
-def job(client: str, prio: Priority = Priority.NORMAL, at: float = 0.0, name: str | None = None) -> Job:
+def job(client: str, prio: Priority = Priority.NORMAL, at: float = 0.0, name: str | None = None,
+        subject: str = "") -> Job:
     return Job(id=name or f"{client}-{next(_ids)}", client_id=client, priority=prio,
-               enqueued_at=at, deadline=at + 1000.0)
+               enqueued_at=at, deadline=at + 1000.0, subject=subject)
 
 
 def cls_of(j: Job) -> Priority:
@@ -271,6 +272,45 @@ def test_position_matches_pop_order(aging: float) -> None:
             now += rng.random() * 2
             q.push(job(rng.choice(clients), rng.choice(list(Priority)), at=now))
             # Interleave pops so rotations are not in their initial order.
+            if rng.random() < 0.25:
+                q.pop(now)
+            if rng.random() < 0.1 and len(q):
+                q.remove(rng.choice(q.jobs()).id)
+        now += rng.random() * 10
+        expected = {j.id: q.position(j.id, now) for j in q.jobs()}
+        order = drain(q, now)
+        assert {jid: i + 1 for i, jid in enumerate(order)} == expected, f"trial {trial}"
+
+
+def test_a_subject_takes_one_turn_whatever_its_client_ids() -> None:
+    q = FairQueue(aging_s=0)
+    for i in range(6):
+        q.push(job(f"bot{i}", name=f"bob{i}", subject="bob"))
+    q.push(job("app", name="alice0", subject="alice"))
+    q.push(job("app", name="alice1", subject="alice"))
+    assert q.position("alice0", 0.0) == 2 and q.position("alice1", 0.0) == 4
+    assert drain(q)[:4] == ["bob0", "alice0", "bob1", "alice1"]
+
+
+def test_the_same_client_id_under_two_subjects_is_two_clients() -> None:
+    q = FairQueue(aging_s=0)
+    for i in range(3):
+        q.push(job("my_app", name=f"bob{i}", subject="bob"))
+    q.push(job("my_app", name="alice0", subject="alice"))
+    assert drain(q)[:2] == ["bob0", "alice0"]
+
+
+@pytest.mark.parametrize("aging", [0.0, 4.0])
+def test_position_matches_pop_order_across_subjects(aging: float) -> None:
+    rng = random.Random(54321)
+    for trial in range(200):
+        q = FairQueue(aging_s=aging)
+        senders = [(f"s{rng.randrange(3)}", f"c{rng.randrange(4)}") for _ in range(rng.randint(1, 8))]
+        now = 0.0
+        for _ in range(rng.randint(0, 40)):
+            now += rng.random() * 2
+            subject, client = rng.choice(senders)
+            q.push(job(client, rng.choice(list(Priority)), at=now, subject=subject))
             if rng.random() < 0.25:
                 q.pop(now)
             if rng.random() < 0.1 and len(q):

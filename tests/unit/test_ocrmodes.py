@@ -25,8 +25,10 @@ def test_nothing_to_gain_means_no_switch() -> None:
     assert choose_mode("large", demand(), 0, 999, **KW).target is None
 
 
-def test_idle_mode_switches_at_once_even_within_dwell() -> None:
+def test_the_dwell_holds_even_when_the_current_mode_is_idle() -> None:
     d = choose_mode("large", demand(tiny=(1, 0.5), gundam=(3, 0.2)), 0, 0.0, **KW)
+    assert d.target is None and "dwell" in d.reason
+    d = choose_mode("large", demand(tiny=(1, 0.5), gundam=(3, 0.2)), 0, 30.0, **KW)
     assert d.target == "gundam" and "idle" in d.reason
 
 

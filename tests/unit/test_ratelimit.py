@@ -130,3 +130,36 @@ def test_many_keys_stay_bounded() -> None:
         clock.now += 0.001
         rl.check(f"user{i}", "c")
         assert len(rl) <= 1000
+
+
+def test_a_subject_bucket_bounds_all_its_client_ids_together() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(rate_per_minute=60, burst=10, clock=clock, subject=(60, 3))
+    assert [rl.admit("bob", f"bot_{i}") for i in range(3)] == [(0.0, "")] * 3
+    wait, scope = rl.admit("bob", "bot_99")
+    assert scope == "subject" and wait == pytest.approx(1.0)
+    assert rl.admit("alice", "bot_99") == (0.0, "")  # another subject has its own bucket
+
+
+def test_a_refusal_by_either_bucket_takes_no_token_from_the_other() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(rate_per_minute=60, burst=1, clock=clock, subject=(60, 2))
+    assert rl.admit("bob", "app") == (0.0, "")
+    assert rl.admit("bob", "app")[1] == "client"  # the subject's second token is still there
+    assert rl.admit("bob", "other") == (0.0, "")
+    assert rl.admit("bob", "third")[1] == "subject"
+    clock.now += 1.0  # one token more in each of bob's buckets
+    assert rl.admit("bob", "third") == (0.0, "")  # its client bucket was not charged by the refusal
+
+
+def test_subject_overrides_and_reconfigure() -> None:
+    clock = FakeClock()
+    rl = RateLimiter(rate_per_minute=600, burst=100, clock=clock, subject=(60, 1),
+                     per_subject={"batch": (600, 5)})
+    assert [rl.check("batch", f"c{i}") for i in range(5)] == [0.0] * 5
+    assert rl.check("batch", "c9") > 0
+    assert rl.check("bob", "c1") == 0.0 and rl.check("bob", "c2") > 0
+    with pytest.raises(ValueError, match="subject 'x'"):
+        rl.reconfigure(60, 1, None, subject=(60, 1), per_subject={"x": (0, 1)})
+    rl.reconfigure(600, 100, None)  # no subject limit at all
+    assert rl.check("bob", "c3") == 0.0
