@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import os
 import signal
 import sys
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import replies
 from .replies import ChatRequest, RequestError
@@ -43,6 +46,7 @@ class Settings:
     ocr_mode: str | None = None
     gpu_memory_mib: int = 0  # held on CUDA device 0 for the whole run, like a model's weights
     max_image_bytes: int = 64 * 1024 * 1024
+    api_keys: tuple[str, ...] = ()  # like vLLM's --api-key / $VLLM_API_KEY: /v1/* needs one as a bearer token
 
 
 @dataclass
@@ -82,7 +86,8 @@ def build_app(settings: Settings, *, exit_process: Callable[[int], None] = hard_
     """The stand-in application. Serve it with handler_cancellation=True so that a client that goes
     away cancels its handler, which is how aborts are counted."""
     # Images arrive inline as base64; vLLM imposes no small body limit, so neither does this.
-    app = web.Application(client_max_size=settings.max_image_bytes * 2)
+    app = web.Application(client_max_size=settings.max_image_bytes * 2,
+                          middlewares=[_authenticate] if settings.api_keys else [])
     app[SETTINGS] = settings
     app[STATS] = Stats()
     app[EXIT] = exit_process
@@ -93,6 +98,28 @@ def build_app(settings: Settings, *, exit_process: Callable[[int], None] = hard_
     app.router.add_get("/standin/stats", stats)
     app.router.add_post("/v1/chat/completions", chat)
     return app
+
+
+GUARDED_PREFIX = "/v1"
+
+
+def _key_matches(header: str, keys: tuple[str, ...]) -> bool:
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    digest = hashlib.sha256(given.encode()).digest()
+    # Compared as digests and against every key, as vLLM does: the time taken says nothing of the key.
+    return any([hmac.compare_digest(digest, hashlib.sha256(k.encode()).digest()) for k in keys])
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """vLLM's rule: every /v1 path needs the key; /health, /metrics and the rest do not."""
+    keys = request.app[SETTINGS].api_keys
+    if (request.method != "OPTIONS" and request.path.startswith(GUARDED_PREFIX)
+            and not _key_matches(request.headers.get("Authorization", ""), keys)):
+        return web.json_response({"error": "Unauthorized"}, status=401)
+    return await handler(request)
 
 
 async def health(request: web.Request) -> web.Response:
