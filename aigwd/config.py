@@ -224,8 +224,9 @@ class BackendConfig:
     models: list[str] = _opt_factory(list, "Model names clients may ask for; the first is sent upstream "
                                            "if the server does not know the alias.", _non_empty)
     command: list[str] = _opt_factory(list, "Command line of the server, one argument per item; {host}, "
-                                            "{port}, {gpu}, {python}, {state_dir}, {name} and {api_key} (the "
-                                            "per-start secret, also in $VLLM_API_KEY) are filled in.",
+                                            "{port}, {gpu}, {python}, {state_dir}, {name}, {vllm_guard} (the "
+                                            "directory of aigw's vLLM middleware) and {api_key} (the per-start "
+                                            "secret, also in $VLLM_API_KEY) are filled in.",
                                       _non_empty)
     host: str = _opt("127.0.0.1", "Loopback address the server listens on.")
     port: int = _opt(8000, "Port the server listens on.", _port)

@@ -61,10 +61,11 @@ class CrashInfo:
 
 def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None, api_key: str = "") -> str:
     from ..ocrmode import LAUNCHER_PATH
+    from ..vllmguard import GUARD_DIR
 
     values = {"host": cfg.host, "port": str(cfg.port), "gpu": str(cfg.gpu), "python": sys.executable,
               "state_dir": str(state_dir), "name": cfg.name, "resolution": mode or cfg.resolution,
-              "ocr_launcher": str(LAUNCHER_PATH), "api_key": api_key}
+              "ocr_launcher": str(LAUNCHER_PATH), "api_key": api_key, "vllm_guard": str(GUARD_DIR)}
     return template.format(**values)
 
 

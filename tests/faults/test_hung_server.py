@@ -39,14 +39,14 @@ async def test_requests_missing_their_deadline_restart_a_hung_server(make_daemon
 
 
 async def test_a_completed_request_resets_the_count(make_daemon, session: aiohttp.ClientSession) -> None:
-    # One slow request past its deadline between answered ones is not a hang: nothing restarts.
-    backend = chat_backend(hung_after_timeouts=2)
+    # Slow requests past their deadline with answered ones between are not a hang: nothing restarts.
+    backend = chat_backend("--tokens-per-second", "4", hung_after_timeouts=2)
     d = make_daemon([backend], sections={"queue": {"timeout_s": 1, "max_concurrent": 1}})
     client = Client(session, d.url)
     await client.login()
     pid = standin_of(d, backend).pid
-    for _ in range(3):
-        _, answer = await client.chat("fine")
-        assert (await client.finished(answer["request_id"]))["status"] == "completed"
+    for max_tokens, outcome in ((8, "timeout"), (1, "completed"), (8, "timeout"), (1, "completed")):
+        _, answer = await client.chat("slow or quick", max_tokens=max_tokens)
+        assert (await client.finished(answer["request_id"]))["status"] == outcome
     _, models, _ = await client.call("GET", "/admin/models")
     assert models["gemma"]["pid"] == pid and models["gemma"]["restarts"] == 0
