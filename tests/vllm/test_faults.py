@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import time
 from typing import Any
@@ -20,6 +19,9 @@ import pytest
 from tests.integration.conftest import Client, async_wait_until, session, wait_until
 
 from .conftest import MODEL_NAME, VllmDaemon, alive, note, vllm_backend
+
+# A vLLM start takes 25-50 s here, minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
 
 __all__ = ["session"]
 
@@ -70,7 +72,7 @@ async def test_engine_killed_crash_record_with_vllm_errors_then_restart(d: VllmD
     rows = await async_wait_until(lambda: _more(client, before), 60, "a crash record")
     tail = rows[0]["stack_trace"]
     # vLLM's own words about its dead engine, from the server's stderr.
-    assert re.search(r"EngineDeadError|EngineCore", tail), tail[-2000:]
+    assert "EngineDeadError" in tail, tail[-2000:]
     started = time.monotonic()
     wait_until(lambda: pid(d) not in (None, leader) and d.backend_state("tiny")[0] == "running", 240,
                "the restart after back-off")

@@ -19,6 +19,9 @@ from aigwd.ocrmode import LAUNCHER_PATH
 
 from .conftest import MODEL, MODEL_NAME, PYTHON, VllmDaemon, note, vllm_backend
 
+# A vLLM start takes 25-50 s here, minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
+
 # Written into each process's start-up (after the hook's own sitecustomize, which runs the one it
 # shadows) and into each forked child: whether the hook's finder is installed, and the mode it sees.
 MARKER = '''

@@ -19,6 +19,9 @@ from tests.integration.conftest import Client, async_wait_until, session
 
 from .conftest import MODEL_NAME, VllmDaemon, alive, metric, note, vllm_backend
 
+# A vLLM start takes 25-50 s here, minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
+
 __all__ = ["session"]
 
 IDLE_TTL_S = 20
@@ -29,9 +32,11 @@ MAX_NUM_SEQS = 1
 
 @pytest.fixture(scope="module")
 def d(vllm_daemon_factory: Any) -> VllmDaemon:
+    # With aigw's guard: vLLM's own key check leaves /invocations (chat completions) open.
     backend = vllm_backend("tiny", "--scheduling-policy", "priority", "--max-num-seqs", str(MAX_NUM_SEQS),
-                           "--max-model-len", "2048", "--enforce-eager",
-                           start="on-demand", idle_ttl_s=IDLE_TTL_S, vllm_priority=True, max_concurrent=4)
+                           "--max-model-len", "2048", "--enforce-eager", "--middleware", "aigw_vllm_guard.Guard",
+                           start="on-demand", idle_ttl_s=IDLE_TTL_S, vllm_priority=True, max_concurrent=4,
+                           env={"PYTHONPATH": "{vllm_guard}"})
     return vllm_daemon_factory([backend])
 
 
@@ -88,19 +93,20 @@ async def test_model_server_refuses_callers_without_the_key(d: VllmDaemon,
                                                             session: aiohttp.ClientSession) -> None:
     url = f"http://127.0.0.1:{port(d)}"
     body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    for headers in ({}, {"Authorization": "Bearer guessed"}):
-        async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
-            assert resp.status == 401 and await resp.json() == {"error": "Unauthorized"}
-        async with session.get(url + "/v1/models", headers=headers) as resp:
-            assert resp.status == 401
-    for path in ("/health", "/metrics"):  # open in vLLM: health checks need no key
-        async with session.get(url + path) as resp:
-            assert resp.status == 200, path
     key = server(d).environ()["VLLM_API_KEY"]
     assert len(key) >= 32 and key not in " ".join(server(d).cmdline())
-    async with session.post(url + "/v1/chat/completions", json=body,
-                            headers={"Authorization": f"Bearer {key}"}) as resp:
-        assert resp.status == 200
+    # /v1 is vLLM's own check; /invocations (chat completions too) and /tokenize only the guard's.
+    for path in ("/v1/chat/completions", "/invocations", "/tokenize"):
+        for headers in ({}, {"Authorization": "Bearer guessed"}):
+            async with session.post(url + path, json=body, headers=headers) as resp:
+                assert resp.status == 401 and await resp.json() == {"error": "Unauthorized"}, path
+        async with session.post(url + path, json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200, (path, await resp.text())
+    async with session.get(url + "/v1/models") as resp:
+        assert resp.status == 401
+    for path in ("/health", "/metrics"):  # open: health checks need no key
+        async with session.get(url + path) as resp:
+            assert resp.status == 200, path
 
 
 async def test_api_chat_and_wait(d: VllmDaemon, session: aiohttp.ClientSession) -> None:
