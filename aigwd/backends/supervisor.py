@@ -390,9 +390,18 @@ class Supervisor(ModelManager):
             self._spawn(self._idle_stop(name))
 
     async def _idle_stop(self, name: str) -> None:
+        # Busy while it stops: a request arriving meanwhile is queued, not refused, and starts it again.
+        backend = self.backends[name]
         async with self._locks[name]:
-            await self._drain(name, True, "model stopped after idling")
-            await self.backends[name].stop(f"idle for {self.backends[name].cfg.idle_ttl_s:g} s")
+            self._busy.add(name)
+            try:
+                await self._drain(name, True, "model stopped after idling")
+                await backend.stop(f"idle for {backend.cfg.idle_ttl_s:g} s")
+            finally:
+                self._busy.discard(name)
+            if self.gateway.backends[name].queues.waiting() and backend.state is State.STOPPED:
+                logs.event("backend_on_demand_start", backend=name)
+                await backend.start("on-demand: requests arrived while it stopped")
 
     def gpu_verdict_changed(self, index: int, verdict: Any) -> None:
         logs.event("gpu_verdict", gpu=index, state=verdict.state, reasons="; ".join(verdict.reasons))

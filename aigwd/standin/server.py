@@ -47,6 +47,7 @@ class Settings:
     gpu_memory_mib: int = 0  # held on CUDA device 0 for the whole run, like a model's weights
     max_image_bytes: int = 64 * 1024 * 1024
     api_keys: tuple[str, ...] = ()  # like vLLM's --api-key / $VLLM_API_KEY: /v1/* needs one as a bearer token
+    stop_delay: float = 0.0  # seconds between SIGTERM and exit, as vLLM takes to shut its engine down
 
 
 @dataclass
@@ -299,6 +300,8 @@ async def serve(settings: Settings) -> int:
     print(f"aigw stand-in serving {names} on {settings.host}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
     log("stopping")
+    if settings.stop_delay > 0:
+        await asyncio.sleep(settings.stop_delay)
     # In-flight requests get SHUTDOWN_TIMEOUT_S to finish; a stop must never wait on a hung one.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S + 1)

@@ -175,6 +175,27 @@ async def test_on_demand_start_and_idle_stop(make_daemon, session: aiohttp.Clien
     assert (await client.finished(answer["request_id"]))["status"] == "completed"
 
 
+async def test_a_request_during_the_idle_stop_is_queued_and_starts_it_again(
+        make_daemon, session: aiohttp.ClientSession) -> None:
+    # The server takes 3 s to exit, as vLLM does: a request in that window must not be refused as missing.
+    backend = Backend("gemma", "chat", ["gemma-3-4b-it"], ["--stop-delay", "3"],
+                      extra={"start": "on-demand", "idle_ttl_s": 1})
+    d = make_daemon([backend], wait_backends=False)
+    client = Client(session, d.url)
+    await client.login()
+    _, answer = await client.chat("wakes the server")
+    assert (await client.finished(answer["request_id"]))["status"] == "completed"
+
+    async def stopping() -> bool:
+        return bool((await models(client))["gemma"]["state"] in ("draining", "stopping"))
+
+    await async_wait_until(stopping, 20, "the idle stop to begin")
+    status, answer = await client.chat("arrives while it stops")
+    assert status == 202, answer
+    assert (await client.finished(answer["request_id"], timeout=60))["status"] == "completed"
+    assert (await models(client))["gemma"]["state"] == "running"
+
+
 async def test_vllm_priority_is_sent_upstream(make_daemon, session: aiohttp.ClientSession) -> None:
     backend = chat_backend(vllm_priority=True)
     d = make_daemon([backend])

@@ -169,6 +169,11 @@ class VllmDaemon(Daemon):
             note(f"{name}: vLLM ready in {match.group(1)} s")
         return reason
 
+    def wait_stopped_or_running(self, name: str = "tiny", timeout: float = START_TIMEOUT_S) -> None:
+        """Wait out a start or stop under way."""
+        wait_until(lambda: self.backend_state(name)[0] in ("running", "stopped"), timeout,
+                   f"backend {name} to settle")
+
     def backend_state(self, name: str) -> tuple[str, str]:
         body = self.admin_get("/admin/models")[name]
         return str(body["state"]), str(body["reason"] or "")

@@ -40,6 +40,19 @@ def d(vllm_daemon_factory: Any) -> VllmDaemon:
     return vllm_daemon_factory([backend])
 
 
+@pytest.fixture(autouse=True)
+def running(request: pytest.FixtureRequest, d: VllmDaemon) -> None:
+    """Each test after the first finds the server running: on a loaded machine a test may start more than
+    IDLE_TTL_S after the last request through aigw, and the idle stop may already have taken it."""
+    if request.node.name == "test_first_request_starts_the_server_and_waits":
+        return
+    if d.backend_state("tiny")[0] != "running":
+        d.wait_stopped_or_running()
+        if d.backend_state("tiny")[0] != "running":
+            d.admin("POST", "/admin/models/tiny/start", timeout=300)
+        d.wait_running()
+
+
 async def admin(session: aiohttp.ClientSession, d: VllmDaemon) -> Client:
     client = Client(session, d.url)
     await client.login()
