@@ -25,8 +25,9 @@ from .chunkstream import ChunkStream
 from .config import RESOLUTIONS, BackendConfig, Config
 from .errors import ApiError
 from .metrics import Metrics
+from .priority import Priority
 from .scheduling.backendqueues import BackendQueues, ShareFull
-from .scheduling.fairqueue import Job, Priority
+from .scheduling.fairqueue import Job
 from .scheduling.modelqueue import REQUEUED, QueueFull
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
 
@@ -246,7 +247,7 @@ class Gateway:
         body = json.loads(payload)
         body.update(rt.cfg.extra_body)
         if rt.cfg.vllm_priority:
-            body["priority"] = int(priority)  # vLLM: lower runs earlier; high = 0
+            body["priority"] = priority.vllm
         return json.dumps(body).encode()
 
     def _timed_out(self, job: Job, was_processing: bool) -> None:

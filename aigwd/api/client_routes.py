@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import ApiError, bad_request, not_found
-from ..scheduling.fairqueue import Priority
+from ..priority import Priority
 from ..store import RequestRecord
+from ..timefmt import iso
 from . import validation
 from .context import SERVICES, Services
 from .middleware import API_KEY, CLAIMS, ROLE, read_body
-
-
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
 def request_view(rec: RequestRecord, position: int | None) -> bytes:
@@ -67,9 +63,9 @@ def client_and_priority(request: web.Request) -> tuple[str, Priority]:
         else key.client_ids[0]
     if key.client_ids and client_id not in key.client_ids:
         raise ApiError(403, f"This API key may not send as client {client_id}; allowed: {', '.join(key.client_ids)}")
-    highest = Priority.parse(key.max_priority)
-    priority = validation.priority(headers) if "X-Priority" in headers else max(Priority.NORMAL, highest)
-    if priority < highest:
+    highest = key.max_priority
+    priority = validation.priority(headers) if "X-Priority" in headers else min(Priority.NORMAL, highest)
+    if priority > highest:
         raise ApiError(403, f"This API key may send at most {highest.label} priority")
     return client_id, priority
 

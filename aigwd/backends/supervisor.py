@@ -25,6 +25,7 @@ from ..errors import ApiError
 from ..gateway import Gateway
 from ..scheduling.ocrmodes import SwitchLedger, decide
 from ..store import CrashRecord, Store
+from ..timefmt import iso
 from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
 from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
@@ -157,8 +158,6 @@ class Supervisor(ModelManager):
         return {name: self.describe(name) for name in self.backends}
 
     def describe(self, name: str) -> dict[str, Any]:
-        from ..api.client_routes import iso
-
         b = self.backends[name]
         running = b.state is State.RUNNING
         return {

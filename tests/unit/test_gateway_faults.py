@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aigwd.config import load
 from aigwd.gateway import Gateway
-from aigwd.scheduling.fairqueue import Priority
+from aigwd.priority import Priority
 from aigwd.store import Store
 
 
