@@ -24,7 +24,7 @@ from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.ratelimit import RateLimiter
 from .store import Store, StoreError
-from .systemd import Notifier, block_loop_on_signal_for_tests
+from .systemd import Notifier
 
 STATUS_INTERVAL_S = 5.0
 
@@ -54,7 +54,6 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
-        block_loop_on_signal_for_tests(loop)
         store = Store(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)
         try:
             await store.open()  # creates the state directory owner-only
