@@ -392,7 +392,7 @@ class Supervisor(ModelManager):
         return task
 
 
-def _publish_output(backend: str, stream: str, line: str) -> None:
+def _publish_output(backend: str, line: str) -> None:
     """A server's output line to `aigwctl logs` followers (no-op without followers)."""
     from ..control.loghub import publish_backend_line
 
