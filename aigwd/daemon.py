@@ -14,6 +14,7 @@ from aiohttp import web
 from . import __version__, logs
 from .api.app import build_app, build_metrics_app
 from .api.context import Services
+from .api.control_socket import ControlServer, ControlSocketError
 from .auth.apikeys import ApiKeyDirectory
 from .auth.tokens import SecretFileError, TokenService, load_or_create_secret
 from .auth.users import UserDirectory
@@ -21,7 +22,6 @@ from .autoswitch import AutoSwitcher, waiting_by_mode
 from .backends.supervisor import Supervisor
 from .config import Config, parse_listen
 from .control.plane import ControlPlane
-from .control.server import ControlServer, ControlSocketError
 from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.ratelimit import RateLimiter
