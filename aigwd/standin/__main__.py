@@ -64,12 +64,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="reported in answers about images (default: $AIGW_OCR_MODE)")
     p.add_argument("--gpu-memory-mib", type=_non_negative_int, default=0,
                    help="allocate this much memory on CUDA device 0 (needs PyTorch) and hold it until exit")
+    p.add_argument("--api-key", action="append", default=None, dest="api_keys",
+                   help="/v1/* requests need `Authorization: Bearer KEY` (default: $VLLM_API_KEY, as vLLM)")
     a = p.parse_args(argv)
+    keys = [k for k in (a.api_keys or [os.environ.get("VLLM_API_KEY", "")]) if k]
     return Settings(host=a.host, port=a.port, models=tuple(dict.fromkeys(a.models)),
                     startup_delay=a.startup_delay, latency=a.latency, tokens_per_second=a.tokens_per_second,
                     reply_tokens=a.reply_tokens, exit_after=a.exit_after, hang=a.hang, fail_status=a.fail_status,
                     fail_health=a.fail_health, garbage=a.garbage, ocr_mode=a.ocr_mode or None,
-                    gpu_memory_mib=a.gpu_memory_mib)
+                    gpu_memory_mib=a.gpu_memory_mib, api_keys=tuple(keys))
 
 
 class GpuMemoryError(Exception):

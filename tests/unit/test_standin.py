@@ -65,8 +65,8 @@ async def test_health_models_and_metrics(aiohttp_client: AiohttpClient) -> None:
     async with client.get("/metrics") as resp:
         text = await resp.text()
     assert "# TYPE vllm:num_requests_running gauge" in text
-    assert 'vllm:num_requests_running{model_name="google/gemma-3-4b-it"} 0.0' in text
-    assert 'vllm:num_requests_waiting{model_name="gemma-3-4b-it"} 0.0' in text
+    assert 'vllm:num_requests_running{engine="0",model_name="google/gemma-3-4b-it"} 0.0' in text
+    assert 'vllm:num_requests_waiting{engine="0",model_name="gemma-3-4b-it"} 0.0' in text
     assert "standin_requests_total 0" in text and "standin_aborted_total 0" in text
 
 
@@ -112,15 +112,19 @@ async def test_openai_shaped_errors(aiohttp_client: AiohttpClient) -> None:
     async with client.post("/v1/chat/completions", json=chat_body(model="gpt-4")) as resp:
         assert resp.status == 404
         body = await resp.json()
-    assert body["error"]["message"] == "The model `gpt-4` does not exist."
+    assert body["error"]["message"] == ("The model `gpt-4` does not exist. "
+                                        "Valid aliases: gemma-3-4b-it, google/gemma-3-4b-it.")
     assert body["error"]["type"] == "NotFoundError" and body["error"]["code"] == 404
+    assert body["error"]["param"] == "model"
     for raw in (b"{not json", b"[1, 2]", b'{"model": "gemma-3-4b-it"}',
                 b'{"model": "gemma-3-4b-it", "messages": []}', b'{"messages": [{"role": "user"}]}', b"\xff\xfe"):
         async with client.post("/v1/chat/completions", data=raw,
                                headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 400, raw
             body = await resp.json()
-        assert body["error"]["type"] == "BadRequestError" and body["error"]["code"] == 400 and body["error"]["message"]
+        # vLLM's name for a body that fails its schema, with the field
+        assert body["error"]["type"] == "Bad Request" and body["error"]["code"] == 400 and body["error"]["message"]
+        assert body["error"]["param"].startswith("body")
     st = await stats(client)
     assert st["received"] == st["completed"] == 7 and st["errors"] == 7
 
@@ -191,7 +195,7 @@ async def test_stream_is_paced_and_well_formed(aiohttp_client: AiohttpClient) ->
     assert len(pieces) == tokens
     assert "".join(c["choices"][0]["delta"]["content"] for c in pieces).startswith(
         "[aigw stand-in] reply to: stream me")
-    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-2]["choices"][0]["delta"]["content"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == tokens
     # Content chunks were flushed one by one, as they were produced, not all at the end.
     times = [t for (t, data) in events if '"content":"' in data and '"content":""' not in data]
@@ -226,7 +230,7 @@ async def test_hung_request_counts_as_aborted_when_the_client_leaves(aiohttp_cli
 
     await wait_for(in_flight, "the request to arrive")
     async with client.get("/metrics") as resp:
-        assert 'vllm:num_requests_running{model_name="gemma-3-4b-it"} 1.0' in await resp.text()
+        assert 'vllm:num_requests_running{engine="0",model_name="gemma-3-4b-it"} 1.0' in await resp.text()
     async with client.get("/health") as resp:
         assert resp.status == 200
     writer.close()
@@ -239,7 +243,7 @@ async def test_hung_request_counts_as_aborted_when_the_client_leaves(aiohttp_cli
     async with client.get("/metrics") as resp:
         text = await resp.text()
     assert "standin_aborted_total 1" in text
-    assert 'vllm:num_requests_running{model_name="gemma-3-4b-it"} 0.0' in text
+    assert 'vllm:num_requests_running{engine="0",model_name="gemma-3-4b-it"} 0.0' in text
 
 
 async def test_client_closing_mid_stream_counts_as_aborted(aiohttp_client: AiohttpClient) -> None:
