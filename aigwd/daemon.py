@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 from aiohttp import web
 
 from . import __version__, logs
 from .api.app import build_app, build_metrics_app
 from .api.context import Services
+from .api.control_socket import ControlServer, ControlSocketError
 from .auth.apikeys import ApiKeyDirectory
 from .auth.tokens import SecretFileError, TokenService, load_or_create_secret
 from .auth.users import UserDirectory
@@ -19,12 +22,11 @@ from .autoswitch import AutoSwitcher, waiting_by_mode
 from .backends.supervisor import Supervisor
 from .config import Config, parse_listen
 from .control.plane import ControlPlane
-from .control.server import ControlServer, ControlSocketError
 from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.ratelimit import RateLimiter
 from .store import Store, StoreError
-from .systemd import Notifier, block_loop_on_signal_for_tests
+from .systemd import Notifier
 
 STATUS_INTERVAL_S = 5.0
 
@@ -39,6 +41,13 @@ def rate_limiter(cfg: Config) -> RateLimiter:
     return limiter
 
 
+class _Parts(NamedTuple):
+    services: Services
+    gateway: Gateway
+    supervisor: Supervisor
+    plane: ControlPlane
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -49,22 +58,58 @@ class Daemon:
         self.switcher: AutoSwitcher | None = None
 
     async def run(self) -> None:
-        cfg = self.cfg
+        """Each step starts its part and, on the way out, stops it: the steps stop in reverse order."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
-        block_loop_on_signal_for_tests(loop)
+        async with contextlib.AsyncExitStack() as steps:
+            await steps.enter_async_context(self._watchdog())
+            store = await steps.enter_async_context(self._open_store())
+            parts = await steps.enter_async_context(self._build_services(store))
+            # Stopping: after HTTP is closed, processing requests get the grace period, before the
+            # queue tasks are cancelled (so they stay 'processing' on disk and run again).
+            await steps.enter_async_context(self._drain_on_stop(parts.gateway))
+            await steps.enter_async_context(self._serve(parts))
+            logs.event("ready", version=__version__, listen=f"{self.bound[0]}:{self.bound[1]}" if self.bound else "-",
+                       state_dir=self.cfg.state_dir, backends=",".join(self.cfg.backends) or "-",
+                       startup_s=round(time.monotonic() - started, 3))
+            self.ready.set()
+            self.notifier.ready(self._status_line(parts.gateway))
+            await steps.enter_async_context(self._start_backends(parts))
+            await self.stop_requested.wait()
+            logs.event("stopping", reason="signal")
+            self.notifier.stopping()
+        logs.event("stopped")
+
+    @contextlib.asynccontextmanager
+    async def _watchdog(self) -> AsyncIterator[None]:
+        """Pinged from this loop from the start to the very end, so a hang anywhere is caught."""
+        watchdog = asyncio.create_task(self.notifier.run_watchdog())
+        try:
+            yield
+        finally:
+            watchdog.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _open_store(self) -> AsyncIterator[Store]:
+        cfg = self.cfg
         store = Store(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)
         try:
             await store.open()  # creates the state directory owner-only
         except StoreError as exc:
             raise StartupError(str(exc)) from None
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    @contextlib.asynccontextmanager
+    async def _build_services(self, store: Store) -> AsyncIterator[_Parts]:
+        """Tokens, gateway, GPU monitor, supervisor, auto-switch and the admin plane; the requests left
+        by the last run are queued again. Nothing is served and no model server is started yet."""
+        cfg = self.cfg
         async with contextlib.AsyncExitStack() as stack:
-            # Pinged from this loop from the start to the very end, so a hang anywhere is caught.
-            watchdog = asyncio.create_task(self.notifier.run_watchdog())
-            stack.callback(watchdog.cancel)
-            stack.push_async_callback(store.close)
             try:
                 secret = load_or_create_secret(cfg.secret_path())
             except SecretFileError as exc:
@@ -73,7 +118,6 @@ class Daemon:
                                   refresh_ttl_s=cfg.auth.refresh_ttl_s)
             await tokens.load()
             gateway = Gateway(cfg, store)
-
             gpu = GpuMonitor(interval_s=cfg.gpu.poll_interval_s) if cfg.gpu.enabled else None
             if gpu is not None:
                 await gpu.start()
@@ -86,11 +130,9 @@ class Daemon:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
             self.switcher = self._auto_switcher(gateway, supervisor, store)
-            # Exit order (last pushed runs first): HTTP closed, processing drained, queue tasks
-            # cancelled (so they stay 'processing' on disk and run again), then the servers stopped.
+            # The servers are stopped after the queue tasks are cancelled.
             stack.push_async_callback(supervisor.close)
             stack.push_async_callback(gateway.close)
-            stack.push_async_callback(self._drain, gateway)
             supervisor.sweep_leftovers()
             services = Services(cfg=cfg, gateway=gateway, tokens=tokens, users=UserDirectory(),
                                 limiter=rate_limiter(cfg), supervisor=supervisor, manager=supervisor,
@@ -106,7 +148,21 @@ class Daemon:
             await plane.start()
             stack.callback(plane.hub.detach)
             await gateway.recover()
+            yield _Parts(services, gateway, supervisor, plane)
 
+    @contextlib.asynccontextmanager
+    async def _drain_on_stop(self, gateway: Gateway) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self._drain(gateway)
+
+    @contextlib.asynccontextmanager
+    async def _serve(self, parts: _Parts) -> AsyncIterator[None]:
+        """The client API, the metrics listener and the control socket; SIGHUP reloads the config."""
+        cfg, services, plane = self.cfg, parts.services, parts.plane
+        loop = asyncio.get_running_loop()
+        async with contextlib.AsyncExitStack() as stack:
             runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None,
                                    shutdown_timeout=2.0, handler_cancellation=True)
             await runner.setup()
@@ -139,21 +195,19 @@ class Daemon:
             # Runs first on the way out: log streams end, so neither server waits on them.
             stack.push_async_callback(plane.close)
             loop.add_signal_handler(signal.SIGHUP, plane.reload_on_signal)
-            logs.event("ready", version=__version__, listen=f"{self.bound[0]}:{self.bound[1]}",
-                       state_dir=cfg.state_dir, backends=",".join(cfg.backends) or "-",
-                       startup_s=round(time.monotonic() - started, 3))
-            self.ready.set()
-            self.notifier.ready(self._status_line(gateway))
-            supervisor.start_all()
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _start_backends(self, parts: _Parts) -> AsyncIterator[None]:
+        """The model servers, the auto-switch and the maintenance loop, once the daemon serves."""
+        async with contextlib.AsyncExitStack() as stack:
+            parts.supervisor.start_all()
             if self.switcher is not None:
                 switcher_task = asyncio.create_task(self.switcher.run())
                 stack.callback(switcher_task.cancel)
-            maintenance = asyncio.create_task(self._maintain(gateway))
+            maintenance = asyncio.create_task(self._maintain(parts.gateway))
             stack.callback(maintenance.cancel)
-            await self.stop_requested.wait()
-            logs.event("stopping", reason="signal")
-            self.notifier.stopping()
-        logs.event("stopped")
+            yield
 
     def _use_config(self, cfg: Config) -> None:
         """A reload applied a new configuration; the drain and the maintenance loop read it here."""

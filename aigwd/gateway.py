@@ -24,9 +24,11 @@ from .backends.upstream import Upstream, UpstreamError, UpstreamStatus
 from .chunkstream import ChunkStream
 from .config import RESOLUTIONS, BackendConfig, Config
 from .errors import ApiError
+from .headers import RequestHeaders
 from .metrics import Metrics
+from .priority import Priority
 from .scheduling.backendqueues import BackendQueues, ShareFull
-from .scheduling.fairqueue import Job, Priority
+from .scheduling.fairqueue import Job
 from .scheduling.modelqueue import REQUEUED, QueueFull
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
 
@@ -114,9 +116,10 @@ class Gateway:
         """A configured backend accepts work (and queues it while starting) unless an admin stopped it."""
         return self.accepting(rt.cfg.name)
 
-    async def submit(self, rt: BackendRuntime, *, subject: str, client_id: str, model: str,
-                     priority: Priority, resolution: str | None, payload: bytes, sync: bool = False,
-                     stream: bool = False, account: str | None = None) -> Live:
+    async def submit(self, rt: BackendRuntime, *, subject: str, headers: RequestHeaders, model: str,
+                     payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None) -> Live:
+        """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once."""
+        client_id, priority, resolution = headers.client_id, headers.priority, headers.resolution
         now_wall, now_mono = time.time(), time.monotonic()
         timeout = self.cfg.queue.timeout_s
         rec = RequestRecord(
@@ -248,7 +251,7 @@ class Gateway:
         body = json.loads(payload)
         body.update(rt.cfg.extra_body)
         if rt.cfg.vllm_priority:
-            body["priority"] = int(priority)  # vLLM: lower runs earlier; high = 0
+            body["priority"] = priority.vllm
         return json.dumps(body).encode()
 
     def _timed_out(self, job: Job, was_processing: bool) -> None:

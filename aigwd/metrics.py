@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .priority import URGENT_FIRST
+
 if TYPE_CHECKING:
     from .backends.supervisor import Supervisor
     from .gateway import Gateway
@@ -80,8 +82,8 @@ class _StateCollector(Collector):
             stats = rt.queues.stats()
             by_class = stats["waiting_by_class"]
             assert isinstance(by_class, dict)
-            for cls in ("high", "normal", "low"):
-                waiting.add_metric([name, cls], float(by_class.get(cls, 0)))
+            for cls in URGENT_FIRST:
+                waiting.add_metric([name, cls.label], float(by_class.get(cls.label, 0)))
             processing.add_metric([name], float(stats["processing"]))  # type: ignore[arg-type]
             limit.add_metric([name], float(stats["max_concurrent"]))  # type: ignore[arg-type]
             oldest.add_metric([name], float(stats["oldest_wait_s"]))  # type: ignore[arg-type]

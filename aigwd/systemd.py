@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -21,10 +20,6 @@ from typing import Any, TypeVar
 from . import logs
 
 T = TypeVar("T")
-
-# Tests only: SIGUSR2 blocks the event loop for this many seconds, to show the watchdog pings stop.
-TEST_BLOCK_ENV = "AIGWD_TEST_BLOCK_LOOP_S"
-
 
 def _address(value: str) -> str | bytes | None:
     if not value:
@@ -135,21 +130,3 @@ class Notifier:
             if late >= interval:
                 # The pings stopped meanwhile; systemd may already be on its way to abort us.
                 logs.event("event_loop_stalled", logging.WARNING, seconds=round(late + interval, 2))
-
-
-def block_loop_on_signal_for_tests(loop: asyncio.AbstractEventLoop,
-                                   environ: Mapping[str, str] | None = None) -> None:
-    """With AIGWD_TEST_BLOCK_LOOP_S set, SIGUSR2 blocks the event loop that long (watchdog tests)."""
-    env = os.environ if environ is None else environ
-    try:
-        seconds = float(env.get(TEST_BLOCK_ENV, ""))
-    except ValueError:
-        return
-    if seconds <= 0:
-        return
-
-    def block() -> None:
-        logs.event("test_loop_blocked", logging.WARNING, seconds=seconds)
-        time.sleep(seconds)  # deliberately on the loop: nothing else runs meanwhile
-
-    loop.add_signal_handler(signal.SIGUSR2, block)

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import ApiError, bad_request, not_found
-from ..scheduling.fairqueue import Priority
 from ..store import RequestRecord
-from . import validation
-from .context import SERVICES, Services
-from .middleware import API_KEY, CLAIMS, ROLE, read_body
-
-
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+from ..timefmt import iso
+from .admission import admit
+from .context import SERVICES
+from .middleware import CLAIMS, ROLE
 
 
 def request_view(rec: RequestRecord, position: int | None) -> bytes:
@@ -42,65 +37,12 @@ def request_view(rec: RequestRecord, position: int | None) -> bytes:
     return text.encode()
 
 
-def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
-    subject = request[CLAIMS].sub
-    wait, scope = services.limiter.admit(subject, client_id)
-    if wait > 0:
-        services.gateway.metrics.rejected("-", 429)
-        retry = max(1, math.ceil(wait))
-        if scope == "subject":
-            detail = (f"Rate limit exceeded for subject {subject}, all its client IDs together "
-                      f"(rate_limit.subject_per_minute); retry in {retry} s")
-        else:
-            detail = f"Rate limit exceeded for client {client_id}; retry in {retry} s"
-        raise ApiError(429, detail, {"Retry-After": str(retry)})
-
-
-def client_and_priority(request: web.Request) -> tuple[str, Priority]:
-    """X-Client-ID and X-Priority, within what an API key allows (its first client and its highest
-    priority are the defaults)."""
-    key = request.get(API_KEY)
-    if key is None:
-        return validation.client_id(request.headers), validation.priority(request.headers)
-    headers = request.headers
-    client_id = validation.client_id(headers) if "X-Client-ID" in headers or not key.client_ids \
-        else key.client_ids[0]
-    if key.client_ids and client_id not in key.client_ids:
-        raise ApiError(403, f"This API key may not send as client {client_id}; allowed: {', '.join(key.client_ids)}")
-    highest = Priority.parse(key.max_priority)
-    priority = validation.priority(headers) if "X-Priority" in headers else max(Priority.NORMAL, highest)
-    if priority < highest:
-        raise ApiError(403, f"This API key may send at most {highest.label} priority")
-    return client_id, priority
-
-
 async def _submit(request: web.Request, kind: str) -> web.Response:
-    services = request.app[SERVICES]
-    client_id, priority = client_and_priority(request)
-    resolution = None
+    admission = await admit(request, kind)
+    live = await admission.submit(request.app[SERVICES])
+    answer: dict[str, Any] = {"request_id": live.record.id, "status": "queued"}
     if kind == "ocr":
-        resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
-    rate_limit(request, services, client_id)
-    await read_body(request)
-    raw = await request.read()
-    body = validation.parse_json(raw)
-    model = validation.chat_body(body)
-    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
-    if kind == "ocr":
-        ocr = services.cfg.ocr
-        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
-    elif validation.image_parts(body):
-        raise bad_request("Images go to /api/ocr; /api/chat takes text messages")
-    sub = request[CLAIMS].sub
-    rt = services.gateway.backend_for(model, kind, client_id, sub)
-    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
-    live = await services.gateway.submit(rt, subject=sub, client_id=client_id, model=model,
-                                         priority=priority, resolution=resolution, payload=raw,
-                                         account=request[CLAIMS].uid)
-    rec = live.record
-    answer: dict[str, Any] = {"request_id": rec.id, "status": "queued"}
-    if kind == "ocr":
-        answer["resolution"] = resolution
+        answer["resolution"] = admission.headers.resolution
         answer["message"] = "Request queued for OCR processing"
     else:
         answer["message"] = "Request queued for processing"

@@ -1,9 +1,10 @@
 """OpenAI-compatible routes: GET /v1/models and POST /v1/chat/completions, JSON or streamed.
 
-The request takes the same path as /api/chat and /api/ocr (auth, rate limit, fairness, priority queue,
-deadline, store); the connection is held until the answer comes. A client that goes away at any point
-(while its request is stored, queued, before the first byte or mid-stream) ends it as cancelled: its slot
-or waiting place is freed and the upstream call is aborted, as nobody could collect the answer later.
+The request takes the same path as /api/chat and /api/ocr (admission.py: auth, headers, rate limit, body
+checks; then fairness, priority queue, deadline, store); the connection is held until the answer comes.
+A client that goes away at any point (while its request is stored, queued, before the first byte or
+mid-stream) ends it as cancelled: its slot or waiting place is freed and the upstream call is aborted, as
+nobody could collect the answer later.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import bad_request
 from ..gateway import Live
-from . import validation
-from .client_routes import client_and_priority, rate_limit
+from .admission import admit
 from .context import SERVICES, Services
-from .middleware import CLAIMS, ROLE, openai_error, read_body
+from .middleware import openai_error
 
 # While a streaming request waits, an SSE comment says where it stands this often.
 POSITION_INTERVAL_S = 1.0
@@ -37,30 +36,10 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    client_id, priority = client_and_priority(request)
-    rate_limit(request, services, client_id)
-    await read_body(request)
-    raw = await request.read()
-    body = validation.parse_json(raw)
-    model = validation.chat_body(body, allow_stream=True)
-    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
-    name = services.gateway.model_index.get(model)
-    kind = services.cfg.backends[name].kind if name else "chat"
-    resolution = None
-    if kind == "ocr":
-        resolution = validation.resolution(request.headers, services.cfg.ocr.default_resolution)
-        ocr = services.cfg.ocr
-        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
-    elif validation.image_parts(body):
-        raise bad_request(f"Model {model} takes text only; images go to the OCR model")
-    sub = request[CLAIMS].sub
-    rt = services.gateway.backend_for(model, kind, client_id, sub)
-    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
-    stream = bool(body.get("stream"))
-    submitting = services.gateway.submit(rt, subject=sub, client_id=client_id, model=model, priority=priority,
-                                         resolution=resolution, payload=raw, sync=True, stream=stream,
-                                         account=request[CLAIMS].uid)
-    if len(raw) <= services.gateway.store.spool_threshold:
+    admission = await admit(request, None)
+    stream = bool(admission.body.get("stream"))
+    submitting = admission.submit(services, sync=True, stream=stream)
+    if len(admission.raw) <= services.gateway.store.spool_threshold:
         live = await submitting  # stored once finished: nothing to wait on, so no cancel can land inside
     else:
         # Its body is written to the store first; a client gone meanwhile must not leave it half accepted.

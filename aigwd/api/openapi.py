@@ -16,6 +16,7 @@ from ..config import RESOLUTIONS
 from ..control.catalog import default_registry
 from ..control.http import NDJSON, NEXT_CURSOR
 from ..control.registry import Arg, Command
+from ..priority import LABELS
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -52,7 +53,7 @@ def _errors(*codes: int, openai: bool = False) -> dict[str, Any]:
 _CLIENT_HEADERS = [
     {"name": "X-Client-ID", "in": "header", "required": True,
      "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
-    {"name": "X-Priority", "in": "header", "required": False, "schema": {"enum": ["low", "normal", "high"]}},
+    {"name": "X-Priority", "in": "header", "required": False, "schema": {"enum": list(LABELS)}},
 ]
 _RESOLUTION = {"name": "X-Resolution", "in": "header", "required": False, "schema": {"enum": list(RESOLUTIONS)}}
 # Admin commands whose success is 201 Created.

@@ -10,7 +10,7 @@ from ..bounds import MAX_CLIENT_ID, MAX_MODEL_NAME, check_length
 from ..config import RESOLUTIONS
 from ..errors import ApiError, bad_request
 from ..images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageInfo, inspect_data_url, size_problem
-from ..scheduling.fairqueue import Priority
+from ..priority import Priority
 
 CLIENT_ID_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{MAX_CLIENT_ID}}}$")
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})

@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..priority import Priority
+
 PREFIX = "aigw_"
-PRIORITIES = ("low", "normal", "high")
 
 
 @dataclass
@@ -21,7 +22,7 @@ class ApiKey:
     key_hash: str
     subject: str
     client_ids: list[str]
-    max_priority: str = "normal"
+    max_priority: Priority = Priority.NORMAL  # the most urgent X-Priority the key may send
     created_at: float = field(default_factory=time.time)
     revoked_at: float | None = None
     hint: str = ""  # the first characters, so an admin can tell keys apart
@@ -30,7 +31,7 @@ class ApiKey:
     def public(self) -> dict[str, object]:
         """What a listing shows: never the key or its hash."""
         return {"id": self.id, "subject": self.subject, "client_ids": self.client_ids,
-                "max_priority": self.max_priority, "created_at": self.created_at, "revoked_at": self.revoked_at,
+                "max_priority": self.max_priority.label, "created_at": self.created_at, "revoked_at": self.revoked_at,
                 "hint": self.hint}
 
 
@@ -39,10 +40,9 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def new_key(subject: str, client_ids: list[str], max_priority: str, account: str = "") -> tuple[ApiKey, str]:
+def new_key(subject: str, client_ids: list[str], max_priority: Priority,
+            account: str = "") -> tuple[ApiKey, str]:
     """A new key record and its secret, which is not kept anywhere."""
-    if max_priority not in PRIORITIES:
-        raise ValueError(f"max_priority must be one of {', '.join(PRIORITIES)}")
     secret = PREFIX + secrets.token_urlsafe(32)
     key_id = uuid.uuid4().hex[:12]
     key = ApiKey(id=key_id, key_hash=digest(secret), subject=subject, client_ids=client_ids,

@@ -74,8 +74,7 @@ class ManagedBackend:
                  gpu: GpuProbe | None = None,
                  on_ready: Callable[[bool], None] = lambda ready: None,
                  on_crash: Callable[[CrashInfo], None] = lambda info: None,
-                 on_transition: Callable[[Transition], None] = lambda t: None,
-                 on_output: Callable[[str, str], None] = lambda name, line: None,
+                 on_output: Callable[[str], None] = lambda line: None,
                  on_api_key: Callable[[str], None] = lambda key: None) -> None:
         self.cfg = cfg
         self.state_dir = state_dir
@@ -92,7 +91,6 @@ class ManagedBackend:
         self.group: set[int] = set()
         self._on_ready = on_ready
         self._on_crash = on_crash
-        self._on_transition = on_transition
         self._on_output = on_output
         self._on_api_key = on_api_key
         self._attempt = 0
@@ -100,7 +98,6 @@ class ManagedBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._restart_task: asyncio.Task[Any] | None = None
         self._health_task: asyncio.Task[Any] | None = None
-        self._ready_event = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
 
     # --- what others read ------------------------------------------------------------------------
@@ -126,11 +123,6 @@ class ManagedBackend:
             return None
         return self.gpu.memory_of(self.cfg.gpu, self.group | {self.pid})
 
-    async def wait_ready(self, timeout_s: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready_event.wait(), timeout_s)
-        return self.state is State.RUNNING
-
     # --- starting --------------------------------------------------------------------------------
 
     def use_start_lock(self, lock: asyncio.Lock) -> None:
@@ -142,7 +134,6 @@ class ManagedBackend:
         if self.state in (State.RUNNING, State.STARTING, State.DRAINING, State.STOPPING):
             return self.state is State.RUNNING
         self._cancel_restart()
-        self._ready_event.clear()
         self.machine.to(State.STARTING, reason)
         lock = self._start_lock or asyncio.Lock()
         async with lock:
@@ -226,7 +217,6 @@ class ManagedBackend:
         self._attempt = 0
         with contextlib.suppress(Exception):
             self.group = proc.group_pids()
-        self._ready_event.set()
         self._health_task = self._spawn_task(self._health_loop(proc))
         self._on_ready(True)
 
@@ -238,19 +228,16 @@ class ManagedBackend:
             why = reason if fatal else (f"{len(self.failures)} failures within "
                                         f"{self.cfg.failure_window_s:g} s; last: {reason}")
             self.machine.to(State.FATAL, why)
-            self._ready_event.set()
             return
         self._attempt += 1
         delay = backoff_delay(self._attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
         self.machine.to(State.BACKOFF, f"{reason}; restart in {delay:g} s")
-        self._ready_event.set()
         self._restart_task = self._spawn_task(self._restart_after(delay))
 
     async def _restart_after(self, delay: float) -> None:
         await self.layer.sleep(delay)
         if self.state is State.BACKOFF:
             self.restarts += 1
-            self._ready_event.clear()
             await self.start("restart after back-off")
 
     # --- watching --------------------------------------------------------------------------------
@@ -341,7 +328,6 @@ class ManagedBackend:
         if proc is not None:
             await self._kill(proc)
         self.machine.to(State.STOPPED, reason)
-        self._ready_event.set()
 
     async def _kill(self, proc: ProcessHandle) -> None:
         self._expect_exit = True
@@ -380,12 +366,11 @@ class ManagedBackend:
 
     def _changed(self, t: Transition) -> None:
         logs.event("backend_state", backend=self.name, before=t.before.value, after=t.after.value, reason=t.reason)
-        self._on_transition(t)
 
     def _output(self, stream: str, line: str) -> None:
         if stream == "stderr":
             self.stderr_tail.append(line)
-        self._on_output(stream, line)
+        self._on_output(line)
 
     def _cancel_restart(self) -> None:
         if self._restart_task is not None and self._restart_task is not asyncio.current_task():

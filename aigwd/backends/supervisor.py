@@ -25,6 +25,7 @@ from ..errors import ApiError
 from ..gateway import Gateway
 from ..scheduling.ocrmodes import SwitchLedger, decide
 from ..store import CrashRecord, Store
+from ..timefmt import iso
 from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
 from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
@@ -180,8 +181,6 @@ class Supervisor(ModelManager):
         return {name: self.describe(name) for name in self.backends}
 
     def describe(self, name: str) -> dict[str, Any]:
-        from ..api.client_routes import iso
-
         b = self.backends[name]
         running = b.state is State.RUNNING
         return {
@@ -425,7 +424,7 @@ class Supervisor(ModelManager):
         return task
 
 
-def _publish_output(backend: str, stream: str, line: str) -> None:
+def _publish_output(backend: str, line: str) -> None:
     """A server's output line to `aigwctl logs` followers (no-op without followers)."""
     from ..control.loghub import publish_backend_line
 

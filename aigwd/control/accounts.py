@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-from ..api.client_routes import iso
 from ..auth.passwords import verify_password
 from ..auth.tokens import TokenService
 from ..auth.users import User, UserDirectory, hash_in_thread
@@ -19,6 +18,7 @@ from ..config import NAME_RE, ROLES, UserConfig
 from ..errors import ApiError, bad_request, not_found
 from ..store import Store
 from ..store.store import UserRecord
+from ..timefmt import iso
 
 
 def check_name(name: str) -> None:

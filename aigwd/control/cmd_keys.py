@@ -6,9 +6,10 @@ import re
 import time
 from typing import Any
 
-from ..auth.apikeys import PRIORITIES, new_key
+from ..auth.apikeys import new_key
 from ..bounds import MAX_CLIENT_ID, MAX_SUBJECT
 from ..errors import bad_request, not_found
+from ..priority import LABELS, Priority
 from . import paging
 from .registry import Arg, Command, Context, Result
 
@@ -27,7 +28,7 @@ async def keys_create(ctx: Context, args: dict[str, Any]) -> Result:
     user = ctx.services.users.get(subject)
     account = user.id if user is not None else next(
         (k.account for k in ctx.services.api_keys.list() if k.subject == subject and k.revoked_at is None), "")
-    key, secret = new_key(subject, clients, args["max_priority"], account)
+    key, secret = new_key(subject, clients, Priority.parse(args["max_priority"]), account)
     await ctx.services.gateway.store.api_keys().add(key)
     ctx.services.api_keys.add(key)
     return Result({**key.public(), "key": secret,
@@ -57,7 +58,7 @@ COMMANDS = (
         Arg("subject", "who the key acts as (its requests are that subject's)", required=True, positional=True,
             max_length=MAX_SUBJECT),
         Arg("clients", "allowed X-Client-IDs, comma-separated; the first is the default", required=True),
-        Arg("max_priority", "highest X-Priority the key may send", choices=PRIORITIES, default="normal")),
+        Arg("max_priority", "highest X-Priority the key may send", choices=LABELS, default="normal")),
         method="POST", path="/admin/api-keys", mutates=True),
     Command("keys list", "API keys: id, subject, clients, highest priority, revoked (never the secret)", keys_list,
             paging.ARGS, path="/admin/api-keys", paged=True),

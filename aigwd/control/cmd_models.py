@@ -7,10 +7,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..api.client_routes import iso
 from ..backends.manager import ActionResult, ModelManager
 from ..config import RESOLUTIONS
 from ..errors import ApiError, not_found
+from ..timefmt import iso
 from .registry import Arg, Command, Context, Result
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.client_routes import iso
+from ..timefmt import iso
 from . import paging
 from .registry import Arg, Command, Context, Result
 

@@ -35,8 +35,9 @@ import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
+
+from ..priority import URGENT_FIRST, Priority
 
 # While a class's own jobs and its promoted jobs both wait, every AGED_EVERY-th
 # dispatch of the class goes to the promoted ones.
@@ -44,27 +45,6 @@ AGED_EVERY = 8
 
 # Lanes of a class: its own jobs, then the jobs promoted into it.
 _OWN, _AGED = 0, 1
-
-
-class Priority(IntEnum):
-    HIGH = 0
-    NORMAL = 1
-    LOW = 2
-
-    @classmethod
-    def parse(cls, text: str) -> Priority:
-        """Member for "high", "normal" or "low" (any case); ValueError otherwise."""
-        try:
-            return cls[text.strip().upper()]
-        except KeyError:
-            raise ValueError(f"unknown priority {text!r}: expected high, normal or low") from None
-
-    @property
-    def label(self) -> str:
-        return _LABELS[self]
-
-
-_LABELS = tuple(p.name.lower() for p in Priority)  # read on every request: Enum.name is slow
 
 
 @dataclass(eq=False)
@@ -146,7 +126,7 @@ class FairQueue:
 
     def by_class(self) -> dict[str, int]:
         """Waiting jobs per current class (aged ones included), as of the last pop/position/age call."""
-        return {p.label: sum(self._sizes[p]) for p in Priority}
+        return {p.label: sum(self._sizes[p]) for p in URGENT_FIRST}
 
     def waiting_of(self, subject: str) -> int:
         return self._per_subject.get(subject, 0)
@@ -167,7 +147,7 @@ class FairQueue:
     def pop(self, now: float) -> Job | None:
         """Next job to dispatch, or None when empty."""
         self.age(now)
-        for c in Priority:
+        for c in URGENT_FIRST:
             own, aged = self._lanes[c]
             if not own and not aged:
                 continue
@@ -242,7 +222,7 @@ class FairQueue:
             interleaved = 0 if k < head else min(other, (k - head) // gap + 1)
         else:
             interleaved = min(other, head + k * gap)
-        return sum(sum(self._sizes[p]) for p in Priority if p < c) + k + interleaved + 1
+        return sum(sum(self._sizes[p]) for p in Priority if p > c) + k + interleaved + 1
 
     def age(self, now: float) -> None:
         """Promote every job that has waited aging_s in its class (pop/position do this)."""
@@ -262,7 +242,7 @@ class FairQueue:
             (since, _, job), c = due
             heapq.heappop(self._arrivals[c])
             self._unlink(job)
-            job.cls = Priority(c - 1)
+            job.cls = c.raised()
             self._place(job, since + step, by_time=True)
 
     def _top(self, c: Priority) -> _Arrival | None:

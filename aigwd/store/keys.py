@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 from ..auth.apikeys import ApiKey
+from ..priority import Priority
 from .readers import Readers
 from .writer import Txn, Writer
 
@@ -18,7 +19,7 @@ class ApiKeyTable:
         self._readers = readers
 
     async def add(self, key: ApiKey) -> None:
-        values = (key.id, key.key_hash, key.subject, json.dumps(key.client_ids), key.max_priority,
+        values = (key.id, key.key_hash, key.subject, json.dumps(key.client_ids), key.max_priority.label,
                   key.created_at, key.revoked_at, key.hint, key.account)
 
         def op(txn: Txn) -> None:
@@ -37,8 +38,9 @@ class ApiKeyTable:
     async def all(self) -> list[ApiKey]:
         def read(conn: sqlite3.Connection) -> list[ApiKey]:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at")
-            return [ApiKey(id=r[0], key_hash=r[1], subject=r[2], client_ids=json.loads(r[3]), max_priority=r[4],
-                           created_at=r[5], revoked_at=r[6], hint=r[7], account=r[8] or f"key-{r[0]}")
+            return [ApiKey(id=r[0], key_hash=r[1], subject=r[2], client_ids=json.loads(r[3]),
+                           max_priority=Priority.parse(r[4]), created_at=r[5], revoked_at=r[6], hint=r[7],
+                           account=r[8] or f"key-{r[0]}")
                     for r in rows]
 
         return await self._readers.run(read)

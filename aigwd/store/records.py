@@ -25,7 +25,7 @@ class RequestRecord:
     backend: str  # backend name, e.g. "gemma"
     model: str  # model name as the client sent it
     kind: str  # "chat" | "ocr"
-    priority: str  # "high" | "normal" | "low"
+    priority: str  # as stored: Priority.label, "high" | "normal" | "low"
     resolution: str | None  # OCR mode or None
     status: str  # "queued" | "processing" | "completed" | "failed" | "timeout" | "cancelled"
     queued_at: float  # unix epoch seconds

@@ -73,8 +73,8 @@ def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
 def spawn(tmp_path: Path, systemd: FakeSystemd) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(config: Path, **env: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "aigwd", "--config", str(config)], cwd=REPO,
+    def start(config: Path, *, module: str = "aigwd", **env: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(config)], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "NOTIFY_SOCKET": str(systemd.path), **env})
         procs.append(proc)
@@ -121,7 +121,7 @@ def test_watchdog_pings_stop_while_the_loop_is_blocked(tmp_path: Path, systemd: 
                                                       spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
     config = write_config(tmp_path, [chat_backend()], port=free_port())
     # A ping every 0.25 s; SIGUSR2 blocks the daemon's event loop for 2 s.
-    proc = spawn(config, WATCHDOG_USEC="500000", AIGWD_TEST_BLOCK_LOOP_S="2")
+    proc = spawn(config, module="tests.blockloop", WATCHDOG_USEC="500000", AIGWD_TEST_BLOCK_LOOP_S="2")
     systemd.wait_for(lambda m: m.startswith("READY=1"))
     time.sleep(1.5)
     proc.send_signal(signal.SIGUSR2)

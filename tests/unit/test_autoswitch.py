@@ -29,8 +29,9 @@ from aigwd.autoswitch import (
     waiting_by_mode,
 )
 from aigwd.config import AutoSwitchConfig
+from aigwd.priority import Priority
 from aigwd.scheduling.backendqueues import BackendQueues
-from aigwd.scheduling.fairqueue import Job, Priority
+from aigwd.scheduling.fairqueue import Job
 
 from .autoswitch_replay import START, synthetic_demand
 

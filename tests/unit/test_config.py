@@ -68,7 +68,7 @@ def test_overrides(tmp_path: Path) -> None:
     ("[rate_limit.subjects.bob]\nper_minute = 0\n", "rate_limit.subjects.bob.per_minute", "greater than 0"),
     ("[rate_limit]\nsubjects = 3\n", "rate_limit.subjects", "table of subjects"),
     ("[queue]\nsubject_share = 1.5\n", "queue.subject_share", "fraction"),
-    ("[queue]\nsubject_share = nan\n", "queue.subject_share", "fraction"),
+    ("[queue]\nsubject_share = nan\n", "queue.subject_share", "finite number"),
     ("[backends.x]\nmodels = ['m']\nport = 1\n", "backends.x.command", "required"),
     ("[backends.x]\nmodels = []\nport = 1\ncommand = ['a']\n", "backends.x.models", "not be empty"),
     ("[backends.x]\nmodels = ['m']\nport = 1\ncommand = ['a']\nkind = 'vision'\n", "backends.x.kind", "chat"),

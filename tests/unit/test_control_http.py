@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from aigwd.api.app import build_app
-from aigwd.control.server import ControlServer, ControlSocketError, bind
+from aigwd.api.control_socket import ControlServer, ControlSocketError, bind
 
 from .control_support import Harness, harness_fixture  # noqa: F401
 

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from aigwd.scheduling.fairqueue import AGED_EVERY, FairQueue, Job, Priority
+from aigwd.priority import URGENT_FIRST, Priority
+from aigwd.scheduling.fairqueue import AGED_EVERY, FairQueue, Job
 
 _ids = itertools.count()
 
@@ -26,17 +27,6 @@ def drain(q: FairQueue, now: float = 0.0) -> list[str]:
     while (j := q.pop(now)) is not None:
         out.append(j.id)
     return out
-
-
-def test_priority_parse_and_label() -> None:
-    assert Priority.parse("high") is Priority.HIGH
-    assert Priority.parse("Normal") is Priority.NORMAL
-    assert Priority.parse(" LOW ") is Priority.LOW
-    for bad in ("", "urgent", "0", "hi"):
-        with pytest.raises(ValueError):
-            Priority.parse(bad)
-    assert [p.label for p in Priority] == ["high", "normal", "low"]
-    assert Priority.HIGH < Priority.NORMAL < Priority.LOW
 
 
 def test_job_class_starts_at_priority() -> None:
@@ -384,7 +374,7 @@ def test_no_starvation_under_continuous_high_stream() -> None:
         if t < 300 and rng.random() < 0.3:  # > 1 / AGED_EVERY per dispatch
             j = job(rng.choice("abc"), rng.choice([Priority.NORMAL, Priority.LOW]), at=now)
             q.push(j)
-            reached_high[j.id] = now + aging * j.priority
+            reached_high[j.id] = now + aging * (Priority.HIGH - j.priority)  # classes to climb
         popped = q.pop(now)
         assert popped is not None
         if popped.priority is not Priority.HIGH:
@@ -411,7 +401,7 @@ def test_high_wait_under_3x_overload_with_aging() -> None:
     for t in range(3000):
         now = float(t)
         for _ in range(3):
-            p = rng.choices(list(Priority), [0.1, 0.3, 0.6])[0]
+            p = rng.choices(list(URGENT_FIRST), [0.1, 0.3, 0.6])[0]
             q.push(job(rng.choice(clients[p]), p, at=now))
         popped = q.pop(now)
         assert popped is not None
@@ -472,16 +462,16 @@ class Model:
     def age(self, now: float) -> None:
         while self.aging_s > 0:
             due = [(since, seq, jid) for jid, (_, c, _, since, seq) in self.where.items()
-                   if c > 0 and since + self.aging_s <= now]
+                   if c < Priority.HIGH and since + self.aging_s <= now]
             if not due:
                 return
             since, _, jid = min(due)
             j, c, _, _, _ = self._drop(jid)
-            self._add(j, c - 1, True, since + self.aging_s)
+            self._add(j, c + 1, True, since + self.aging_s)
 
     def pop(self, now: float) -> str | None:
         self.age(now)
-        for c in Priority:
+        for c in URGENT_FIRST:
             own, aged = self.lanes[(c, False)], self.lanes[(c, True)]
             if own and aged and self.streak[c] < self.every - 1:
                 self.streak[c] += 1
@@ -501,7 +491,7 @@ class Model:
         return None
 
     def by_class(self) -> dict[str, int]:
-        return {p.label: sum(1 for _, c, _, _, _ in self.where.values() if c == p) for p in Priority}
+        return {p.label: sum(1 for _, c, _, _, _ in self.where.values() if c == p) for p in URGENT_FIRST}
 
 
 @pytest.mark.parametrize(("aging", "every"), [(0.0, AGED_EVERY), (4.0, 2), (4.0, 3), (2.0, AGED_EVERY)])
@@ -521,7 +511,7 @@ def test_pop_and_position_against_brute_force(aging: float, every: int) -> None:
                 if popped and rng.random() < 0.1:
                     j = popped.pop(rng.randrange(len(popped)))
                 else:
-                    j = job(rng.choice(clients), rng.choice(list(Priority)), at=now - rng.random() * 3)
+                    j = job(rng.choice(clients), rng.choice(list(URGENT_FIRST)), at=now - rng.random() * 3)
                 q.push(j)
                 model.push(j)
             elif r < 0.8:

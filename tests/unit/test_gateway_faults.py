@@ -6,7 +6,8 @@ from pathlib import Path
 
 from aigwd.config import load
 from aigwd.gateway import Gateway
-from aigwd.scheduling.fairqueue import Priority
+from aigwd.headers import RequestHeaders
+from aigwd.priority import Priority
 from aigwd.store import Store
 
 
@@ -25,8 +26,8 @@ async def test_unexpected_error_in_the_upstream_call_fails_the_request(tmp_path:
         rt.upstream.chat = broken  # type: ignore[method-assign]
         gateway.set_ready("gemma", True)
         try:
-            live = await gateway.submit(rt, subject="alice", client_id="app", model="m", priority=Priority.NORMAL,
-                                        resolution=None, payload=b'{"model": "m"}', sync=True)
+            live = await gateway.submit(rt, subject="alice", headers=RequestHeaders("app", Priority.NORMAL),
+                                        model="m", payload=b'{"model": "m"}', sync=True)
             await live.done.wait()
             assert live.record.status == "failed"
             assert live.record.error == "internal error in the gateway; it was logged"

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from aigwd.gpu.fake import GIB, FakeNvml, nvml_error
 from aigwd.gpu.monitor import TIMED_OUT, GpuMonitor
 from aigwd.gpu.nvml import Nvml, NvmlUnavailable
 from aigwd.gpu.verdict import DEGRADED, FAILED, HEALTHY, UNAVAILABLE, Verdict
+
+from .fakenvml import GIB, FakeNvml, nvml_error
 
 Make = Callable[..., Awaitable[GpuMonitor]]
 

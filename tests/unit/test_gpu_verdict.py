@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from aigwd.gpu.fake import make_reading
 from aigwd.gpu.nvml import XidEvent
 from aigwd.gpu.verdict import DEGRADED, FAILED, HEALTHY, UNAVAILABLE, Verdict, judge
+
+from .fakenvml import make_reading
 
 
 def xid(n: int, gpu: int = 0) -> XidEvent:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from aigwd.scheduling.fairqueue import Job, Priority
+from aigwd.priority import Priority
+from aigwd.scheduling.fairqueue import Job
 from aigwd.scheduling.modelqueue import ModelQueue, QueueFull
 
 WAIT_S = 2.0  # upper bound for any condition below; normally met within a few loop turns

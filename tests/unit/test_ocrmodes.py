@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from aigwd.priority import Priority
 from aigwd.scheduling.backendqueues import BackendQueues
-from aigwd.scheduling.fairqueue import Job, Priority
+from aigwd.scheduling.fairqueue import Job
 from aigwd.scheduling.modelqueue import QueueFull
 from aigwd.scheduling.ocrmodes import choose_mode
 

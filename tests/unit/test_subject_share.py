@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from aigwd.priority import Priority
 from aigwd.scheduling.backendqueues import BackendQueues, ShareFull
-from aigwd.scheduling.fairqueue import FairQueue, Job, Priority
+from aigwd.scheduling.fairqueue import FairQueue, Job
 from aigwd.scheduling.modelqueue import QueueFull
 
 

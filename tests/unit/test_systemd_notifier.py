@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from aigwd.systemd import Notifier, block_loop_on_signal_for_tests, watchdog_interval
+from aigwd.systemd import Notifier, watchdog_interval
+from tests.blockloop import block_loop_on_signal
 
 
 class FakeSystemd:
@@ -183,9 +184,9 @@ async def test_watchdog_task_ends_at_once_without_a_watchdog(systemd: FakeSystem
 
 async def test_block_hook_needs_its_environment_variable() -> None:
     loop = asyncio.get_running_loop()
-    block_loop_on_signal_for_tests(loop, {})
+    block_loop_on_signal(loop, {})
     assert not loop.remove_signal_handler(signal.SIGUSR2)
-    block_loop_on_signal_for_tests(loop, {"AIGWD_TEST_BLOCK_LOOP_S": "0.3"})
+    block_loop_on_signal(loop, {"AIGWD_TEST_BLOCK_LOOP_S": "0.3"})
     started = time.monotonic()
     os.kill(os.getpid(), signal.SIGUSR2)
     await asyncio.sleep(0.05)

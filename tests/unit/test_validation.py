@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 
 from aigwd.api import validation
 from aigwd.errors import ApiError
-from aigwd.scheduling.fairqueue import Priority
+from aigwd.priority import Priority
 
 PNG = (Path(__file__).resolve().parents[2] / "examples" / "document.png").read_bytes()
 

@@ -8,7 +8,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from .nvml import GpuReading, NvmlUnavailable, XidEvent
+from aigwd.gpu.nvml import GpuReading, NvmlUnavailable, XidEvent
 
 GIB = 2**30
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .. import logs
-from ..api.context import SERVICES
-from ..api.middleware import Handler, errors
+from ..control.http import json_args, respond
+from ..control.plane import ControlPlane
 from ..metrics import CONTENT_TYPE
-from .http import json_args, respond
-from .plane import ControlPlane
+from .context import SERVICES
+from .middleware import Handler, errors
 
 PEER = web.RequestKey("peer", str)
 PLANE = web.AppKey("control_plane", ControlPlane)

@@ -1,0 +1,112 @@
+"""The one way in for every submission route: /api/chat, /api/ocr and /v1/chat/completions.
+
+Each step runs in this order for all of them, so a refusal is the same whichever route was used:
+the caller's identity (already checked by the middleware) and its headers, parsed once into
+RequestHeaders; the rate limits, before the body is read, so a client over its limit costs no upload;
+the body's checks; the choice of backend (404 for an unknown model, 400 for the wrong kind); then the
+gateway, which applies the waiting bound and the subject's share of it. The OpenAI route learns the kind
+(chat or OCR) from the model, so it reads X-Resolution only once the body has named an OCR model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+
+from ..auth.apikeys import ApiKey
+from ..errors import ApiError, bad_request
+from ..gateway import BackendRuntime, Live
+from ..headers import RequestHeaders
+from ..priority import Priority
+from . import validation
+from .context import SERVICES, Services
+from .middleware import API_KEY, CLAIMS, ROLE, read_body
+
+
+def read_headers(headers: Mapping[str, str], key: ApiKey | None) -> RequestHeaders:
+    """X-Client-ID and X-Priority, within what an API key allows (its first client, and the less urgent of
+    normal and its highest class, are the defaults)."""
+    if key is None:
+        return RequestHeaders(validation.client_id(headers), validation.priority(headers))
+    client_id = validation.client_id(headers) if "X-Client-ID" in headers or not key.client_ids \
+        else key.client_ids[0]
+    if key.client_ids and client_id not in key.client_ids:
+        raise ApiError(403, f"This API key may not send as client {client_id}; allowed: {', '.join(key.client_ids)}")
+    highest = key.max_priority
+    priority = validation.priority(headers) if "X-Priority" in headers else min(Priority.NORMAL, highest)
+    if priority > highest:
+        raise ApiError(403, f"This API key may send at most {highest.label} priority")
+    return RequestHeaders(client_id, priority)
+
+
+def with_resolution(parsed: RequestHeaders, headers: Mapping[str, str], default: str) -> RequestHeaders:
+    """The OCR mode asked for (X-Resolution), or the configured default."""
+    return replace(parsed, resolution=validation.resolution(headers, default))
+
+
+def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
+    subject = request[CLAIMS].sub
+    wait, scope = services.limiter.admit(subject, client_id)
+    if wait > 0:
+        services.gateway.metrics.rejected("-", 429)
+        retry = max(1, math.ceil(wait))
+        if scope == "subject":
+            detail = (f"Rate limit exceeded for subject {subject}, all its client IDs together "
+                      f"(rate_limit.subject_per_minute); retry in {retry} s")
+        else:
+            detail = f"Rate limit exceeded for client {client_id}; retry in {retry} s"
+        raise ApiError(429, detail, {"Retry-After": str(retry)})
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A submission that passed every check, ready for the gateway."""
+
+    kind: str  # "chat" or "ocr"
+    model: str
+    body: dict[str, Any]
+    raw: bytes  # the body as sent: what the model server receives
+    backend: BackendRuntime
+    headers: RequestHeaders
+    subject: str
+    account: str  # the account id that owns the request (a user's id, or an API key's account)
+
+    def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
+        """The gateway's submit, not yet awaited: a route holding the connection shields it."""
+        return services.gateway.submit(self.backend, subject=self.subject, headers=self.headers, model=self.model,
+                                       payload=self.raw, sync=sync, stream=stream, account=self.account)
+
+
+async def admit(request: web.Request, kind: str | None) -> Admission:
+    """Every check of a submission, in order; kind None is the OpenAI route (the model decides)."""
+    services = request.app[SERVICES]
+    claims = request[CLAIMS]
+    parsed = read_headers(request.headers, request.get(API_KEY))
+    if kind == "ocr":
+        parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
+    rate_limit(request, services, parsed.client_id)
+    await read_body(request)
+    raw = await request.read()
+    body = validation.parse_json(raw)
+    openai = kind is None
+    model = validation.chat_body(body, allow_stream=openai)
+    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
+    if kind is None:
+        name = services.gateway.model_index.get(model)
+        kind = services.cfg.backends[name].kind if name else "chat"
+        if kind == "ocr":
+            parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
+    if kind == "ocr":
+        ocr = services.cfg.ocr
+        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
+    elif validation.image_parts(body):
+        raise bad_request(f"Model {model} takes text only; images go to the OCR model" if openai
+                          else "Images go to /api/ocr; /api/chat takes text messages")
+    rt = services.gateway.backend_for(model, kind, parsed.client_id, claims.sub)
+    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
+    return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=claims.sub,
+                     account=claims.uid)
