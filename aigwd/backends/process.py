@@ -72,6 +72,7 @@ def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None,
 class ManagedBackend:
     def __init__(self, cfg: BackendConfig, state_dir: Path, layer: ProcessLayer, *,
                  gpu: GpuProbe | None = None,
+                 mode_of: Callable[[], str | None] | None = None,
                  on_ready: Callable[[bool], None] = lambda ready: None,
                  on_crash: Callable[[CrashInfo], None] = lambda info: None,
                  on_output: Callable[[str], None] = lambda line: None,
@@ -80,7 +81,9 @@ class ManagedBackend:
         self.state_dir = state_dir
         self.layer = layer
         self.gpu = gpu
-        self.mode: str | None = cfg.resolution if cfg.kind == "ocr" else None
+        # OCR: the mode the next start runs in, kept by the replica this server runs for.
+        default_mode = cfg.resolution if cfg.kind == "ocr" else None
+        self._mode_of = mode_of or (lambda: default_mode)
         self.machine = StateMachine(cfg.name, on_change=self._changed)
         self.failures = FailureWindow(cfg.max_start_failures, cfg.failure_window_s, layer.now)
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -171,12 +174,13 @@ class ManagedBackend:
 
     async def _spawn_and_wait(self) -> bool:
         key = secrets.token_urlsafe(32)
-        argv = [expand(arg, self.cfg, self.state_dir, self.mode, key) for arg in self.cfg.command]
-        extra = {k: expand(v, self.cfg, self.state_dir, self.mode, key) for k, v in self.cfg.env.items()}
+        mode = self._mode_of()
+        argv = [expand(arg, self.cfg, self.state_dir, mode, key) for arg in self.cfg.command]
+        extra = {k: expand(v, self.cfg, self.state_dir, mode, key) for k, v in self.cfg.env.items()}
         extra.update({TAG_BACKEND: self.cfg.name, TAG_STATE_DIR: str(self.state_dir), API_KEY_ENV: key})
         self._on_api_key(key)  # before the spawn: the first request after readiness must carry it
-        if self.mode:
-            extra["AIGW_OCR_MODE"] = self.mode  # the mode this start is for, whatever the config says
+        if mode:
+            extra["AIGW_OCR_MODE"] = mode  # the mode this start is for, whatever the config says
         self.stderr_tail.clear()
         self._expect_exit = False
         try:
@@ -186,7 +190,7 @@ class ManagedBackend:
             return False
         self.proc = proc
         self._write_pid_file(proc.pid)
-        logs.event("backend_spawned", backend=self.name, pid=proc.pid, mode=self.mode)
+        logs.event("backend_spawned", backend=self.name, pid=proc.pid, mode=mode)
         self._spawn_task(self._watch(proc))
         started = self.layer.now()
         url = f"http://{self.cfg.host}:{self.cfg.port}{self.cfg.health_path}"

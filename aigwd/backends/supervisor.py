@@ -1,7 +1,9 @@
 """All model servers together: start order, admin actions, drained stops, OCR mode switches, on-demand
 start and idle stop, GPU verdicts, and leftovers of earlier runs.
 
-Implements the ModelManager interface that the admin commands call.
+Implements the ModelManager interface that the admin commands call. It runs the processes of the model
+services (aigwd.service) and drives them through their interface; it learns of requests and readiness
+from their events, and knows nothing of the gateway above them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,14 @@ import psutil
 from .. import logs
 from ..config import RESOLUTIONS, Config
 from ..errors import ApiError
-from ..gateway import Gateway
 from ..scheduling.ocrmodes import SwitchLedger, decide
+from ..service import Event, Events, Finished, ModelService, Submitted
 from ..store import CrashRecord, Store
 from ..timefmt import iso
 from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
 from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
-from .states import ACCEPTING_STATES, PROCESS_STATES, State
+from .states import PROCESS_STATES, State
 
 POLICY_INTERVAL_S = 0.25
 # A request that failed on a dropped connection this shortly before the exit was seen was in flight.
@@ -37,19 +39,19 @@ CRASH_LOOKBACK_S = 5.0
 
 
 class Supervisor(ModelManager):
-    def __init__(self, cfg: Config, gateway: Gateway, store: Store, *, layer: ProcessLayer | None = None,
-                 gpu: GpuProbe | None = None, action_wait_s: float = 30.0,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, cfg: Config, models: Mapping[str, ModelService], events: Events, store: Store, *,
+                 layer: ProcessLayer | None = None, gpu: GpuProbe | None = None,
+                 action_wait_s: float = 30.0,
+                 on_output: Callable[[str, str], None] = lambda backend, line: None) -> None:
+        """on_output(backend, line): each line a server writes (the daemon passes them to log followers)."""
         self.cfg = cfg
-        self.gateway = gateway
+        self.models = models
         self.store = store
         self.layer: ProcessLayer = layer or RealLayer()
         self.gpu = gpu
         self.action_wait_s = action_wait_s
         self.backends: dict[str, ManagedBackend] = {}
-        self.admin_stopped: set[str] = set()
         self.switches: dict[str, int] = {}
-        self._busy: set[str] = set()  # a restart or switch is under way: requests keep queueing
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_switch: dict[str, float] = {}
         # Per backend: the switches of the last hour and who caused them; why the policy did not switch.
@@ -60,19 +62,17 @@ class Supervisor(ModelManager):
         self._closing = False
         gpu_locks: dict[int, asyncio.Lock] = {}
         for name, bcfg in cfg.backends.items():
+            replica = models[name].replicas[0]
             backend = ManagedBackend(
-                bcfg, cfg.state_dir, self.layer, gpu=gpu,
-                on_ready=functools.partial(self._ready_changed, name), on_crash=self._crashed,
-                on_output=functools.partial(_publish_output, name),
-                on_api_key=functools.partial(self._api_key_changed, name))
+                bcfg, cfg.state_dir, self.layer, gpu=gpu, mode_of=replica.current_mode,
+                on_ready=functools.partial(models[name].replica_ready, replica.index), on_crash=self._crashed,
+                on_output=functools.partial(on_output, name), on_api_key=replica.use_key)
             backend.use_start_lock(gpu_locks.setdefault(bcfg.gpu, asyncio.Lock()))
+            replica.server = backend
             self.backends[name] = backend
             self._locks[name] = asyncio.Lock()
-        self._on_change = on_change
-        gateway.accepting = self.accepting
-        gateway.on_submit = self._submitted
-        gateway.on_finish = self._finished
         self._deadlines_missed: dict[str, int] = {}
+        events.subscribe(self._on_event)
 
     # --- daemon start and stop -------------------------------------------------------------------
 
@@ -113,19 +113,13 @@ class Supervisor(ModelManager):
         if closer is not None:
             await closer()
 
-    # --- what the gateway asks -------------------------------------------------------------------
+    # --- what the model services announce ------------------------------------------------------
 
-    def accepting(self, name: str) -> bool:
-        backend = self.backends.get(name)
-        if backend is None or name in self.admin_stopped:
-            return False
-        if name in self._busy or backend.state in ACCEPTING_STATES:
-            return True
-        return backend.state is State.STOPPED and backend.cfg.start == "on-demand"
-
-    def _ready_changed(self, name: str, ready: bool) -> None:
-        self.gateway.set_ready(name, ready)
-        self._on_change()
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Submitted):
+            self._submitted(event.model)
+        elif isinstance(event, Finished):
+            self._finished(event.model, event.status, event.sent)
 
     def _finished(self, name: str, status: str, sent: bool) -> None:
         """Requests that reach their deadline on the server, one after another with none completing:
@@ -144,19 +138,18 @@ class Supervisor(ModelManager):
             logs.event("backend_hung", backend=name, deadlines_missed=missed)
             self._spawn(backend.hung(f"{missed} requests in a row reached their deadline while processing"))
 
-    def _api_key_changed(self, name: str, key: str) -> None:
-        self.gateway.backends[name].upstream.api_key = key
-
     def _submitted(self, name: str) -> None:
         self._last_work[name] = time.monotonic()
-        backend = self.backends[name]
-        if backend.state is State.STOPPED and backend.cfg.start == "on-demand" and name not in self._busy:
+        backend = self.backends.get(name)
+        if backend is None:
+            return
+        if backend.state is State.STOPPED and backend.cfg.start == "on-demand" and not self.models[name].changing:
             logs.event("backend_on_demand_start", backend=name)
             self._spawn(backend.start("on-demand: a request arrived"))
 
     def _crashed(self, info: CrashInfo) -> None:
         # In flight: still processing, or failed just now on the connection the dying server dropped.
-        ids = self.gateway.in_flight_ids(info.backend, CRASH_LOOKBACK_S)
+        ids = self.models[info.backend].in_flight_ids(CRASH_LOOKBACK_S)
         mib = info.gpu_memory_bytes / 2**20 if info.gpu_memory_bytes is not None else None
         record = CrashRecord(id=None, timestamp=time.time(), model=info.backend, error=info.error,
                              exit_code=info.exit_code, signal=info.signal, stderr_tail=info.stderr_tail,
@@ -181,14 +174,14 @@ class Supervisor(ModelManager):
         return {name: self.describe(name) for name in self.backends}
 
     def describe(self, name: str) -> dict[str, Any]:
-        b = self.backends[name]
+        b, service = self.backends[name], self.models[name]
         running = b.state is State.RUNNING
         return {
-            "name": name, "status": "stopped" if name in self.admin_stopped and not b.has_process else b.state.value,
+            "name": name, "status": "stopped" if service.stopped_by_admin and not b.has_process else b.state.value,
             "state": b.state.value, "reason": b.machine.reason, "port": b.cfg.port, "models": b.cfg.models,
             "started_at": iso(b.started_at) if running else None,
             "uptime_seconds": int(time.time() - b.started_at) if running and b.started_at else 0,
-            "resolution": b.mode, "is_healthy": running, "pid": b.pid, "restarts": b.restarts,
+            "resolution": service.mode, "is_healthy": running, "pid": b.pid, "restarts": b.restarts,
             "last_exit": b.last_exit, "gpu": b.cfg.gpu, "gpu_memory_bytes": b.gpu_memory_bytes(),
             "start": b.cfg.start, "mode_switches": self.switches.get(name, 0),
             "gpu_status": self._gpu_status(b.cfg.gpu),
@@ -224,17 +217,16 @@ class Supervisor(ModelManager):
             raise ApiError(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
 
     async def start(self, name: str, resolution: str | None = None) -> ActionResult:
-        backend = self._backend(name)
+        backend, service = self._backend(name), self.models[name]
         if resolution is not None:
             self._check_resolution(resolution)
             if backend.cfg.kind != "ocr":
                 raise ApiError(400, f"resolution applies to OCR models only; {name} is a chat model")
-        self.admin_stopped.discard(name)
-        if resolution is not None and resolution != backend.mode and backend.has_process:
+        service.stopped_by_admin = False
+        if resolution is not None and resolution != service.mode and backend.has_process:
             return await self.switch_backend(name, resolution, graceful=True)
-        if resolution is not None and resolution != backend.mode:
-            backend.mode = resolution
-            self.gateway.set_mode(name, resolution)
+        if resolution is not None:
+            service.set_mode(0, resolution)  # not running: it starts in that mode
         if backend.state is State.RUNNING:
             return ActionResult({"status": "started", "model": name, "message": f"{name} is already running"})
         task = self._spawn(backend.start("admin start"))
@@ -243,11 +235,11 @@ class Supervisor(ModelManager):
                                   lambda: backend.running, backend)
 
     async def stop(self, name: str, graceful: bool = True) -> ActionResult:
-        backend = self._backend(name)
-        self.admin_stopped.add(name)  # from now on its models answer 404
-        if backend.state in (State.STOPPED, State.FATAL, State.BACKOFF) and name not in self._busy:
+        backend, service = self._backend(name), self.models[name]
+        service.stopped_by_admin = True  # from now on its models answer 404
+        if backend.state in (State.STOPPED, State.FATAL, State.BACKOFF) and not service.changing:
             await backend.stop("admin stop")
-            self.gateway.fail_waiting(name, "model stopped")
+            service.fail_waiting("model stopped")
             return ActionResult({"status": "stopped", "model": name})
         task = self._spawn(self._stop(name, graceful))
         return await self._answer(task, {"status": "stopped", "model": name},
@@ -255,46 +247,58 @@ class Supervisor(ModelManager):
                                   lambda: backend.state is State.STOPPED, backend)
 
     async def _stop(self, name: str, graceful: bool) -> None:
-        backend = self.backends[name]
+        backend, service = self.backends[name], self.models[name]
         async with self._locks[name]:
-            self.gateway.fail_waiting(name, "model stopped")
+            service.fail_waiting("model stopped")
             await self._drain(name, graceful, "model stopped")
             await backend.stop("admin stop")
-            self.gateway.fail_waiting(name, "model stopped")  # what slipped in while it drained
+            service.fail_waiting("model stopped")  # what slipped in while it drained
 
     async def _drain(self, name: str, graceful: bool, reason: str) -> None:
         """No new work starts; processing requests finish (bounded), or fail at once when forced."""
-        backend = self.backends[name]
+        backend, service = self.backends[name], self.models[name]
         backend.begin_drain()
-        self.gateway.set_ready(name, False)
-        if graceful and await self.gateway.wait_idle(name, backend.cfg.drain_timeout_s):
+        service.replica_ready(0, False)
+        if graceful and await service.wait_idle(backend.cfg.drain_timeout_s):
             return
-        cut = self.gateway.fail_processing(name, reason if not graceful else f"{reason}: drain timeout passed")
+        cut = service.fail_processing(reason if not graceful else f"{reason}: drain timeout passed")
         if cut:
             logs.event("requests_cut_off", backend=name, count=cut, graceful=graceful)
 
     async def restart(self, name: str) -> ActionResult:
         backend = self._backend(name)
-        self.admin_stopped.discard(name)
-        task = self._spawn(self._restart(name, backend.mode, "admin restart"))
+        task = self._replace(name, None, by="admin", reason="admin restart")
         return await self._answer(task, {"status": "restarted", "model": name},
                                   {"status": "restarting", "model": name, "follow": f"/admin/models#{name}"},
                                   lambda: backend.running, backend)
+
+    def _replace(self, name: str, mode: str | None, *, by: str, reason: str, graceful: bool = True,
+                 charged: tuple[str, ...] = (), why: str | None = None) -> asyncio.Task[Any]:
+        """The one way to a restart, for the admin commands, the switch policy and the auto-switch: the
+        server is drained, stopped and started again (in `mode` when given), in the background."""
+        service = self.models[name]
+        if by != "policy":  # an admin's or the auto-switch's action starts a model an admin stopped
+            service.stopped_by_admin = False
+        if mode is not None and mode != service.mode:
+            if why is None:
+                logs.event("ocr_switch", backend=name, before=service.mode, after=mode, by=by)
+            else:
+                logs.event("ocr_switch", backend=name, before=service.mode, after=mode, by=by, reason=why)
+        return self._spawn(self._restart(name, mode, reason, graceful, charged))
 
     async def _restart(self, name: str, mode: str | None, reason: str, graceful: bool = True,
                        charged: tuple[str, ...] = ()) -> None:
         """Stop and start again; waiting requests stay queued and run on the new server. A mode switch is
         counted in the backend's ledger, and charged to the subjects in `charged`."""
-        backend = self.backends[name]
+        backend, service = self.backends[name], self.models[name]
         async with self._locks[name]:
-            self._busy.add(name)
+            service.changing = True
             try:
                 if backend.has_process:
                     await self._drain(name, graceful, "model restarted")
                     await backend.stop(reason)
-                if mode is not None and mode != backend.mode:
-                    backend.mode = mode
-                    self.gateway.set_mode(name, mode)
+                if mode is not None and mode != service.mode:
+                    service.set_mode(0, mode)
                     self.switches[name] = self.switches.get(name, 0) + 1
                     self._last_switch[name] = time.monotonic()
                     self.ledger(name).record(self._last_switch[name], charged)
@@ -302,7 +306,7 @@ class Supervisor(ModelManager):
                     await backend.stop(reason)
                 await backend.start(reason)
             finally:
-                self._busy.discard(name)
+                service.changing = False
 
     async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:
         self._check_resolution(resolution)
@@ -313,23 +317,21 @@ class Supervisor(ModelManager):
 
     def switching(self, name: str) -> bool:
         """A restart or mode switch is under way (during its drain the state still reads running)."""
-        return name in self._busy or self._locks[name].locked()
+        return self.models[name].changing or self._locks[name].locked()
 
     async def switch_backend(self, name: str, resolution: str, graceful: bool, by: str = "admin") -> ActionResult:
-        backend = self._backend(name)
+        backend, service = self._backend(name), self.models[name]
         done = {"status": "switched", "resolution": resolution,
                 "message": f"OCR resolution switched to {resolution}"}
-        if backend.mode == resolution and backend.state is State.RUNNING:
+        if service.mode == resolution and backend.state is State.RUNNING:
             return ActionResult({**done, "message": f"OCR resolution is already {resolution}"})
         spent = self.ledger(name).spent(time.monotonic())
         if spent is not None and by != "admin":  # an admin's switch is made, and counted
             raise ApiError(429, f"{name}: no switch to {resolution} now: {spent}")
-        self.admin_stopped.discard(name)
-        logs.event("ocr_switch", backend=name, before=backend.mode, after=resolution, by=by)
-        task = self._spawn(self._restart(name, resolution, f"switch to {resolution}", graceful))
+        task = self._replace(name, resolution, by=by, reason=f"switch to {resolution}", graceful=graceful)
         return await self._answer(task, done, {"status": "switching", "resolution": resolution,
                                                "follow": f"/admin/models#{name}"},
-                                  lambda: backend.running and backend.mode == resolution, backend)
+                                  lambda: backend.running and service.mode == resolution, backend)
 
     async def _answer(self, task: asyncio.Task[Any], done: dict[str, Any], pending: dict[str, Any],
                       succeeded: Any, backend: ManagedBackend) -> ActionResult:
@@ -356,30 +358,29 @@ class Supervisor(ModelManager):
                     logs.event("policy_error", backend=name)
 
     def _consider_switch(self, name: str, backend: ManagedBackend) -> None:
-        queues = self.gateway.backends[name].queues
+        service = self.models[name]
+        queues = service.queues
         if not queues.per_mode or backend.state is not State.RUNNING or self._locks[name].locked():
             return
         now = time.monotonic()
         ocr = self.cfg.ocr
-        decision = decide(self.ledger(name), now, backend.mode or queues.active, queues.demand_by_subject(),
+        decision = decide(self.ledger(name), now, service.mode or "", queues.demand_by_subject(),
                           queues.processing(), now - self._last_switch.get(name, -1e18),
                           min_dwell_s=ocr.min_dwell_s, max_mismatch_wait_s=ocr.max_mismatch_wait_s,
                           min_demand=ocr.switch_min_demand, per_subject=ocr.switch_demand_per_subject)
         if decision.target is not None:
             self.switch_reason[name] = f"switching: {decision.reason}"
-            logs.event("ocr_switch", backend=name, before=backend.mode, after=decision.target,
-                       by="policy", reason=decision.reason)
-            self._spawn(self._restart(name, decision.target, f"switch to {decision.target}",
-                                      charged=decision.subjects))
+            self._replace(name, decision.target, by="policy", reason=f"switch to {decision.target}",
+                          charged=decision.subjects, why=decision.reason)
         elif decision.reason != self.switch_reason.get(name):
             self.switch_reason[name] = decision.reason
             if "the most allowed" in decision.reason or "left out" in decision.reason:
                 logs.event("ocr_switch_held", backend=name, reason=decision.reason)
 
     def _consider_idle_stop(self, name: str, backend: ManagedBackend) -> None:
-        if backend.cfg.start != "on-demand" or backend.state is not State.RUNNING or name in self._busy:
+        if backend.cfg.start != "on-demand" or backend.state is not State.RUNNING or self.models[name].changing:
             return
-        queues = self.gateway.backends[name].queues
+        queues = self.models[name].queues
         if queues.processing() or queues.waiting():
             self._last_work[name] = time.monotonic()
             return
@@ -413,13 +414,6 @@ class Supervisor(ModelManager):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _publish_output(backend: str, line: str) -> None:
-    """A server's output line to `aigwctl logs` followers (no-op without followers)."""
-    from ..control.loghub import publish_backend_line
-
-    publish_backend_line(backend, line)
 
 
 def kill_pid_files(pid_dir: Path) -> list[int]:

@@ -51,7 +51,7 @@ def gpu_view(services: Services) -> dict[str, Any] | None:
 
 def queues_view(services: Services) -> dict[str, dict[str, Any]]:
     gateway = services.gateway
-    return {name: {**rt.queues.stats(), "ready": rt.queues.ready, "serving": gateway.serving(rt)}
+    return {name: {**rt.stats(), "ready": rt.ready, "serving": rt.accepting()}
             for name, rt in gateway.backends.items()}
 
 
@@ -94,7 +94,7 @@ async def queue(ctx: Context, args: dict[str, Any]) -> Result:
     rt = gateway.backends.get(name)
     if rt is None:
         raise not_found(f"Model {asked[:100]} not available")
-    return Result({"model": name, **rt.queues.stats()})
+    return Result({"model": name, **rt.stats()})
 
 
 COMMANDS = (
