@@ -50,6 +50,7 @@ class Live:
     # False while the store has no row for it: a held connection's request is written once, finished.
     has_row: bool = True
     requeued: bool = False  # already given its one more try after its server died
+    replica: int | None = None  # the replica of its model it runs (or ran) on
     # OpenAI routes: the streamed bytes for the waiting client (closed when the request ends), and an
     # error answer of the backend to pass on unchanged.
     chunks: ChunkStream | None = None
@@ -149,7 +150,17 @@ class Gateway:
         live: Live = job.data
         rec = live.record
         rt = self.backends[rec.backend]
-        replica = rt.pick(rec.resolution)
+        # Counted in the replica's load until it ends, so the next job goes to a less loaded one.
+        replica = rt.acquire(rec.id, rec.resolution)
+        live.replica = replica.index
+        try:
+            return await self._run_on(rt, replica, job)
+        finally:
+            rt.release(replica, rec.id)
+
+    async def _run_on(self, rt: ModelService, replica: Replica, job: Job) -> str:
+        live: Live = job.data
+        rec = live.record
         rec.status, rec.started_at = "processing", time.time()
         live.started.set()
         rec.attempts += 1
@@ -167,6 +178,9 @@ class Gateway:
             return "failed"
         except UpstreamError as exc:
             replica.dropped.append((time.monotonic(), rec.id))
+            if len(rt.replicas) > 1:
+                # Its other servers take the work until a health check of this one passes again.
+                rt.replica_ready(replica.index, False)
             if rt.cfg.requeue_on_crash and not live.requeued:
                 # Its server died under it: one more try once the server is back.
                 live.requeued = True
@@ -254,7 +268,7 @@ class Gateway:
                    service_s=round(service_s, 4), error=error)
         service = self.backends.get(rec.backend)
         if service is not None:
-            service.finished(status, rec.started_at is not None)
+            service.finished(status, rec.started_at is not None, live.replica)
         await self._save(live)
 
     async def _save(self, live: Live) -> None:

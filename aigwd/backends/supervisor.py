@@ -27,10 +27,11 @@ from ..errors import ApiError
 from ..scheduling.ocrmodes import SwitchLedger, decide
 from ..service import Event, Events, Finished, ModelService, Submitted
 from ..store import CrashRecord, Store
-from ..timefmt import iso
+from .external import ExternalServer
 from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
 from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
+from .report import model_row
 from .states import PROCESS_STATES, State
 
 POLICY_INTERVAL_S = 0.25
@@ -50,7 +51,10 @@ class Supervisor(ModelManager):
         self.layer: ProcessLayer = layer or RealLayer()
         self.gpu = gpu
         self.action_wait_s = action_wait_s
+        # Per backend: its servers, one per replica it runs (index i: replica i); the first also in backends.
+        self.servers: dict[str, list[ManagedBackend]] = {}
         self.backends: dict[str, ManagedBackend] = {}
+        self.externals: dict[str, list[ExternalServer]] = {}
         self.switches: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_switch: dict[str, float] = {}
@@ -62,16 +66,24 @@ class Supervisor(ModelManager):
         self._closing = False
         gpu_locks: dict[int, asyncio.Lock] = {}
         for name, bcfg in cfg.backends.items():
-            replica = models[name].replicas[0]
-            backend = ManagedBackend(
-                bcfg, cfg.state_dir, self.layer, gpu=gpu, mode_of=replica.current_mode,
-                on_ready=functools.partial(models[name].replica_ready, replica.index), on_crash=self._crashed,
-                on_output=functools.partial(on_output, name), on_api_key=replica.use_key)
-            backend.use_start_lock(gpu_locks.setdefault(bcfg.gpu, asyncio.Lock()))
-            replica.server = backend
-            self.backends[name] = backend
+            service, servers, externals = models[name], [], []
+            for replica in service.replicas:
+                ready = functools.partial(service.replica_ready, replica.index)
+                if replica.external:
+                    externals.append(ExternalServer(bcfg, replica.index, replica.url, self.layer, on_ready=ready))
+                    continue
+                backend = ManagedBackend(
+                    bcfg, cfg.state_dir, self.layer, gpu=gpu, mode_of=replica.current_mode, index=replica.index,
+                    on_ready=ready, on_crash=self._crashed, on_output=functools.partial(on_output, name),
+                    on_api_key=replica.use_key)
+                # Servers on one GPU load one after another.
+                backend.use_start_lock(gpu_locks.setdefault(backend.gpu_index, asyncio.Lock()))
+                replica.server = backend
+                servers.append(backend)
+            self.servers[name], self.externals[name] = servers, externals
+            self.backends[name] = servers[0]
             self._locks[name] = asyncio.Lock()
-        self._deadlines_missed: dict[str, int] = {}
+        self._deadlines_missed: dict[tuple[str, int], int] = {}
         events.subscribe(self._on_event)
 
     # --- daemon start and stop -------------------------------------------------------------------
@@ -97,16 +109,19 @@ class Supervisor(ModelManager):
 
     def start_all(self) -> None:
         self._spawn(self._policy_loop())
-        for backend in self.backends.values():
-            if backend.cfg.start == "always":
-                self._spawn(backend.start("daemon start"))
+        for name, servers in self.servers.items():
+            for external in self.externals[name]:
+                self._spawn(external.run())
+            for backend in servers:
+                if backend.cfg.start == "always":
+                    self._spawn(backend.start("daemon start"))
 
     async def close(self) -> None:
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for backend in reversed(list(self.backends.values())):
+        for backend in reversed([b for servers in self.servers.values() for b in servers]):
             with contextlib.suppress(Exception):
                 await backend.close()
         closer = getattr(self.layer, "close", None)
@@ -119,37 +134,38 @@ class Supervisor(ModelManager):
         if isinstance(event, Submitted):
             self._submitted(event.model)
         elif isinstance(event, Finished):
-            self._finished(event.model, event.status, event.sent)
+            self._finished(event.model, event.status, event.sent, event.replica or 0)
 
-    def _finished(self, name: str, status: str, sent: bool) -> None:
-        """Requests that reach their deadline on the server, one after another with none completing:
+    def _finished(self, name: str, status: str, sent: bool, replica: int) -> None:
+        """Requests that reach their deadline on a server, one after another with none completing:
         the engine hangs behind an API server that still answers /health."""
-        backend = self.backends.get(name)
-        if backend is None:
+        servers = self.servers.get(name, [])
+        if replica >= len(servers):  # a server aigw does not run: not its to restart
             return
+        backend, key = servers[replica], (name, replica)
         if status == "completed":
-            self._deadlines_missed[name] = 0
+            self._deadlines_missed[key] = 0
         if status != "timeout" or not sent:
             return
         limit = backend.cfg.hung_after_timeouts
-        missed = self._deadlines_missed[name] = self._deadlines_missed.get(name, 0) + 1
+        missed = self._deadlines_missed[key] = self._deadlines_missed.get(key, 0) + 1
         if limit and missed >= limit and backend.state is State.RUNNING:
-            self._deadlines_missed[name] = 0
-            logs.event("backend_hung", backend=name, deadlines_missed=missed)
+            self._deadlines_missed[key] = 0
+            logs.event("backend_hung", backend=backend.name, deadlines_missed=missed)
             self._spawn(backend.hung(f"{missed} requests in a row reached their deadline while processing"))
 
     def _submitted(self, name: str) -> None:
         self._last_work[name] = time.monotonic()
-        backend = self.backends.get(name)
-        if backend is None:
+        if self.models[name].changing:
             return
-        if backend.state is State.STOPPED and backend.cfg.start == "on-demand" and not self.models[name].changing:
-            logs.event("backend_on_demand_start", backend=name)
-            self._spawn(backend.start("on-demand: a request arrived"))
+        for backend in self.servers.get(name, []):
+            if backend.state is State.STOPPED and backend.cfg.start == "on-demand":
+                logs.event("backend_on_demand_start", backend=backend.name)
+                self._spawn(backend.start("on-demand: a request arrived"))
 
     def _crashed(self, info: CrashInfo) -> None:
         # In flight: still processing, or failed just now on the connection the dying server dropped.
-        ids = self.models[info.backend].in_flight_ids(CRASH_LOOKBACK_S)
+        ids = self.models[info.backend].in_flight_ids(CRASH_LOOKBACK_S, info.replica)
         mib = info.gpu_memory_bytes / 2**20 if info.gpu_memory_bytes is not None else None
         record = CrashRecord(id=None, timestamp=time.time(), model=info.backend, error=info.error,
                              exit_code=info.exit_code, signal=info.signal, stderr_tail=info.stderr_tail,
@@ -175,19 +191,12 @@ class Supervisor(ModelManager):
 
     def describe(self, name: str) -> dict[str, Any]:
         b, service = self.backends[name], self.models[name]
-        running = b.state is State.RUNNING
-        return {
-            "name": name, "status": "stopped" if service.stopped_by_admin and not b.has_process else b.state.value,
-            "state": b.state.value, "reason": b.machine.reason, "port": b.cfg.port, "models": b.cfg.models,
-            "started_at": iso(b.started_at) if running else None,
-            "uptime_seconds": int(time.time() - b.started_at) if running and b.started_at else 0,
-            "resolution": service.mode, "is_healthy": running, "pid": b.pid, "restarts": b.restarts,
-            "last_exit": b.last_exit, "gpu": b.cfg.gpu, "gpu_memory_bytes": b.gpu_memory_bytes(),
-            "start": b.cfg.start, "mode_switches": self.switches.get(name, 0),
-            "gpu_status": self._gpu_status(b.cfg.gpu),
-            **({"mode_switching": {**self.ledger(name).status(time.monotonic()),
-                                   "reason": self.switch_reason.get(name, "")}} if b.cfg.kind == "ocr" else {}),
-        }
+        row = model_row(service, self.servers[name], self.externals[name], switches=self.switches.get(name, 0),
+                        gpu_status=self._gpu_status(b.cfg.gpu))
+        if b.cfg.kind == "ocr":
+            row["mode_switching"] = {**self.ledger(name).status(time.monotonic()),
+                                     "reason": self.switch_reason.get(name, "")}
+        return row
 
     def ledger(self, name: str) -> SwitchLedger:
         """The switch ledger of a backend, its bounds read from the running config (a reload applies)."""
@@ -226,42 +235,65 @@ class Supervisor(ModelManager):
         if resolution is not None and resolution != service.mode and backend.has_process:
             return await self.switch_backend(name, resolution, graceful=True)
         if resolution is not None:
-            service.set_mode(0, resolution)  # not running: it starts in that mode
-        if backend.state is State.RUNNING:
+            self._set_mode(name, resolution)  # not running: it starts in that mode
+        servers = self.servers[name]
+        if all(s.running for s in servers):
             return ActionResult({"status": "started", "model": name, "message": f"{name} is already running"})
-        task = self._spawn(backend.start("admin start"))
+        task = self._spawn(self._start_all_of(name, "admin start"))
         return await self._answer(task, {"status": "started", "model": name},
                                   {"status": "starting", "model": name, "follow": f"/admin/models#{name}"},
-                                  lambda: backend.running, backend)
+                                  lambda: any(s.running for s in servers), backend)
+
+    async def _start_all_of(self, name: str, reason: str) -> None:
+        """Start every server of a model at once (those on one GPU load one after another)."""
+        await asyncio.gather(*(s.start(reason) for s in self.servers[name]))
+
+    def _set_mode(self, name: str, mode: str) -> None:
+        """Every replica of the model runs in `mode` from its next start."""
+        service = self.models[name]
+        for replica in service.replicas:
+            if not replica.external:
+                service.set_mode(replica.index, mode)
 
     async def stop(self, name: str, graceful: bool = True) -> ActionResult:
         backend, service = self._backend(name), self.models[name]
         service.stopped_by_admin = True  # from now on its models answer 404
-        if backend.state in (State.STOPPED, State.FATAL, State.BACKOFF) and not service.changing:
-            await backend.stop("admin stop")
+        servers = self.servers[name]
+        quiet = (State.STOPPED, State.FATAL, State.BACKOFF)
+        if all(s.state in quiet for s in servers) and not service.changing:
+            for server in servers:
+                await server.stop("admin stop")
             service.fail_waiting("model stopped")
             return ActionResult({"status": "stopped", "model": name})
         task = self._spawn(self._stop(name, graceful))
         return await self._answer(task, {"status": "stopped", "model": name},
                                   {"status": "stopping", "model": name, "follow": f"/admin/models#{name}"},
-                                  lambda: backend.state is State.STOPPED, backend)
+                                  lambda: all(s.state is State.STOPPED for s in servers), backend)
 
     async def _stop(self, name: str, graceful: bool) -> None:
-        backend, service = self.backends[name], self.models[name]
+        service = self.models[name]
         async with self._locks[name]:
             service.fail_waiting("model stopped")
             await self._drain(name, graceful, "model stopped")
-            await backend.stop("admin stop")
+            for server in self.servers[name]:
+                await server.stop("admin stop")
             service.fail_waiting("model stopped")  # what slipped in while it drained
 
-    async def _drain(self, name: str, graceful: bool, reason: str) -> None:
-        """No new work starts; processing requests finish (bounded), or fail at once when forced."""
-        backend, service = self.backends[name], self.models[name]
-        backend.begin_drain()
-        service.replica_ready(0, False)
-        if graceful and await service.wait_idle(backend.cfg.drain_timeout_s):
+    async def _drain(self, name: str, graceful: bool, reason: str,
+                     servers: list[ManagedBackend] | None = None) -> None:
+        """No new work starts on `servers` (all of the model's by default); what they process finishes
+        (bounded), or fails at once when forced."""
+        service = self.models[name]
+        servers = self.servers[name] if servers is None else servers
+        indexes = [s.index for s in servers]
+        for server in servers:
+            server.begin_drain()
+            service.replica_ready(server.index, False)
+        # All of a model's servers: what processes anywhere (servers aigw does not run included) counts.
+        scope = None if len(servers) == len(self.servers[name]) and not self.externals[name] else indexes
+        if graceful and await service.wait_idle(self.backends[name].cfg.drain_timeout_s, scope):
             return
-        cut = service.fail_processing(reason if not graceful else f"{reason}: drain timeout passed")
+        cut = service.fail_processing(reason if not graceful else f"{reason}: drain timeout passed", scope)
         if cut:
             logs.event("requests_cut_off", backend=name, count=cut, graceful=graceful)
 
@@ -290,21 +322,24 @@ class Supervisor(ModelManager):
                        charged: tuple[str, ...] = ()) -> None:
         """Stop and start again; waiting requests stay queued and run on the new server. A mode switch is
         counted in the backend's ledger, and charged to the subjects in `charged`."""
-        backend, service = self.backends[name], self.models[name]
+        service, servers = self.models[name], self.servers[name]
         async with self._locks[name]:
             service.changing = True
             try:
-                if backend.has_process:
-                    await self._drain(name, graceful, "model restarted")
-                    await backend.stop(reason)
+                live = [s for s in servers if s.has_process]
+                if live:
+                    await self._drain(name, graceful, "model restarted", live)
+                    for server in live:
+                        await server.stop(reason)
                 if mode is not None and mode != service.mode:
-                    service.set_mode(0, mode)
+                    self._set_mode(name, mode)
                     self.switches[name] = self.switches.get(name, 0) + 1
                     self._last_switch[name] = time.monotonic()
                     self.ledger(name).record(self._last_switch[name], charged)
-                if backend.state in (State.BACKOFF, State.FATAL):
-                    await backend.stop(reason)
-                await backend.start(reason)
+                for server in servers:
+                    if server.state in (State.BACKOFF, State.FATAL):
+                        await server.stop(reason)
+                await self._start_all_of(name, reason)
             finally:
                 service.changing = False
 
@@ -323,7 +358,7 @@ class Supervisor(ModelManager):
         backend, service = self._backend(name), self.models[name]
         done = {"status": "switched", "resolution": resolution,
                 "message": f"OCR resolution switched to {resolution}"}
-        if service.mode == resolution and backend.state is State.RUNNING:
+        if service.mode == resolution and all(s.running for s in self.servers[name]):
             return ActionResult({**done, "message": f"OCR resolution is already {resolution}"})
         spent = self.ledger(name).spent(time.monotonic())
         if spent is not None and by != "admin":  # an admin's switch is made, and counted
@@ -392,7 +427,8 @@ class Supervisor(ModelManager):
     async def _idle_stop(self, name: str) -> None:
         async with self._locks[name]:
             await self._drain(name, True, "model stopped after idling")
-            await self.backends[name].stop(f"idle for {self.backends[name].cfg.idle_ttl_s:g} s")
+            for server in self.servers[name]:
+                await server.stop(f"idle for {server.cfg.idle_ttl_s:g} s")
 
     def gpu_verdict_changed(self, index: int, verdict: Any) -> None:
         logs.event("gpu_verdict", gpu=index, state=verdict.state, reasons="; ".join(verdict.reasons))
@@ -401,13 +437,14 @@ class Supervisor(ModelManager):
 
     async def gpu_failed(self, index: int, reasons: list[str]) -> None:
         """Stop the servers of a failed GPU; their start is refused until the GPU is healthy again."""
-        for name, backend in self.backends.items():
-            if backend.cfg.gpu == index and backend.state in PROCESS_STATES:
-                why = f"GPU {index} failed: {'; '.join(reasons)}"
-                logs.event("backend_gpu_failed", backend=name, reason=why)
-                async with self._locks[name]:
-                    await self._drain(name, False, why)
-                    await backend.stop(why)
+        for name, servers in self.servers.items():
+            for backend in servers:  # only the replicas on that GPU: the others keep serving
+                if backend.gpu_index == index and backend.state in PROCESS_STATES:
+                    why = f"GPU {index} failed: {'; '.join(reasons)}"
+                    logs.event("backend_gpu_failed", backend=backend.name, reason=why)
+                    async with self._locks[name]:
+                        await self._drain(name, False, why, [backend])
+                        await backend.stop(why)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

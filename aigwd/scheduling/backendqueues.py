@@ -9,7 +9,7 @@ subject's share of it: no subject may hold more than `subject_share` of the wait
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 
 from .fairqueue import Job
@@ -85,11 +85,17 @@ class BackendQueues:
         queue = self.find(job_id)
         return queue.position(job_id) if queue is not None else None
 
-    def dispatch(self, modes: Iterable[str | None]) -> None:
-        """Only the queues of `modes` (the modes of the ready servers) dispatch; none given: all hold."""
-        keys = {self.key(mode) for mode in modes}
+    def dispatch(self, slots: Mapping[str | None, int]) -> None:
+        """Per mode, the slots of the ready servers in it: only those queues dispatch, each that many at
+        once; a mode not given holds."""
+        totals: dict[str, int] = {}
+        for mode, n in slots.items():
+            totals[self.key(mode)] = totals.get(self.key(mode), 0) + n
         for key, queue in self.queues.items():
-            queue.set_ready(key in keys)
+            n = totals.get(key, 0)
+            if n > 0:
+                queue.set_slots(n)
+            queue.set_ready(n > 0)
 
     def processing_ids(self) -> list[str]:
         return [rid for q in self.queues.values() for rid in q.processing_ids()]

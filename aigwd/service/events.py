@@ -25,6 +25,7 @@ class Finished:
     model: str
     status: str
     sent: bool
+    replica: int | None = None  # the replica it ran on, when it reached one
 
 
 @dataclass(frozen=True)

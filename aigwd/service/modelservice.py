@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from ..backends.upstream import Upstream
 from ..config import RESOLUTIONS, BackendConfig, Config
@@ -39,8 +39,18 @@ class ModelService:
         self.queues = BackendQueues(bcfg.name, modes, max_concurrent=max_concurrent, max_waiting=max_waiting,
                                     aging_s=cfg.queue.aging_s, runner=runner, on_timeout=on_timeout,
                                     subject_share=cfg.queue.subject_share, subject_min=cfg.queue.subject_min_waiting)
-        upstream = Upstream(bcfg.name, f"http://{bcfg.host}:{bcfg.port}", max_concurrent)
-        self.replicas = [Replica(0, upstream, bcfg.resolution if bcfg.kind == "ocr" else None)]
+        mode = bcfg.resolution if bcfg.kind == "ocr" else None
+        managed, urls = bcfg.managed_replicas, bcfg.external_urls
+        several = managed + len(urls) > 1
+
+        def label(i: int) -> str:  # a single server keeps the backend's name in errors and logs
+            return f"{bcfg.name}/{i}" if several else bcfg.name
+
+        self.replicas = [Replica(i, Upstream(label(i), f"http://{bcfg.host}:{bcfg.port + i}", max_concurrent),
+                                 mode, max_concurrent, port=bcfg.port + i, gpu=bcfg.replica_gpu(i))
+                         for i in range(managed)]
+        self.replicas += [Replica(managed + j, Upstream(label(managed + j), url, max_concurrent), mode,
+                                  max_concurrent, external=True) for j, url in enumerate(urls)]
         self.stopped_by_admin = False  # its models answer 404 until an admin starts it again
         self.changing = False  # a restart or mode switch is under way: requests keep queueing
         self._fail = fail
@@ -69,18 +79,32 @@ class ModelService:
         """OCR: the mode of its (first) replica; None for a chat model."""
         return self.replicas[0].mode
 
+    def serving(self) -> bool:
+        """Every replica that should serve does (for /health: a model short of one is degraded)."""
+        return all(r.ready for r in self.replicas)
+
     def pick(self, mode: str | None) -> Replica:
-        """The replica a job of `mode` runs on: a ready one in that mode where there is one."""
+        """The replica a job of `mode` runs on: the least loaded of the ready ones (in that mode)."""
         ready = [r for r in self.replicas if r.ready]
         if self.queues.per_mode:
             ready = [r for r in ready if r.mode == mode] or ready
-        return (ready or self.replicas)[0]
+        return min(ready or self.replicas, key=Replica.load)
+
+    def acquire(self, request_id: str, mode: str | None) -> Replica:
+        """The replica request `request_id` runs on, counted in its load until `release`."""
+        replica = self.pick(mode)
+        replica.jobs.add(request_id)
+        return replica
+
+    @staticmethod
+    def release(replica: Replica, request_id: str) -> None:
+        replica.jobs.discard(request_id)
 
     def submitted(self) -> None:
         self.events.notify(Submitted(self.name))
 
-    def finished(self, status: str, sent: bool) -> None:
-        self.events.notify(Finished(self.name, status, sent))
+    def finished(self, status: str, sent: bool, replica: int | None = None) -> None:
+        self.events.notify(Finished(self.name, status, sent, replica))
 
     # --- what supervision, the policies and the admin commands drive -----------------------------
 
@@ -108,13 +132,24 @@ class ModelService:
         self.events.notify(ModeChanged(self.name, index, mode))
 
     def _dispatch(self) -> None:
-        self.queues.dispatch([r.mode for r in self.replicas if r.ready])
+        # Each mode's queue runs as many requests at once as its ready replicas have slots together.
+        slots: dict[str | None, int] = {}
+        for r in self.replicas:
+            if r.ready:
+                slots[r.mode] = slots.get(r.mode, 0) + r.slots
+        self.queues.dispatch(slots)
 
-    def in_flight_ids(self, lookback_s: float) -> list[str]:
-        """Requests processing now, and those whose connection to a server broke in the last moments."""
+    def _chosen(self, replicas: Collection[int] | None) -> list[Replica]:
+        return self.replicas if replicas is None else [r for r in self.replicas if r.index in replicas]
+
+    def in_flight_ids(self, lookback_s: float, replica: int | None = None) -> list[str]:
+        """Requests processing now, and those whose connection to a server broke in the last moments (of
+        replica `replica`, or of all)."""
         since = time.monotonic() - lookback_s
-        recent = [rid for r in self.replicas for at, rid in r.dropped if at >= since]
-        return list(dict.fromkeys([*self.queues.processing_ids(), *recent]))
+        chosen = self._chosen(None if replica is None else [replica])
+        now = self.queues.processing_ids() if replica is None else [rid for r in chosen for rid in r.jobs]
+        recent = [rid for r in chosen for at, rid in r.dropped if at >= since]
+        return list(dict.fromkeys([*now, *recent]))
 
     def fail_waiting(self, reason: str) -> int:
         jobs = self.queues.drain_waiting()
@@ -122,18 +157,25 @@ class ModelService:
             self._fail(job.id, reason)
         return len(jobs)
 
-    def fail_processing(self, reason: str) -> int:
-        """Cut off what is processing: failed with `reason` at once, its upstream call aborted."""
-        ids = self.queues.processing_ids()
+    def fail_processing(self, reason: str, replicas: Collection[int] | None = None) -> int:
+        """Cut off what is processing (on `replicas`, or anywhere): failed with `reason` at once, its
+        upstream call aborted."""
+        ids = self.queues.processing_ids() if replicas is None else [
+            rid for r in self._chosen(replicas) for rid in r.jobs]
         for rid in ids:
             self.queues.cancel(rid)
             self._fail(rid, reason)
         return len(ids)
 
-    async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until nothing is processing; False when the time ran out first."""
+    async def wait_idle(self, timeout_s: float, replicas: Collection[int] | None = None) -> bool:
+        """Wait until nothing is processing (on `replicas`, or anywhere); False when the time ran out."""
+        chosen = self._chosen(replicas)
+
+        def busy() -> bool:
+            return self.queues.processing() > 0 if replicas is None else any(r.jobs for r in chosen)
+
         deadline = time.monotonic() + timeout_s
-        while self.queues.processing() > 0:
+        while busy():
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.05)
@@ -154,7 +196,9 @@ class ModelService:
         self.queues.reconfigure(max_concurrent=max_concurrent, max_waiting=max_waiting, aging_s=cfg.queue.aging_s,
                                 subject_share=cfg.queue.subject_share, subject_min=cfg.queue.subject_min_waiting)
         for replica in self.replicas:
+            replica.slots = max_concurrent
             replica.upstream.set_max_connections(max_concurrent)
+        self._dispatch()
 
     async def close_queues(self) -> None:
         await self.queues.close()

@@ -84,11 +84,11 @@ async def test_readiness_is_announced_once_per_change_and_hold_stops_every_repli
 async def test_an_admin_stop_closes_admission_and_a_restart_keeps_it_open(tmp_path: Path) -> None:
     service = _service(_config(tmp_path), Events())
     try:
-        assert not service.accepting()  # manual start, no server: nothing queues for it
-        service.changing = True
-        assert service.accepting()  # a restart under way: requests wait for the new server
+        assert service.accepting()  # nothing supervises it: nothing says otherwise
         service.stopped_by_admin = True
         assert not service.accepting()
+        service.stopped_by_admin, service.changing = False, True
+        assert service.accepting()  # a restart under way: requests wait for the new server
     finally:
         await service.close_queues()
 

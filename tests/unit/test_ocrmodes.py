@@ -67,10 +67,10 @@ async def test_only_the_active_mode_dispatches_and_the_bound_is_shared() -> None
         q.submit(_job(4), "large")
     q.submit(_job(5), "large", force=True)  # recovered work always fits
     assert q.waiting() == 4 and q.stats()["total_rejected"] == 1
-    q.dispatch(["large"])
+    q.dispatch({"large": 1})
     await asyncio.sleep(0.05)
     assert q.demand()["tiny"][0] == 2 and q.demand()["large"][0] == 0
-    q.dispatch(["tiny"])
+    q.dispatch({"tiny": 1})
     await asyncio.sleep(0.05)
     stats = q.stats()
     assert stats["waiting"] == 0 and stats["total_processed"] == 4

@@ -68,7 +68,7 @@ async def test_the_count_is_released_by_dispatch_cancel_timeout_and_drain() -> N
     for i in range(5):
         q.submit(job(i, "bob"), None)
     assert q.waiting_of("bob") == 5
-    q.dispatch([None])  # one dispatched
+    q.dispatch({None: 1})  # one dispatched
     assert q.waiting_of("bob") == 4
     assert q.cancel("bob-1") == "queued"
     assert q.waiting_of("bob") == 3

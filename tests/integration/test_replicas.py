@@ -1,0 +1,140 @@
+"""A model served by several stand-in servers: the load is shared, a killed replica does not stop the
+model and leaves no request hanging, and a server aigw does not run is followed down and up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+import aiohttp
+
+from .conftest import REPO, Client, async_wait_until, chat_backend, free_port
+
+FAST_HEALTH = {"health_interval_s": 0.2, "health_timeout_s": 0.5, "health_failures": 2,
+               "backoff_initial_s": 0.2, "backoff_max_s": 1}
+MODEL = "gemma-3-4b-it"
+
+
+def served(port: int) -> int:
+    """Chat requests a stand-in has received (its own counter on /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("standin_requests_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("no standin_requests_total")
+
+
+async def replicas(client: Client) -> list[dict[str, Any]]:
+    status, body, _ = await client.call("GET", "/admin/models")
+    assert status == 200, body
+    return list(body["gemma"]["replicas"])
+
+
+async def health(client: Client) -> dict[str, Any]:
+    status, body, _ = await client.call("GET", "/health")
+    assert status == 200
+    return dict(body)
+
+
+async def burst(client: Client, n: int) -> list[dict[str, Any]]:
+    """n requests at once, each followed to its end: none may hang."""
+    async def one(i: int) -> dict[str, Any]:
+        status, answer = await client.chat(f"question {i}", client_id=f"app{i}")
+        assert status == 202, answer
+        return await client.finished(answer["request_id"], timeout=30)
+
+    return list(await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 60))
+
+
+async def test_two_replicas_share_the_load_and_a_killed_one_leaves_the_model_serving(
+        make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = chat_backend("--latency", "0.5", replicas=2, max_concurrent=2, **FAST_HEALTH)
+    d = make_daemon([backend])
+    client = Client(session, d.url)
+    await client.login()
+    rows = await replicas(client)
+    assert [(r["index"], r["port"], r["state"], r["is_healthy"]) for r in rows] == [
+        (0, backend.port, "running", True), (1, backend.port + 1, "running", True)]
+    done = await burst(client, 8)
+    assert all(r["status"] == "completed" for r in done)
+    # Two slots each: the second server took its share of the burst.
+    assert served(backend.port) >= 2 and served(backend.port + 1) >= 2
+
+    # Kill replica 1 while requests run on both.
+    async def kill_when_busy() -> int:
+        await async_wait_until(lambda: replicas_busy(client), 10, "requests on both replicas")
+        pid = int((await replicas(client))[1]["pid"])
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    async def replicas_busy(c: Client) -> bool:
+        rows = await replicas(c)
+        return all(r["in_flight"] > 0 for r in rows)
+
+    results, killed = await asyncio.gather(burst(client, 8), kill_when_busy())
+    # Every request ended: those on the killed server failed with a reason, the others completed.
+    failed = [r for r in results if r["status"] != "completed"]
+    assert all(r["status"] == "failed" and "gemma/1" in r["error"] for r in failed), failed
+    assert len(failed) <= 2
+    # The model kept serving on replica 0 while replica 1 came back (a crash record names it).
+    after = await burst(client, 2)
+    assert all(r["status"] == "completed" for r in after)
+    await async_wait_until(lambda: replica_back(client, killed), 20, "replica 1 restarted")
+    assert (await health(client))["status"] == "healthy"
+
+
+async def replica_back(client: Client, killed: int) -> bool:
+    row = (await replicas(client))[1]
+    return bool(row["is_healthy"] and row["pid"] not in (None, killed) and row["restarts"] >= 1)
+
+
+def start_standin(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "aigwd.standin", "--host", "127.0.0.1", "--port", str(port),
+                             "--model", MODEL, "--latency", "0.3"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def test_an_external_server_is_routed_to_and_followed_down_and_up(
+        make_daemon, session: aiohttp.ClientSession) -> None:
+    port = free_port()
+    external = start_standin(port)
+    try:
+        backend = chat_backend("--latency", "0.3", max_concurrent=1, **FAST_HEALTH)
+        d = make_daemon([backend], start=False)
+        d.config.write_text(d.config.read_text() + f'[[backends.gemma.external]]\nurl = "http://127.0.0.1:{port}"\n')
+        d.start()
+        client = Client(session, d.url)
+        await client.login()
+        rows = await replicas(client)
+        assert rows[1]["external"] and rows[1]["url"] == f"http://127.0.0.1:{port}" and rows[1]["is_healthy"]
+        assert rows[1]["pid"] is None
+        assert all(r["status"] == "completed" for r in await burst(client, 4))
+        assert served(port) >= 1  # one slot here, one there: the external server took work
+
+        external.kill()
+        external.wait(10)
+        await async_wait_until(lambda: external_state(client, False), 10, "the external server seen down")
+        body = await health(client)
+        assert body["status"] == "degraded" and "replica 1 is not serving" in body["reason"]
+        # The model keeps serving on the server aigw runs; nothing waits for the dead one.
+        assert all(r["status"] == "completed" for r in await burst(client, 3))
+
+        external = start_standin(port)
+        await async_wait_until(lambda: external_state(client, True), 20, "the external server seen up again")
+        await async_wait_until(lambda: healthy(client), 10, "/health healthy again")
+    finally:
+        external.kill()
+        external.wait(10)
+
+
+async def external_state(client: Client, up: bool) -> bool:
+    return bool((await replicas(client))[1]["is_healthy"] is up)
+
+
+async def healthy(client: Client) -> bool:
+    return (await health(client))["status"] == "healthy"
