@@ -27,6 +27,7 @@ from ..errors import ApiError
 from ..scheduling.ocrmodes import SwitchLedger, decide
 from ..service import Event, Events, Finished, ModelService, Submitted
 from ..store import CrashRecord, Store
+from .engineload import EngineLoad
 from .external import ExternalServer
 from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
@@ -109,6 +110,7 @@ class Supervisor(ModelManager):
 
     def start_all(self) -> None:
         self._spawn(self._policy_loop())
+        self._spawn(EngineLoad(self.models.values()).run())
         for name, servers in self.servers.items():
             for external in self.externals[name]:
                 self._spawn(external.run())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from .conftest import REPO, Client, async_wait_until, chat_backend, free_port
+from .conftest import REPO, Backend, Client, async_wait_until, chat_backend, free_port
 
 FAST_HEALTH = {"health_interval_s": 0.2, "health_timeout_s": 0.5, "health_failures": 2,
                "backoff_initial_s": 0.2, "backoff_max_s": 1}
@@ -27,6 +28,26 @@ def served(port: int) -> int:
             if line.startswith("standin_requests_total "):
                 return int(float(line.split()[1]))
     raise AssertionError("no standin_requests_total")
+
+
+def ports_for(n: int) -> int:
+    """A port p with p .. p + n - 1 all free now: replica i listens on p + i."""
+    for _ in range(100):
+        base = free_port()
+        try:
+            for i in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + i))
+        except OSError:
+            continue
+        return base
+    raise AssertionError(f"no {n} free ports in a row")
+
+
+def replicated(n: int, *args: str, **extra: Any) -> Backend:
+    backend = chat_backend(*args, replicas=n, **extra)
+    backend.port = ports_for(n)
+    return backend
 
 
 async def replicas(client: Client) -> list[dict[str, Any]]:
@@ -53,7 +74,7 @@ async def burst(client: Client, n: int) -> list[dict[str, Any]]:
 
 async def test_two_replicas_share_the_load_and_a_killed_one_leaves_the_model_serving(
         make_daemon, session: aiohttp.ClientSession) -> None:
-    backend = chat_backend("--latency", "0.5", replicas=2, max_concurrent=2, **FAST_HEALTH)
+    backend = replicated(2, "--latency", "0.5", max_concurrent=2, **FAST_HEALTH)
     d = make_daemon([backend])
     client = Client(session, d.url)
     await client.login()
@@ -86,6 +107,25 @@ async def test_two_replicas_share_the_load_and_a_killed_one_leaves_the_model_ser
     assert all(r["status"] == "completed" for r in after)
     await async_wait_until(lambda: replica_back(client, killed), 20, "replica 1 restarted")
     assert (await health(client))["status"] == "healthy"
+
+
+async def test_with_requeue_on_crash_a_killed_replicas_requests_run_again_on_the_other(
+        make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = replicated(2, "--latency", "0.5", max_concurrent=2, requeue_on_crash=True, **FAST_HEALTH)
+    d = make_daemon([backend])
+    client = Client(session, d.url)
+    await client.login()
+
+    async def kill_when_busy() -> None:
+        await async_wait_until(lambda: busy(client, 1), 10, "requests on replica 1")
+        os.kill(int((await replicas(client))[1]["pid"]), signal.SIGKILL)
+
+    results, _ = await asyncio.gather(burst(client, 8), kill_when_busy())
+    assert [r["status"] for r in results] == ["completed"] * 8, [r.get("error") for r in results]
+
+
+async def busy(client: Client, index: int) -> bool:
+    return bool((await replicas(client))[index]["in_flight"] > 0)
 
 
 async def replica_back(client: Client, killed: int) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aigwd.backends.engineload import EngineLoad, parse
 from aigwd.backends.supervisor import Supervisor
 from aigwd.config import Config, ConfigError, load
 from aigwd.gateway import Gateway
@@ -187,3 +188,52 @@ async def test_each_replica_runs_on_its_port_and_gpu_and_the_model_outlives_one_
         finally:
             await supervisor.close()
             await gateway.close()
+
+
+# --- the engines' own counts --------------------------------------------------------------------------
+
+VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="g"} 3.0
+vllm:num_requests_running{engine="1",model_name="g"} 1.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="g"} 7.0
+vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 99.0
+vllm:prompt_tokens_total{engine="0",model_name="g"} 1234.0
+"""
+
+
+def test_the_engines_waiting_and_running_counts_are_read_from_vllm_metrics() -> None:
+    assert parse(VLLM_METRICS) == (7.0, 4.0)
+    assert parse("vllm:num_requests_waiting 2\ngarbage {\n") == (2.0, 0.0)
+
+
+async def test_a_replica_that_answers_no_metrics_counts_as_unknown_not_busy(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=VLLM_METRICS)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    service = _service(tmp_path, replicas=2)
+    try:
+        service.replicas[0].upstream.base_url = f"http://127.0.0.1:{port}"
+        service.replicas[1].upstream.base_url = "http://127.0.0.1:9"  # nothing listens
+        service.replicas[1].engine = (5.0, 5.0)
+        for r in service.replicas:
+            service.replica_ready(r.index, True)
+        load = EngineLoad([service])
+        await load.poll_once()
+        assert service.replicas[0].engine == (7.0, 4.0) and service.replicas[1].engine == (0.0, 0.0)
+        assert service.pick(None).index == 1
+    finally:
+        assert load._session is not None
+        await load._session.close()
+        await service.close_queues()
+        await runner.cleanup()
