@@ -33,6 +33,7 @@ from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
 from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
 from .report import model_row
+from .rolling import RollingActions
 from .states import PROCESS_STATES, State
 
 POLICY_INTERVAL_S = 0.25
@@ -40,7 +41,7 @@ POLICY_INTERVAL_S = 0.25
 CRASH_LOOKBACK_S = 5.0
 
 
-class Supervisor(ModelManager):
+class Supervisor(RollingActions, ModelManager):
     def __init__(self, cfg: Config, models: Mapping[str, ModelService], events: Events, store: Store, *,
                  layer: ProcessLayer | None = None, gpu: GpuProbe | None = None,
                  action_wait_s: float = 30.0,
@@ -56,6 +57,7 @@ class Supervisor(ModelManager):
         self.servers: dict[str, list[ManagedBackend]] = {}
         self.backends: dict[str, ManagedBackend] = {}
         self.externals: dict[str, list[ExternalServer]] = {}
+        self.replicas_stopped: set[tuple[str, int]] = set()
         self.switches: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_switch: dict[str, float] = {}
@@ -161,7 +163,8 @@ class Supervisor(ModelManager):
         if self.models[name].changing:
             return
         for backend in self.servers.get(name, []):
-            if backend.state is State.STOPPED and backend.cfg.start == "on-demand":
+            if (backend.state is State.STOPPED and backend.cfg.start == "on-demand"
+                    and (name, backend.index) not in self.replicas_stopped):
                 logs.event("backend_on_demand_start", backend=backend.name)
                 self._spawn(backend.start("on-demand: a request arrived"))
 
@@ -234,6 +237,7 @@ class Supervisor(ModelManager):
             if backend.cfg.kind != "ocr":
                 raise ApiError(400, f"resolution applies to OCR models only; {name} is a chat model")
         service.stopped_by_admin = False
+        self.replicas_stopped -= {(name, s.index) for s in self.servers[name]}  # the whole model: every replica
         if resolution is not None and resolution != service.mode and backend.has_process:
             return await self.switch_backend(name, resolution, graceful=True)
         if resolution is not None:
@@ -247,8 +251,10 @@ class Supervisor(ModelManager):
                                   lambda: any(s.running for s in servers), backend)
 
     async def _start_all_of(self, name: str, reason: str) -> None:
-        """Start every server of a model at once (those on one GPU load one after another)."""
-        await asyncio.gather(*(s.start(reason) for s in self.servers[name]))
+        """Start every server of a model at once (those on one GPU load one after another), but those an
+        admin stopped on their own."""
+        await asyncio.gather(*(s.start(reason) for s in self.servers[name]
+                               if (name, s.index) not in self.replicas_stopped))
 
     def _set_mode(self, name: str, mode: str) -> None:
         """Every replica of the model runs in `mode` from its next start."""
@@ -299,10 +305,15 @@ class Supervisor(ModelManager):
         if cut:
             logs.event("requests_cut_off", backend=name, count=cut, graceful=graceful)
 
-    async def restart(self, name: str) -> ActionResult:
+    async def restart(self, name: str, rolling: bool = False) -> ActionResult:
+        """Stop and start again; rolling: one replica at a time, so a model with several keeps serving."""
         backend = self._backend(name)
-        task = self._replace(name, None, by="admin", reason="admin restart")
-        return await self._answer(task, {"status": "restarted", "model": name},
+        if rolling:
+            task = self._spawn(self._rolling_restart(name, "rolling restart"))
+        else:
+            task = self._replace(name, None, by="admin", reason="admin restart")
+        done = {"status": "restarted", "model": name, **({"rolling": True} if rolling else {})}
+        return await self._answer(task, done,
                                   {"status": "restarting", "model": name, "follow": f"/admin/models#{name}"},
                                   lambda: backend.running, backend)
 

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from .conftest import REPO, Backend, Client, async_wait_until, chat_backend, free_port
+from .control_helpers import aigwctl, start
 
 FAST_HEALTH = {"health_interval_s": 0.2, "health_timeout_s": 0.5, "health_failures": 2,
                "backoff_initial_s": 0.2, "backoff_max_s": 1}
@@ -178,3 +179,68 @@ async def external_state(client: Client, up: bool) -> bool:
 
 async def healthy(client: Client) -> bool:
     return (await health(client))["status"] == "healthy"
+
+
+async def test_one_replica_is_stopped_and_started_while_the_other_serves(
+        make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = replicated(2, "--latency", "0.2", max_concurrent=2, **FAST_HEALTH)
+    d = start(make_daemon, [backend])
+    client = Client(session, d.url)
+    await client.login()
+    status, body, _ = await client.call("POST", "/admin/models/gemma/replicas/1/stop")
+    assert status == 200 and body == {"status": "stopped", "model": "gemma", "replica": 1}, body
+    rows = await replicas(client)
+    assert rows[1]["state"] == "stopped" and rows[0]["state"] == "running"
+    before = served(backend.port)
+    assert all(r["status"] == "completed" for r in await burst(client, 4))
+    assert served(backend.port) == before + 4  # all on replica 0
+    body = await health(client)
+    assert body["status"] == "degraded" and "replica 1 is not serving" in body["reason"]
+    status, body, _ = await client.call("POST", "/admin/models/gemma/replicas/7/stop")
+    assert status == 404 and "its replicas are 0 to 1" in body["detail"]
+    done = await asyncio.to_thread(aigwctl, d, "start", "gemma/1")
+    assert done.returncode == 0, done.stderr
+    assert (await replicas(client))[1]["state"] == "running"
+    await async_wait_until(lambda: healthy(client), 10, "/health healthy again")
+
+
+async def test_a_rolling_restart_under_load_fails_no_request(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = replicated(2, "--latency", "0.2", max_concurrent=2, **FAST_HEALTH)
+    d = start(make_daemon, [backend])
+    client = Client(session, d.url)
+    await client.login()
+    before = [r["pid"] for r in await replicas(client)]
+    results: list[dict[str, Any]] = []
+    restarted = asyncio.Event()
+
+    async def load(i: int) -> None:  # requests back to back until the restart is over
+        while not restarted.is_set():
+            status, answer = await client.chat(f"question {i}", client_id=f"app{i}")
+            assert status == 202, answer
+            results.append(await client.finished(answer["request_id"], timeout=60))
+
+    loaders = [asyncio.create_task(load(i)) for i in range(4)]
+    try:
+        await async_wait_until(lambda: len(results) >= 4, 20, "the load running")
+        watching, fewest = True, 2
+
+        async def watch() -> None:  # how many replicas served at the worst moment of the restart
+            nonlocal fewest
+            while watching:
+                fewest = min(fewest, sum(r["is_healthy"] for r in await replicas(client)))
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch())
+        done = await asyncio.to_thread(aigwctl, d, "restart", "gemma", "--rolling")
+        watching = False
+        await watcher
+        assert done.returncode == 0, done.stderr
+        assert fewest == 1  # one replica at a time: the model never stopped serving
+        rows = await replicas(client)
+        assert all(r["state"] == "running" and r["pid"] not in before for r in rows), rows
+        served_during = len(results)
+        await async_wait_until(lambda: len(results) >= served_during + 4, 20, "the load going on")
+    finally:
+        restarted.set()
+        await asyncio.wait_for(asyncio.gather(*loaders), 60)
+    assert [r for r in results if r["status"] != "completed"] == []
