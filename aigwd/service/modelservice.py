@@ -184,10 +184,15 @@ class ModelService:
     # --- reports, settings, closing --------------------------------------------------------------
 
     def stats(self) -> dict[str, object]:
-        """The contract's queue counters; strict OCR adds the running mode and the split by mode."""
+        """The contract's queue counters; strict OCR adds the running mode and the split by mode, several
+        replicas the load of each."""
         body = self.queues.stats()
         if self.queues.per_mode:
             body = {**body, "active_mode": self.mode}
+        if len(self.replicas) > 1:  # where each request runs: the load of every replica
+            body["replicas"] = [{"index": r.index, "ready": r.ready, "in_flight": r.in_flight, "slots": r.slots,
+                                 "engine_waiting": r.engine[0], "engine_running": r.engine[1]}
+                                for r in self.replicas]
         return body
 
     def reconfigure(self, cfg: Config) -> None:

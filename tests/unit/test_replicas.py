@@ -126,6 +126,9 @@ async def test_the_queue_runs_as_many_at_once_as_the_ready_replicas_have_slots(t
         service.replica_ready(2, True)
         await asyncio.sleep(0)
         assert service.queues.processing() == 4 and service.stats()["max_concurrent"] == 4
+        rows = service.stats()["replicas"]
+        assert isinstance(rows, list) and [(r["index"], r["ready"], r["slots"]) for r in rows] == [
+            (0, True, 2), (1, False, 2), (2, True, 2)]
     finally:
         await service.close_queues()
 
