@@ -227,6 +227,8 @@ class Gateway:
                                                      f"{_error_message(exc.body)}")
             return "failed"
         except UpstreamError as exc:
+            if len(rt.replicas) > 1:  # as for a plain answer: the others take the work meanwhile
+                rt.replica_ready(replica.index, False)
             await self._finish(live, "failed", error=str(exc))
             return "failed"
         await self._finish(live, "completed")

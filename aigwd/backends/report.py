@@ -26,7 +26,7 @@ def model_row(service: ModelService, servers: list[ManagedBackend], externals: l
         "started_at": iso(b.started_at) if running else None,
         "uptime_seconds": int(time.time() - b.started_at) if running and b.started_at else 0,
         "resolution": service.mode, "is_healthy": healthy, "pid": b.pid,
-        "restarts": sum(s.restarts for s in servers), "last_exit": b.last_exit, "gpu": b.cfg.gpu,
+        "restarts": sum(s.restarts for s in servers), "last_exit": b.last_exit, "gpu": b.gpu_index,
         "gpu_memory_bytes": b.gpu_memory_bytes(), "start": b.cfg.start, "mode_switches": switches,
         "gpu_status": gpu_status,
         "replicas": [replica_row(r, servers, externals) for r in service.replicas],

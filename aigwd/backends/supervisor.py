@@ -197,7 +197,7 @@ class Supervisor(RollingActions, ModelManager):
     def describe(self, name: str) -> dict[str, Any]:
         b, service = self.backends[name], self.models[name]
         row = model_row(service, self.servers[name], self.externals[name], switches=self.switches.get(name, 0),
-                        gpu_status=self._gpu_status(b.cfg.gpu))
+                        gpu_status=self._gpu_status(b.gpu_index))
         if b.cfg.kind == "ocr":
             row["mode_switching"] = {**self.ledger(name).status(time.monotonic()),
                                      "reason": self.switch_reason.get(name, "")}

@@ -79,10 +79,6 @@ class ModelService:
         """OCR: the mode of its (first) replica; None for a chat model."""
         return self.replicas[0].mode
 
-    def serving(self) -> bool:
-        """Every replica that should serve does (for /health: a model short of one is degraded)."""
-        return all(r.ready for r in self.replicas)
-
     def pick(self, mode: str | None) -> Replica:
         """The replica a job of `mode` runs on: the least loaded of the ready ones (in that mode)."""
         ready = [r for r in self.replicas if r.ready]
