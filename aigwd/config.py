@@ -386,7 +386,9 @@ class BackendConfig:
 
     @property
     def managed_replicas(self) -> int:
-        """Servers aigw runs for this backend."""
+        """Servers aigw runs for this backend: none when it only lists external ones."""
+        if not self.command:
+            return 0
         return len(self.gpus) if self.gpus else self.replicas
 
     def replica_ports(self) -> list[int]:
@@ -559,7 +561,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
         where = f"backends.{name}"
         if _name(name):
             raise fail(where, f"backend name {_name(name)}")
-        for required in ("command", "models", "port"):
+        # A backend of servers aigw does not run starts nothing: it needs neither a command nor a port.
+        external_only = isinstance(b, dict) and "external" in b and "command" not in b
+        for required in ("models",) if external_only else ("command", "models", "port"):
             if isinstance(b, dict) and required not in b:
                 raise fail(f"{where}.{required}", "is required")
         backend = _build(BackendConfig, b, where, fail)

@@ -16,9 +16,12 @@ def model_row(service: ModelService, servers: list[ManagedBackend], externals: l
               switches: int, gpu_status: dict[str, Any]) -> dict[str, Any]:
     """The model as one server: the first running replica speaks for it (the first one while none runs),
     so a model with one server reads as before; its health is that any replica serves."""
+    healthy = any(s.running for s in servers) or any(e.state == "running" for e in externals)
+    rows = [replica_row(r, servers, externals) for r in service.replicas]
+    if not servers:  # only servers aigw does not run
+        return external_row(service, externals, healthy, rows, switches=switches, gpu_status=gpu_status)
     b = next((s for s in servers if s.running), servers[0])
     running = b.state is State.RUNNING
-    healthy = any(s.running for s in servers) or any(e.state == "running" for e in externals)
     return {
         "name": service.name,
         "status": "stopped" if service.stopped_by_admin and not b.has_process else b.state.value,
@@ -29,7 +32,20 @@ def model_row(service: ModelService, servers: list[ManagedBackend], externals: l
         "restarts": sum(s.restarts for s in servers), "last_exit": b.last_exit, "gpu": b.gpu_index,
         "gpu_memory_bytes": b.gpu_memory_bytes(), "start": b.cfg.start, "mode_switches": switches,
         "gpu_status": gpu_status,
-        "replicas": [replica_row(r, servers, externals) for r in service.replicas],
+        "replicas": rows,
+    }
+
+
+def external_row(service: ModelService, externals: list[ExternalServer], healthy: bool,
+                 rows: list[dict[str, Any]], *, switches: int, gpu_status: dict[str, Any]) -> dict[str, Any]:
+    """A model served only by servers aigw does not run: no process, port or GPU of its own."""
+    first = next((e for e in externals if e.state == "running"), externals[0])
+    return {
+        "name": service.name, "status": "stopped" if service.stopped_by_admin else first.state,
+        "state": first.state, "reason": first.reason, "port": None, "models": service.cfg.models,
+        "started_at": None, "uptime_seconds": 0, "resolution": service.mode, "is_healthy": healthy, "pid": None,
+        "restarts": 0, "last_exit": None, "gpu": None, "gpu_memory_bytes": None, "start": "external",
+        "mode_switches": switches, "gpu_status": gpu_status, "replicas": rows,
     }
 
 

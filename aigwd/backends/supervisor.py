@@ -84,7 +84,8 @@ class Supervisor(RollingActions, ModelManager):
                 replica.server = backend
                 servers.append(backend)
             self.servers[name], self.externals[name] = servers, externals
-            self.backends[name] = servers[0]
+            if servers:  # a backend of external servers only has no process to run
+                self.backends[name] = servers[0]
             self._locks[name] = asyncio.Lock()
         self._deadlines_missed: dict[tuple[str, int], int] = {}
         events.subscribe(self._on_event)
@@ -186,19 +187,20 @@ class Supervisor(RollingActions, ModelManager):
     # --- ModelManager ----------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        return list(self.backends)
+        return list(self.servers)
 
     def resolutions(self) -> list[str]:
         return list(RESOLUTIONS)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {name: self.describe(name) for name in self.backends}
+        return {name: self.describe(name) for name in self.servers}
 
     def describe(self, name: str) -> dict[str, Any]:
-        b, service = self.backends[name], self.models[name]
+        service = self.models[name]
+        b = self.backends.get(name)
         row = model_row(service, self.servers[name], self.externals[name], switches=self.switches.get(name, 0),
-                        gpu_status=self._gpu_status(b.gpu_index))
-        if b.cfg.kind == "ocr":
+                        gpu_status=self._gpu_status(b.gpu_index if b is not None else service.cfg.gpu))
+        if service.cfg.kind == "ocr":
             row["mode_switching"] = {**self.ledger(name).status(time.monotonic()),
                                      "reason": self.switch_reason.get(name, "")}
         return row
@@ -221,9 +223,15 @@ class Supervisor(RollingActions, ModelManager):
 
     def _backend(self, name: str) -> ManagedBackend:
         backend = self.backends.get(name)
+        if backend is None and name in self.servers:
+            raise ApiError(400, f"{name} has only servers aigw does not run: they are never started, stopped or "
+                                "restarted from here (stop and start open and close it to requests)")
         if backend is None:
             raise ApiError(404, f"Model {name} not available")
         return backend
+
+    def _external_only(self, name: str) -> bool:
+        return name in self.servers and not self.servers[name]
 
     @staticmethod
     def _check_resolution(resolution: str) -> None:
@@ -231,6 +239,9 @@ class Supervisor(RollingActions, ModelManager):
             raise ApiError(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
 
     async def start(self, name: str, resolution: str | None = None) -> ActionResult:
+        if self._external_only(name) and resolution is None:
+            self.models[name].stopped_by_admin = False  # its requests are taken again
+            return ActionResult({"status": "started", "model": name})
         backend, service = self._backend(name), self.models[name]
         if resolution is not None:
             self._check_resolution(resolution)
@@ -264,6 +275,10 @@ class Supervisor(RollingActions, ModelManager):
                 service.set_mode(replica.index, mode)
 
     async def stop(self, name: str, graceful: bool = True) -> ActionResult:
+        if self._external_only(name):
+            self.models[name].stopped_by_admin = True  # its models answer 404; its servers are not aigw's
+            self.models[name].fail_waiting("model stopped")
+            return ActionResult({"status": "stopped", "model": name})
         backend, service = self._backend(name), self.models[name]
         service.stopped_by_admin = True  # from now on its models answer 404
         servers = self.servers[name]
@@ -299,7 +314,7 @@ class Supervisor(RollingActions, ModelManager):
             service.replica_ready(server.index, False)
         # All of a model's servers: what processes anywhere (servers aigw does not run included) counts.
         scope = None if len(servers) == len(self.servers[name]) and not self.externals[name] else indexes
-        if graceful and await service.wait_idle(self.backends[name].cfg.drain_timeout_s, scope):
+        if graceful and await service.wait_idle(service.cfg.drain_timeout_s, scope):
             return
         cut = service.fail_processing(reason if not graceful else f"{reason}: drain timeout passed", scope)
         if cut:

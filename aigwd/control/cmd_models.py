@@ -20,7 +20,8 @@ MODEL = Arg("model", "backend name, e.g. gemma or deepseek", required=True, posi
 # start, stop and restart also take NAME/INDEX: one replica of the model (aigwctl stop gemma/1).
 TARGET = Arg("model", "backend name, e.g. gemma, or NAME/INDEX for one replica, e.g. gemma/1", required=True,
              positional=True, complete="model")
-INDEX = Arg("index", "replica number, from 0", type="int", required=True, positional=True, minimum=0)
+INDEX = Arg("index", "replica number, from 0", type="int", required=True, positional=True, minimum=0,
+            maximum=9999)
 ROLLING = Arg("rolling", "one replica at a time: drain, restart, wait until ready, next", type="bool",
               default=False)
 GRACEFUL = Arg("graceful", "let processing requests finish first", type="bool", default=True)

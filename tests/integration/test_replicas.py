@@ -244,3 +244,24 @@ async def test_a_rolling_restart_under_load_fails_no_request(make_daemon, sessio
         restarted.set()
         await asyncio.wait_for(asyncio.gather(*loaders), 60)
     assert [r for r in results if r["status"] != "completed"] == []
+
+
+async def test_a_model_served_only_by_an_external_server(make_daemon, session: aiohttp.ClientSession) -> None:
+    port = free_port()
+    external = start_standin(port)
+    try:
+        d = make_daemon([], start=False)
+        d.config.write_text(d.config.read_text() + f'[backends.gemma]\nkind = "chat"\nmodels = ["{MODEL}"]\n'
+                            'health_interval_s = 0.2\n[[backends.gemma.external]]\n'
+                            f'url = "http://127.0.0.1:{port}"\n')
+        d.start()
+        client = Client(session, d.url)
+        await client.login()
+        await async_wait_until(lambda: healthy(client), 10, "the external server seen up")
+        assert all(r["status"] == "completed" for r in await burst(client, 3))
+        assert served(port) == 3 and d.children() == []  # nothing of it runs under aigwd
+        status, body, _ = await client.call("POST", "/admin/models/gemma/restart")
+        assert status == 400 and "never started" in body["detail"]
+    finally:
+        external.kill()
+        external.wait(10)

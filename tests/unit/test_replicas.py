@@ -12,6 +12,7 @@ import pytest
 from aigwd.backends.engineload import EngineLoad, parse
 from aigwd.backends.supervisor import Supervisor
 from aigwd.config import Config, ConfigError, load
+from aigwd.errors import ApiError
 from aigwd.gateway import Gateway
 from aigwd.priority import Priority
 from aigwd.scheduling.fairqueue import Job
@@ -240,3 +241,43 @@ async def test_a_replica_that_answers_no_metrics_counts_as_unknown_not_busy(tmp_
         await load._session.close()
         await service.close_queues()
         await runner.cleanup()
+
+
+# --- a model served only by servers aigw does not run ----------------------------------------------------
+
+async def test_a_backend_of_external_servers_only_is_checked_routed_and_reported_never_run(tmp_path: Path) -> None:
+    path = tmp_path / "aigw.toml"
+    path.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n[backends.far]\nkind = "chat"\nmodels = ["f"]\n'
+                    '[[backends.far.external]]\nurl = "http://10.0.0.5:8000"\n'
+                    '[[backends.far.external]]\nurl = "http://10.0.0.6:8000"\n')
+    cfg = load(path)
+    assert cfg.backends["far"].managed_replicas == 0 and cfg.backends["far"].replica_ports() == []
+    layer = FakeLayer()
+    up = {"http://10.0.0.5:8000/health"}
+
+    async def probe(url: str, timeout_s: float) -> bool:
+        return url in up
+
+    layer.probe = probe  # type: ignore[method-assign]
+    async with Store(tmp_path / "state") as store:
+        gateway = Gateway(cfg, store)
+        supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
+        service = gateway.backends["far"]
+        try:
+            for external in supervisor.externals["far"]:
+                await external.check_once()
+            assert [r.ready for r in service.replicas] == [True, False] and service.pick(None).index == 0
+            row = supervisor.describe("far")
+            assert row["is_healthy"] and row["pid"] is None and row["start"] == "external"
+            assert [(r["index"], r["state"], r["url"]) for r in row["replicas"]] == [
+                (0, "running", "http://10.0.0.5:8000"), (1, "unreachable", "http://10.0.0.6:8000")]
+            assert layer.spawned == []
+            with pytest.raises(ApiError) as err:
+                await supervisor.restart("far")
+            assert err.value.status == 400 and "never started, stopped or restarted" in err.value.detail
+            assert (await supervisor.stop("far")).body["status"] == "stopped" and not service.accepting()
+            assert supervisor.describe("far")["status"] == "stopped"
+            assert (await supervisor.start("far")).body["status"] == "started" and service.accepting()
+        finally:
+            await supervisor.close()
+            await gateway.close()
