@@ -74,8 +74,13 @@ class RollingActions:
             await server.stop("admin stop")
 
     async def _start_replica(self, name: str, server: ManagedBackend, reason: str, *, restart: bool) -> None:
+        service = self.models[name]
         async with self._locks[name]:
-            await self._cycle(name, server, reason, restart=restart)
+            service.changing = True  # no on-demand start races this one's
+            try:
+                await self._cycle(name, server, reason, restart=restart)
+            finally:
+                service.changing = False
 
     async def _cycle(self, name: str, server: ManagedBackend, reason: str, *, restart: bool) -> bool:
         """(Drain and stop, when restarting and it runs, then) start one replica; True once it is ready."""
@@ -89,11 +94,16 @@ class RollingActions:
     async def _rolling_restart(self, name: str, reason: str) -> None:
         """Each replica in turn, the next only once this one is ready again; a replica that does not come
         back ends it there, so the rest keep serving."""
-        self.models[name].stopped_by_admin = False
+        service = self.models[name]
+        service.stopped_by_admin = False
         async with self._locks[name]:
-            for server in self.servers[name]:
-                if (name, server.index) in self.replicas_stopped:
-                    continue
-                if not await self._cycle(name, server, reason, restart=True):
-                    raise RuntimeError(f"{server.name} did not come back ({server.machine.reason}); the rolling "
-                                       "restart stopped there")
+            service.changing = True  # no on-demand start races this one's
+            try:
+                for server in self.servers[name]:
+                    if (name, server.index) in self.replicas_stopped:
+                        continue
+                    if not await self._cycle(name, server, reason, restart=True):
+                        raise RuntimeError(f"{server.name} did not come back ({server.machine.reason}); the "
+                                           "rolling restart stopped there")
+            finally:
+                service.changing = False
