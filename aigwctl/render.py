@@ -76,8 +76,18 @@ def util_bar(fraction: float, width: int = 20) -> str:
 
 
 def models_table(models: dict[str, Any]) -> str:
-    return table([dict(v, name=v.get("name", k)) for k, v in models.items() if isinstance(v, dict)],
-                 MODEL_COLUMNS)
+    """A row per model; under a model with several replicas, a row per replica (NAME/INDEX)."""
+    rows: list[dict[str, Any]] = []
+    for key, v in models.items():
+        if not isinstance(v, dict):
+            continue
+        name = v.get("name", key)
+        rows.append(dict(v, name=name))
+        replicas = v.get("replicas")
+        if isinstance(replicas, list) and len(replicas) > 1:
+            rows += [dict(r, name=f"{name}/{r.get('index')}", status=r.get("state"), uptime_seconds=None)
+                     for r in replicas if isinstance(r, dict)]
+    return table(rows, MODEL_COLUMNS)
 
 
 def queues_table(queues: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ except ImportError:  # pragma: no cover - Python < 3.11
 RESOLUTIONS = ("tiny", "small", "base", "large", "gundam")
 BACKEND_KINDS = ("chat", "ocr")
 ROLES = ("admin", "user")
+MAX_REPLICAS = 64
+EXTERNAL_URL_RE = re.compile(r"^http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_USERNAME - 1}}}$")
 
 
@@ -49,6 +51,27 @@ def _positive(v: Any) -> str | None:
 
 def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be 0 or more"
+
+
+def _replica_count(v: Any) -> str | None:
+    return None if 1 <= v <= MAX_REPLICAS else f"must be between 1 and {MAX_REPLICAS}"
+
+
+def _gpu_list(v: Any) -> str | None:
+    if len(v) > MAX_REPLICAS:
+        return f"may list at most {MAX_REPLICAS} GPUs"
+    return None if all(g >= 0 for g in v) else "GPU indexes must be 0 or more"
+
+
+def _external_list(v: Any) -> str | None:
+    if len(v) > MAX_REPLICAS:
+        return f"may list at most {MAX_REPLICAS} servers"
+    for i, entry in enumerate(v):
+        if set(entry) != {"url"} or not isinstance(entry["url"], str):
+            return f"entry {i} must hold exactly url = \"http://HOST:PORT\""
+        if not EXTERNAL_URL_RE.match(entry["url"]):
+            return f"entry {i}: url must be http://HOST:PORT (no path), got {entry['url'][:100]!r}"
+    return None
 
 
 def _fraction(v: Any) -> str | None:
@@ -310,6 +333,14 @@ class BackendConfig:
     host: str = _opt("127.0.0.1", "Loopback address the server listens on.")
     port: int = _opt(8000, "Port the server listens on.", _port)
     gpu: int = _opt(0, "GPU index the server runs on.", _non_negative)
+    replicas: int = _opt(1, "Copies of the server to run, fed from one queue (each with its own "
+                            "max_concurrent slots); replica i listens on port + i.", _replica_count)
+    gpus: list[int] = _opt_factory(list, "GPU of each replica, one entry per replica ({gpu} is filled per "
+                                         "replica); empty: every replica on gpu.", _gpu_list)
+    external: list[dict[str, Any]] = _opt_factory(list, "Servers of this model that aigw does not run: "
+                                                        "[[backends.NAME.external]] with url = "
+                                                        "\"http://HOST:PORT\". Health-checked and routed to, "
+                                                        "never started or stopped.", _external_list)
     env: dict[str, str] = _opt_factory(dict, "Extra environment for the server process.")
     extra_body: dict[str, Any] = _opt_factory(dict, "Fields merged into every request body sent upstream "
                                                     "(e.g. vllm_xargs for DeepSeek-OCR).")
@@ -352,6 +383,23 @@ class BackendConfig:
     hung_after_timeouts: int = _opt(3, "This many requests in a row reach their deadline while processing, "
                                        "none completing between: the server is taken as hung, recorded as a "
                                        "crash and restarted. 0: never.", _non_negative)
+
+    @property
+    def managed_replicas(self) -> int:
+        """Servers aigw runs for this backend: none when it only lists external ones."""
+        if not self.command:
+            return 0
+        return len(self.gpus) if self.gpus else self.replicas
+
+    def replica_ports(self) -> list[int]:
+        return [self.port + i for i in range(self.managed_replicas)]
+
+    def replica_gpu(self, index: int) -> int:
+        return self.gpus[index] if self.gpus else self.gpu
+
+    @property
+    def external_urls(self) -> list[str]:
+        return [str(e["url"]) for e in self.external]
 
 
 @dataclass
@@ -399,6 +447,10 @@ def _type_ok(value: Any, tp: Any) -> bool:
         return isinstance(value, bool)
     if tp == "list[str]":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if tp == "list[int]":
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if tp == "list[dict[str, Any]]":
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
     if tp == "dict[str, str]":
         return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     if tp == "dict[str, Any]":
@@ -509,11 +561,18 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
         where = f"backends.{name}"
         if _name(name):
             raise fail(where, f"backend name {_name(name)}")
-        for required in ("command", "models", "port"):
+        # A backend of servers aigw does not run starts nothing: it needs neither a command nor a port.
+        external_only = isinstance(b, dict) and "external" in b and "command" not in b
+        for required in ("models",) if external_only else ("command", "models", "port"):
             if isinstance(b, dict) and required not in b:
                 raise fail(f"{where}.{required}", "is required")
         backend = _build(BackendConfig, b, where, fail)
         backend.name = name
+        if backend.gpus and backend.replicas not in (1, len(backend.gpus)):
+            raise fail(f"{where}.gpus", f"lists {len(backend.gpus)} GPUs for {backend.replicas} replicas; give "
+                                        "one per replica")
+        if backend.port + backend.managed_replicas - 1 > 65535:
+            raise fail(f"{where}.replicas", f"replica ports run past 65535 from port {backend.port}")
         for model in backend.models:
             if len(model) > MAX_MODEL_NAME:
                 raise fail(f"{where}.models", f"model name {model[:40]!r}... is longer than {MAX_MODEL_NAME} "
@@ -521,9 +580,10 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
             if model in owners:
                 raise fail(f"{where}.models", f"model {model!r} is already served by {owners[model]}")
             owners[model] = name
-        if backend.port in ports:
-            raise fail(f"{where}.port", f"port {backend.port} is already used by {ports[backend.port]}")
-        ports[backend.port] = name
+        for port in backend.replica_ports():
+            if port in ports:
+                raise fail(f"{where}.port", f"port {port} is already used by {ports[port]}")
+            ports[port] = name
         backends[name] = backend
     return Config(path=path, users=users, backends=backends, overrides=dict(overrides or {}), **sections)
 

@@ -21,10 +21,12 @@ from .auth.users import UserDirectory
 from .autoswitch import AutoSwitcher, waiting_by_mode
 from .backends.supervisor import Supervisor
 from .config import Config, parse_listen
+from .control.loghub import publish_backend_line
 from .control.plane import ControlPlane
 from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.ratelimit import RateLimiter
+from .service import Event, ReadinessChanged
 from .store import Store, StoreError
 from .systemd import Notifier
 
@@ -124,8 +126,14 @@ class Daemon:
                 stack.push_async_callback(gpu.close)
                 if not gpu.available:
                     logs.event("gpu_unavailable", reason=gpu.unavailable_reason)
-            supervisor = Supervisor(cfg, gateway, store, gpu=gpu, action_wait_s=cfg.server.admin_wait_s,
-                                    on_change=lambda: self.notifier.status(self._status_line(gateway)))
+            supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, gpu=gpu,
+                                    action_wait_s=cfg.server.admin_wait_s, on_output=publish_backend_line)
+
+            def readiness_to_systemd(event: Event) -> None:
+                if isinstance(event, ReadinessChanged):
+                    self.notifier.status(self._status_line(gateway))
+
+            gateway.events.subscribe(readiness_to_systemd)
             if gpu is not None:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
@@ -220,22 +228,22 @@ class Daemon:
         name = next((n for n, b in self.cfg.backends.items() if b.kind == "ocr"), None)
         if name is None:
             return None
-        rt, backend = gateway.backends[name], supervisor.backends[name]
+        service = gateway.backends[name]
 
         def current_mode() -> str | None:
-            return rt.mode if backend.running and not supervisor.switching(name) else None
+            return service.mode if service.replicas[0].running and not supervisor.switching(name) else None
 
         async def switch(mode: str) -> object:
             return await supervisor.switch_backend(name, mode, graceful=True, by="auto-switch")
 
         return AutoSwitcher(self.cfg.auto_switch, backend=name, load_history=store.ocr_demand,
                             purge=store.purge_ocr_demand, current_mode=current_mode,
-                            waiting=lambda: waiting_by_mode(rt.queues, rt.mode), switch=switch)
+                            waiting=lambda: waiting_by_mode(service.queues, service.mode), switch=switch)
 
     async def _drain(self, gateway: Gateway) -> None:
         """Let processing requests finish for up to the grace period; nothing new starts meanwhile."""
-        for rt in gateway.backends.values():
-            rt.queues.set_ready(False)
+        for service in gateway.backends.values():
+            service.hold()
         deadline = time.monotonic() + self.cfg.server.shutdown_grace_s
         while time.monotonic() < deadline:
             if all(rt.queues.processing() == 0 for rt in gateway.backends.values()):
@@ -255,7 +263,7 @@ class Daemon:
 
     @staticmethod
     def _status_line(gateway: Gateway) -> str:
-        queues = [rt.queues for rt in gateway.backends.values()]
-        running = sum(1 for q in queues if q.ready)
-        return (f"{running}/{len(queues)} models running, {sum(q.waiting() for q in queues)} queued, "
-                f"{sum(q.processing() for q in queues)} processing")
+        services = list(gateway.backends.values())
+        running = sum(1 for s in services if s.ready)
+        return (f"{running}/{len(services)} models running, {sum(s.queues.waiting() for s in services)} queued, "
+                f"{sum(s.queues.processing() for s in services)} processing")

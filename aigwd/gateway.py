@@ -14,22 +14,22 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import logs
-from .backends.upstream import Upstream, UpstreamError, UpstreamStatus
+from .backends.upstream import UpstreamError, UpstreamStatus
 from .chunkstream import ChunkStream
-from .config import RESOLUTIONS, BackendConfig, Config
+from .config import RESOLUTIONS, Config
 from .errors import ApiError
 from .headers import RequestHeaders
 from .metrics import Metrics
 from .priority import Priority
-from .scheduling.backendqueues import BackendQueues, ShareFull
+from .scheduling.backendqueues import ShareFull
 from .scheduling.fairqueue import Job
 from .scheduling.modelqueue import REQUEUED, QueueFull
+from .service import Events, ModelService, Replica
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
 
 FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
@@ -50,20 +50,11 @@ class Live:
     # False while the store has no row for it: a held connection's request is written once, finished.
     has_row: bool = True
     requeued: bool = False  # already given its one more try after its server died
+    replica: int | None = None  # the replica of its model it runs (or ran) on
     # OpenAI routes: the streamed bytes for the waiting client (closed when the request ends), and an
     # error answer of the backend to pass on unchanged.
     chunks: ChunkStream | None = None
     upstream_error: tuple[int, bytes] | None = None
-
-
-@dataclass(eq=False)
-class BackendRuntime:
-    cfg: BackendConfig
-    queues: BackendQueues
-    upstream: Upstream
-    mode: str | None = None  # OCR: the resolution mode of the running server
-    # (monotonic time, request id) of requests that failed on a connection error: for crash records.
-    dropped: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=256))
 
 
 class Gateway:
@@ -71,36 +62,24 @@ class Gateway:
         self.cfg = cfg
         self.store = store
         self.live: dict[str, Live] = {}
-        self.backends: dict[str, BackendRuntime] = {}
         self.model_index = cfg.model_index()
-        # Set by supervision: whether a backend takes new work, and a hook on every accepted request
-        # (it starts on-demand servers and keeps their idle timers honest).
-        self.accepting: Callable[[str], bool] = lambda name: True
-        self.on_submit: Callable[[str], None] = lambda name: None
-        # Set by supervision: every outcome (backend, status, whether it had reached the server).
-        self.on_finish: Callable[[str, str, bool], None] = lambda name, status, sent: None
+        # What the served models announce (accepted, finished, ready, mode): supervision listens.
+        self.events = Events()
+        # One per configured backend: its queue, its servers and their modes, its readiness.
+        self.backends: dict[str, ModelService] = {
+            name: ModelService(cfg, bcfg, self.events, runner=self._run, on_timeout=self._timed_out,
+                               fail=self._fail) for name, bcfg in cfg.backends.items()}
         self.metrics = Metrics()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
-        for name, bcfg in cfg.backends.items():
-            max_concurrent, max_waiting = queue_limits(cfg, bcfg)
-            # strict OCR: one queue per mode, and only the running mode's queue dispatches.
-            modes = list(RESOLUTIONS) if bcfg.kind == "ocr" and cfg.ocr.policy == "strict" else []
-            queues = BackendQueues(name, modes, bcfg.resolution, max_concurrent=max_concurrent,
-                                   max_waiting=max_waiting, aging_s=cfg.queue.aging_s, runner=self._run,
-                                   on_timeout=self._timed_out, subject_share=cfg.queue.subject_share,
-                                   subject_min=cfg.queue.subject_min_waiting)
-            upstream = Upstream(name, f"http://{bcfg.host}:{bcfg.port}", max_concurrent)
-            mode = bcfg.resolution if bcfg.kind == "ocr" else None
-            self.backends[name] = BackendRuntime(bcfg, queues, upstream, mode)
 
     # --- accepting -------------------------------------------------------------------------------
 
-    def backend_for(self, model: str, kind: str, client_id: str, subject: str) -> BackendRuntime:
+    def backend_for(self, model: str, kind: str, client_id: str, subject: str) -> ModelService:
         """The backend serving `model`, or 404 (recorded as a missing model)."""
         name = self.model_index.get(model)
         rt = self.backends.get(name) if name else None
-        if rt is None or not self.serving(rt):
+        if rt is None or not rt.accepting():
             self._background(self.store.add_missing_model(
                 MissingModelRecord(model_name=model, client_id=client_id, subject=subject,
                                    timestamp=time.time())))
@@ -112,11 +91,7 @@ class Gateway:
                                 f"send it to {route}")
         return rt
 
-    def serving(self, rt: BackendRuntime) -> bool:
-        """A configured backend accepts work (and queues it while starting) unless an admin stopped it."""
-        return self.accepting(rt.cfg.name)
-
-    async def submit(self, rt: BackendRuntime, *, subject: str, headers: RequestHeaders, model: str,
+    async def submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
                      payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None) -> Live:
         """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once."""
         client_id, priority, resolution = headers.client_id, headers.priority, headers.resolution
@@ -161,7 +136,7 @@ class Gateway:
                            {"Retry-After": "5"}) from None
         if len(payload) > self.store.spool_threshold:
             live.payload = None  # on disk now; do not hold large bodies in memory while queued
-        self.on_submit(rt.cfg.name)
+        rt.submitted()
         if rt.cfg.kind == "ocr" and resolution:
             # The demand history the auto-switch learns its weekly pattern from.
             self._background(self.store.add_ocr_demand(now_wall, resolution))
@@ -175,30 +150,44 @@ class Gateway:
         live: Live = job.data
         rec = live.record
         rt = self.backends[rec.backend]
+        # Counted in the replica's load until it ends, so the next job goes to a less loaded one.
+        replica = rt.acquire(rec.id, rec.resolution)
+        live.replica = replica.index
+        try:
+            return await self._run_on(rt, replica, job)
+        finally:
+            rt.release(replica, rec.id)
+
+    async def _run_on(self, rt: ModelService, replica: Replica, job: Job) -> str:
+        live: Live = job.data
+        rec = live.record
         rec.status, rec.started_at = "processing", time.time()
         live.started.set()
         rec.attempts += 1
-        rec.served_resolution = rt.mode if rt.cfg.kind == "ocr" else None
+        rec.served_resolution = replica.mode if rt.cfg.kind == "ocr" else None
         if live.has_row:
             self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
         try:
             payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
             body = self._upstream_body(rt, payload, job.priority)
             if live.chunks is not None:
-                return await self._stream(rt, live, body)
-            status, answer = await rt.upstream.chat(body, rec.id)
+                return await self._stream(rt, replica, live, body)
+            status, answer = await replica.upstream.chat(body, rec.id)
         except StoreError as exc:
             await self._finish(live, "failed", error=str(exc))
             return "failed"
         except UpstreamError as exc:
-            rt.dropped.append((time.monotonic(), rec.id))
+            replica.dropped.append((time.monotonic(), rec.id))
+            if len(rt.replicas) > 1:
+                # Its other servers take the work until a health check of this one passes again.
+                rt.replica_ready(replica.index, False)
             if rt.cfg.requeue_on_crash and not live.requeued:
                 # Its server died under it: one more try once the server is back.
                 live.requeued = True
                 live.started.clear()
                 # Hold dispatch until supervision has looked: a passing health check resumes it, a dead
                 # server resumes it once restarted. Otherwise the retry would hit the same dead server.
-                rt.queues.set_ready(False)
+                rt.replica_ready(replica.index, False)
                 rec.status, rec.started_at = "queued", None
                 if live.has_row:
                     self._background(self.store.requeue(rec.id, rec.attempts))
@@ -223,13 +212,13 @@ class Gateway:
         await self._finish(live, "completed", result=answer)
         return "completed"
 
-    async def _stream(self, rt: BackendRuntime, live: Live, body: bytes) -> str:
+    async def _stream(self, rt: ModelService, replica: Replica, live: Live, body: bytes) -> str:
         """Pass the server's SSE bytes to the waiting client as they come; never buffer the whole."""
         assert live.chunks is not None
         try:
             # Closed on the way out, cancelled included: the upstream connection is aborted at once,
             # not when the garbage collector finalises the generator.
-            async with contextlib.aclosing(rt.upstream.stream(body, live.record.id)) as chunks:
+            async with contextlib.aclosing(replica.upstream.stream(body, live.record.id)) as chunks:
                 async for chunk in chunks:
                     await live.chunks.put(chunk)
         except UpstreamStatus as exc:
@@ -238,13 +227,15 @@ class Gateway:
                                                      f"{_error_message(exc.body)}")
             return "failed"
         except UpstreamError as exc:
+            if len(rt.replicas) > 1:  # as for a plain answer: the others take the work meanwhile
+                rt.replica_ready(replica.index, False)
             await self._finish(live, "failed", error=str(exc))
             return "failed"
         await self._finish(live, "completed")
         return "completed"
 
     @staticmethod
-    def _upstream_body(rt: BackendRuntime, payload: bytes, priority: Priority) -> bytes:
+    def _upstream_body(rt: ModelService, payload: bytes, priority: Priority) -> bytes:
         """The client's body as sent, plus the backend's extra fields and vLLM's priority when used."""
         if not rt.cfg.extra_body and not rt.cfg.vllm_priority:
             return payload
@@ -277,7 +268,9 @@ class Gateway:
         logs.event("request_finished", request_id=rec.id, client=rec.client_id, model=rec.model,
                    priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
                    service_s=round(service_s, 4), error=error)
-        self.on_finish(rec.backend, status, rec.started_at is not None)
+        service = self.backends.get(rec.backend)
+        if service is not None:
+            service.finished(status, rec.started_at is not None, live.replica)
         await self._save(live)
 
     async def _save(self, live: Live) -> None:
@@ -330,50 +323,11 @@ class Gateway:
                                                               else ""))
         return live.record
 
-    # --- what supervision asks of the queues -----------------------------------------------------
-
-    def set_ready(self, name: str, ready: bool) -> None:
-        self.backends[name].queues.set_ready(ready)
-
-    def set_mode(self, name: str, mode: str) -> None:
-        """The server now runs in `mode`: its queue is the one that dispatches."""
-        rt = self.backends[name]
-        rt.mode = mode
-        rt.queues.set_active(mode)
-
-    def in_flight_ids(self, name: str, lookback_s: float) -> list[str]:
-        """Requests processing now, and those whose connection to the server broke in the last moments."""
-        rt = self.backends[name]
-        since = time.monotonic() - lookback_s
-        recent = [rid for at, rid in rt.dropped if at >= since]
-        return list(dict.fromkeys([*rt.queues.processing_ids(), *recent]))
-
-    def fail_waiting(self, name: str, reason: str) -> int:
-        jobs = self.backends[name].queues.drain_waiting()
-        for job in jobs:
-            self._background(self._finish(job.data, "failed", error=reason))
-        return len(jobs)
-
-    async def wait_idle(self, name: str, timeout_s: float) -> bool:
-        """Wait until nothing of this backend is processing; False when the time ran out first."""
-        queues = self.backends[name].queues
-        deadline = time.monotonic() + timeout_s
-        while queues.processing() > 0:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
-    def fail_processing(self, name: str, reason: str) -> int:
-        """Cut off what is processing: failed with `reason` at once, its upstream call aborted."""
-        rt = self.backends[name]
-        ids = rt.queues.processing_ids()
-        for rid in ids:
-            rt.queues.cancel(rid)
-            live = self.live.get(rid)
-            if live is not None:
-                self._background(self._finish(live, "failed", error=reason))
-        return len(ids)
+    def _fail(self, request_id: str, reason: str) -> None:
+        """A model service gave the request up (stopped, cut off by a drain): it fails with `reason`."""
+        live = self.live.get(request_id)
+        if live is not None:
+            self._background(self._finish(live, "failed", error=reason))
 
     # --- start-up and shutdown -------------------------------------------------------------------
 
@@ -434,14 +388,14 @@ class Gateway:
         """Stop running work; what was processing stays 'processing' on disk and runs again next start."""
         self._closing = True
         for rt in self.backends.values():
-            await rt.queues.close()
+            await rt.close_queues()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Outcomes a full disk refused get a last try: a request left 'processing' on disk would run again.
         await self.save_unsaved()
         for rt in self.backends.values():
-            await rt.upstream.close()
+            await rt.close_connections()
 
     def _background(self, aw: Awaitable[Any]) -> None:
         async def guarded() -> None:
@@ -453,13 +407,6 @@ class Gateway:
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def queue_limits(cfg: Config, bcfg: BackendConfig) -> tuple[int, int]:
-    """(max_concurrent, max_waiting) of a backend: its own settings, else the [queue] defaults."""
-    max_concurrent = bcfg.max_concurrent or cfg.queue.max_concurrent
-    max_waiting = bcfg.max_waiting if bcfg.max_waiting >= 0 else cfg.queue.max_waiting
-    return max_concurrent, max_waiting
 
 
 def _error_message(body: bytes) -> str:

@@ -79,7 +79,7 @@ class _StateCollector(Collector):
         oldest = GaugeMetricFamily("aigw_queue_oldest_wait_seconds", "Wait of the oldest waiting request",
                                    labels=["backend"])
         for name, rt in self.gateway.backends.items():
-            stats = rt.queues.stats()
+            stats = rt.stats()
             by_class = stats["waiting_by_class"]
             assert isinstance(by_class, dict)
             for cls in URGENT_FIRST:
@@ -108,7 +108,7 @@ class _StateCollector(Collector):
                 from .config import RESOLUTIONS
 
                 for m in RESOLUTIONS:
-                    mode.add_metric([name, m], 1.0 if backend.mode == m else 0.0)
+                    mode.add_metric([name, m], 1.0 if supervisor.models[name].mode == m else 0.0)
                 switches.add_metric([name], float(supervisor.switches.get(name, 0)))
         yield from (state, restarts, mode, switches)
 

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from ..auth.apikeys import ApiKey
 from ..errors import ApiError, bad_request
-from ..gateway import BackendRuntime, Live
+from ..gateway import Live
 from ..headers import RequestHeaders
 from ..priority import Priority
+from ..service import ModelService
 from . import validation
 from .context import SERVICES, Services
 from .middleware import API_KEY, CLAIMS, ROLE, read_body
@@ -70,7 +71,7 @@ class Admission:
     model: str
     body: dict[str, Any]
     raw: bytes  # the body as sent: what the model server receives
-    backend: BackendRuntime
+    backend: ModelService
     headers: RequestHeaders
     subject: str
     account: str  # the account id that owns the request (a user's id, or an API key's account)

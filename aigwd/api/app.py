@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web, web_response
 
+from ..backends.report import replica_problems
 from ..metrics import CONTENT_TYPE
 from . import admin_routes, auth_routes, client_routes, openai_routes
 from .context import SERVICES, Services
@@ -25,6 +26,8 @@ async def health(request: web.Request) -> web.Response:
         status = admin_routes.model_status(services, name)
         if not status["is_healthy"]:
             problems.append(f"model {name} is {status['status']}")
+        elif name in services.gateway.backends:  # served, though perhaps by fewer replicas than it has
+            problems.extend(replica_problems(services.gateway.backends[name]))
     gpu = services.gpu
     if gpu is not None and gpu.available:
         for index in gpu.gpus():

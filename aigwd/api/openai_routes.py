@@ -30,7 +30,7 @@ async def list_models(request: web.Request) -> web.Response:
     created = int(services.started_at)
     data = [{"id": model, "object": "model", "created": created, "owned_by": "aigw", "root": name}
             for model, name in services.gateway.model_index.items()
-            if services.gateway.accepting(name)]
+            if services.gateway.backends[name].accepting()]
     return web.json_response({"object": "list", "data": data})
 
 

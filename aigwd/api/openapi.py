@@ -189,7 +189,8 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
     in_path = [a for a in cmd.args if "{" + a.name + "}" in cmd.path]
     rest = [a for a in cmd.args if a not in in_path]
     params: list[dict[str, Any]] = [{"name": a.name, "in": "path", "required": True,
-                                     "schema": {"type": "string", "minLength": 1, "maxLength": a.max_length}}
+                                     "schema": {"type": "string", "minLength": 1, "maxLength": a.max_length}
+                                     if a.type == "str" else _arg_schema(a, in_query=True)}
                                     for a in in_path]
     op: dict[str, Any] = {"summary": cmd.help, "operationId": cmd.name.replace(" ", "_")}
     if cmd.method == "GET":

@@ -40,7 +40,11 @@ class ModelManager:
     async def stop(self, name: str, graceful: bool = True) -> ActionResult:
         raise NotImplementedError
 
-    async def restart(self, name: str) -> ActionResult:
+    async def restart(self, name: str, rolling: bool = False) -> ActionResult:
+        raise NotImplementedError
+
+    async def replica_action(self, name: str, index: int, action: str, graceful: bool = True) -> ActionResult:
+        """start, stop or restart one replica of a model."""
         raise NotImplementedError
 
     async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:

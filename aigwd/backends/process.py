@@ -57,13 +57,17 @@ class CrashInfo:
     signal: int | None
     stderr_tail: str
     gpu_memory_bytes: int | None
+    replica: int = 0
 
 
-def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None, api_key: str = "") -> str:
+def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None, api_key: str = "", *,
+           index: int = 0) -> str:
+    """A command argument or environment value with its {placeholders} filled for replica `index`."""
     from ..ocrmode import LAUNCHER_PATH
     from ..vllmguard import GUARD_DIR
 
-    values = {"host": cfg.host, "port": str(cfg.port), "gpu": str(cfg.gpu), "python": sys.executable,
+    values = {"host": cfg.host, "port": str(cfg.port + index), "gpu": str(cfg.replica_gpu(index)),
+              "python": sys.executable,
               "state_dir": str(state_dir), "name": cfg.name, "resolution": mode or cfg.resolution,
               "ocr_launcher": str(LAUNCHER_PATH), "api_key": api_key, "vllm_guard": str(GUARD_DIR)}
     return template.format(**values)
@@ -72,16 +76,24 @@ def expand(template: str, cfg: BackendConfig, state_dir: Path, mode: str | None,
 class ManagedBackend:
     def __init__(self, cfg: BackendConfig, state_dir: Path, layer: ProcessLayer, *,
                  gpu: GpuProbe | None = None,
+                 mode_of: Callable[[], str | None] | None = None, index: int = 0,
                  on_ready: Callable[[bool], None] = lambda ready: None,
                  on_crash: Callable[[CrashInfo], None] = lambda info: None,
                  on_output: Callable[[str], None] = lambda line: None,
                  on_api_key: Callable[[str], None] = lambda key: None) -> None:
         self.cfg = cfg
+        # Replica `index` of its backend: its own port and GPU; named NAME/INDEX where there are several.
+        self.index = index
+        self.port = cfg.port + index
+        self.gpu_index = cfg.replica_gpu(index)
+        self.name = cfg.name if cfg.managed_replicas <= 1 else f"{cfg.name}/{index}"
         self.state_dir = state_dir
         self.layer = layer
         self.gpu = gpu
-        self.mode: str | None = cfg.resolution if cfg.kind == "ocr" else None
-        self.machine = StateMachine(cfg.name, on_change=self._changed)
+        # OCR: the mode the next start runs in, kept by the replica this server runs for.
+        default_mode = cfg.resolution if cfg.kind == "ocr" else None
+        self._mode_of = mode_of or (lambda: default_mode)
+        self.machine = StateMachine(self.name, on_change=self._changed)
         self.failures = FailureWindow(cfg.max_start_failures, cfg.failure_window_s, layer.now)
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.restarts = 0
@@ -107,10 +119,6 @@ class ManagedBackend:
         return self.machine.state
 
     @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
     def running(self) -> bool:
         return self.machine.state is State.RUNNING
 
@@ -121,7 +129,7 @@ class ManagedBackend:
     def gpu_memory_bytes(self) -> int | None:
         if self.gpu is None or not self.gpu.available or self.pid is None:
             return None
-        return self.gpu.memory_of(self.cfg.gpu, self.group | {self.pid})
+        return self.gpu.memory_of(self.gpu_index, self.group | {self.pid})
 
     # --- starting --------------------------------------------------------------------------------
 
@@ -151,32 +159,34 @@ class ManagedBackend:
         need = self.cfg.gpu_memory_mib
         if self.gpu is None or not self.gpu.available:
             return None, False
-        reading = await self.gpu.refresh(self.cfg.gpu)
-        verdict = self.gpu.verdict(self.cfg.gpu)
+        reading = await self.gpu.refresh(self.gpu_index)
+        verdict = self.gpu.verdict(self.gpu_index)
         if verdict.state == "failed":
-            return f"GPU {self.cfg.gpu} failed: {'; '.join(verdict.reasons)}", True
+            return f"GPU {self.gpu_index} failed: {'; '.join(verdict.reasons)}", True
         if reading is not None and need > 0 and reading.memory_free < need * 2**20:
             # Memory a server on this card just gave back (a restart, a mode switch) shows in NVML a
             # moment later: look again for a bounded while before refusing the start.
-            logs.event("backend_waiting_for_gpu_memory", backend=self.name, gpu=self.cfg.gpu, need_mib=need,
+            logs.event("backend_waiting_for_gpu_memory", backend=self.name, gpu=self.gpu_index, need_mib=need,
                        free_mib=reading.memory_free // 2**20)
             deadline = self.layer.now() + GPU_RELEASE_WAIT_S
             while reading is not None and reading.memory_free < need * 2**20 and self.layer.now() < deadline:
                 await self.layer.sleep(GPU_RELEASE_POLL_S)
-                reading = await self.gpu.refresh(self.cfg.gpu)
+                reading = await self.gpu.refresh(self.gpu_index)
             if reading is not None and reading.memory_free < need * 2**20:
-                return (f"needs {need} MiB of GPU {self.cfg.gpu} memory but only "
+                return (f"needs {need} MiB of GPU {self.gpu_index} memory but only "
                         f"{reading.memory_free // 2**20} MiB are free"), False
         return None, False
 
     async def _spawn_and_wait(self) -> bool:
         key = secrets.token_urlsafe(32)
-        argv = [expand(arg, self.cfg, self.state_dir, self.mode, key) for arg in self.cfg.command]
-        extra = {k: expand(v, self.cfg, self.state_dir, self.mode, key) for k, v in self.cfg.env.items()}
-        extra.update({TAG_BACKEND: self.cfg.name, TAG_STATE_DIR: str(self.state_dir), API_KEY_ENV: key})
+        mode = self._mode_of()
+        argv = [expand(arg, self.cfg, self.state_dir, mode, key, index=self.index) for arg in self.cfg.command]
+        extra = {k: expand(v, self.cfg, self.state_dir, mode, key, index=self.index)
+                 for k, v in self.cfg.env.items()}
+        extra.update({TAG_BACKEND: self.name, TAG_STATE_DIR: str(self.state_dir), API_KEY_ENV: key})
         self._on_api_key(key)  # before the spawn: the first request after readiness must carry it
-        if self.mode:
-            extra["AIGW_OCR_MODE"] = self.mode  # the mode this start is for, whatever the config says
+        if mode:
+            extra["AIGW_OCR_MODE"] = mode  # the mode this start is for, whatever the config says
         self.stderr_tail.clear()
         self._expect_exit = False
         try:
@@ -186,10 +196,10 @@ class ManagedBackend:
             return False
         self.proc = proc
         self._write_pid_file(proc.pid)
-        logs.event("backend_spawned", backend=self.name, pid=proc.pid, mode=self.mode)
+        logs.event("backend_spawned", backend=self.name, pid=proc.pid, mode=mode)
         self._spawn_task(self._watch(proc))
         started = self.layer.now()
-        url = f"http://{self.cfg.host}:{self.cfg.port}{self.cfg.health_path}"
+        url = f"http://{self.cfg.host}:{self.port}{self.cfg.health_path}"
         next_progress = started + 10.0
         delay = 0.05
         while self.state is State.STARTING and proc.returncode is None:
@@ -261,12 +271,13 @@ class ManagedBackend:
             self._on_ready(False)
         self._cancel_health()
         logs.event("backend_crashed", backend=self.name, pid=proc.pid, error=error)
-        self._on_crash(CrashInfo(self.name, error, exit_code, sig, "\n".join(self.stderr_tail), gpu_bytes))
+        self._on_crash(CrashInfo(self.cfg.name, error, exit_code, sig, "\n".join(self.stderr_tail), gpu_bytes,
+                                 self.index))
         if self.state in (State.RUNNING, State.STARTING):
             self._failed(error if not during_start else f"{error} during start-up")
 
     async def _health_loop(self, proc: ProcessHandle) -> None:
-        url = f"http://{self.cfg.host}:{self.cfg.port}{self.cfg.health_path}"
+        url = f"http://{self.cfg.host}:{self.port}{self.cfg.health_path}"
         failed = 0
         while self.state in (State.RUNNING, State.DRAINING) and proc.returncode is None:
             await self.layer.sleep(self.cfg.health_interval_s)
@@ -299,7 +310,8 @@ class ManagedBackend:
         gpu_bytes = self.gpu_memory_bytes()
         if self.state is State.RUNNING:
             self._on_ready(False)
-        self._on_crash(CrashInfo(self.name, error, None, None, "\n".join(self.stderr_tail), gpu_bytes))
+        self._on_crash(CrashInfo(self.cfg.name, error, None, None, "\n".join(self.stderr_tail), gpu_bytes,
+                                 self.index))
         await self._kill(proc)
         if self.state is State.RUNNING:
             self._failed(error)
@@ -350,8 +362,8 @@ class ManagedBackend:
         """Kill what left the group but still holds the GPU (e.g. engine processes that were reparented)."""
         if self.gpu is None or not self.gpu.available:
             return
-        await self.gpu.refresh(self.cfg.gpu)
-        leftovers = self.gpu.pids_on(self.cfg.gpu) & members
+        await self.gpu.refresh(self.gpu_index)
+        leftovers = self.gpu.pids_on(self.gpu_index) & members
         if leftovers:
             logs.event("backend_leftovers_killed", backend=self.name, pids=",".join(map(str, sorted(leftovers))))
             self.layer.kill_pids(leftovers)
@@ -389,7 +401,7 @@ class ManagedBackend:
         return task
 
     def _pid_file(self) -> Path:
-        return self.state_dir / "run" / f"{self.name}.pid"
+        return self.state_dir / "run" / f"{self.name.replace('/', '.')}.pid"
 
     def _write_pid_file(self, pid: int) -> None:
         import json

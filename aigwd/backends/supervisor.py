@@ -1,7 +1,9 @@
 """All model servers together: start order, admin actions, drained stops, OCR mode switches, on-demand
 start and idle stop, GPU verdicts, and leftovers of earlier runs.
 
-Implements the ModelManager interface that the admin commands call.
+Implements the ModelManager interface that the admin commands call. It runs the processes of the model
+services (aigwd.service) and drives them through their interface; it learns of requests and readiness
+from their events, and knows nothing of the gateway above them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +24,41 @@ import psutil
 from .. import logs
 from ..config import RESOLUTIONS, Config
 from ..errors import ApiError
-from ..gateway import Gateway
 from ..scheduling.ocrmodes import SwitchLedger, decide
+from ..service import Event, Events, Finished, ModelService, Submitted
 from ..store import CrashRecord, Store
-from ..timefmt import iso
+from .engineload import EngineLoad
+from .external import ExternalServer
 from .manager import ActionResult, ModelManager
 from .oslayer import ProcessLayer, RealLayer
 from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
-from .states import ACCEPTING_STATES, PROCESS_STATES, State
+from .report import model_row
+from .rolling import RollingActions
+from .states import PROCESS_STATES, State
 
 POLICY_INTERVAL_S = 0.25
 # A request that failed on a dropped connection this shortly before the exit was seen was in flight.
 CRASH_LOOKBACK_S = 5.0
 
 
-class Supervisor(ModelManager):
-    def __init__(self, cfg: Config, gateway: Gateway, store: Store, *, layer: ProcessLayer | None = None,
-                 gpu: GpuProbe | None = None, action_wait_s: float = 30.0,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+class Supervisor(RollingActions, ModelManager):
+    def __init__(self, cfg: Config, models: Mapping[str, ModelService], events: Events, store: Store, *,
+                 layer: ProcessLayer | None = None, gpu: GpuProbe | None = None,
+                 action_wait_s: float = 30.0,
+                 on_output: Callable[[str, str], None] = lambda backend, line: None) -> None:
+        """on_output(backend, line): each line a server writes (the daemon passes them to log followers)."""
         self.cfg = cfg
-        self.gateway = gateway
+        self.models = models
         self.store = store
         self.layer: ProcessLayer = layer or RealLayer()
         self.gpu = gpu
         self.action_wait_s = action_wait_s
+        # Per backend: its servers, one per replica it runs (index i: replica i); the first also in backends.
+        self.servers: dict[str, list[ManagedBackend]] = {}
         self.backends: dict[str, ManagedBackend] = {}
-        self.admin_stopped: set[str] = set()
+        self.externals: dict[str, list[ExternalServer]] = {}
+        self.replicas_stopped: set[tuple[str, int]] = set()
         self.switches: dict[str, int] = {}
-        self._busy: set[str] = set()  # a restart or switch is under way: requests keep queueing
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_switch: dict[str, float] = {}
         # Per backend: the switches of the last hour and who caused them; why the policy did not switch.
@@ -60,19 +69,26 @@ class Supervisor(ModelManager):
         self._closing = False
         gpu_locks: dict[int, asyncio.Lock] = {}
         for name, bcfg in cfg.backends.items():
-            backend = ManagedBackend(
-                bcfg, cfg.state_dir, self.layer, gpu=gpu,
-                on_ready=functools.partial(self._ready_changed, name), on_crash=self._crashed,
-                on_output=functools.partial(_publish_output, name),
-                on_api_key=functools.partial(self._api_key_changed, name))
-            backend.use_start_lock(gpu_locks.setdefault(bcfg.gpu, asyncio.Lock()))
-            self.backends[name] = backend
+            service, servers, externals = models[name], [], []
+            for replica in service.replicas:
+                ready = functools.partial(service.replica_ready, replica.index)
+                if replica.external:
+                    externals.append(ExternalServer(bcfg, replica.index, replica.url, self.layer, on_ready=ready))
+                    continue
+                backend = ManagedBackend(
+                    bcfg, cfg.state_dir, self.layer, gpu=gpu, mode_of=replica.current_mode, index=replica.index,
+                    on_ready=ready, on_crash=self._crashed, on_output=functools.partial(on_output, name),
+                    on_api_key=replica.use_key)
+                # Servers on one GPU load one after another.
+                backend.use_start_lock(gpu_locks.setdefault(backend.gpu_index, asyncio.Lock()))
+                replica.server = backend
+                servers.append(backend)
+            self.servers[name], self.externals[name] = servers, externals
+            if servers:  # a backend of external servers only has no process to run
+                self.backends[name] = servers[0]
             self._locks[name] = asyncio.Lock()
-        self._on_change = on_change
-        gateway.accepting = self.accepting
-        gateway.on_submit = self._submitted
-        gateway.on_finish = self._finished
-        self._deadlines_missed: dict[str, int] = {}
+        self._deadlines_missed: dict[tuple[str, int], int] = {}
+        events.subscribe(self._on_event)
 
     # --- daemon start and stop -------------------------------------------------------------------
 
@@ -97,66 +113,65 @@ class Supervisor(ModelManager):
 
     def start_all(self) -> None:
         self._spawn(self._policy_loop())
-        for backend in self.backends.values():
-            if backend.cfg.start == "always":
-                self._spawn(backend.start("daemon start"))
+        self._spawn(EngineLoad(self.models.values()).run())
+        for name, servers in self.servers.items():
+            for external in self.externals[name]:
+                self._spawn(external.run())
+            for backend in servers:
+                if backend.cfg.start == "always":
+                    self._spawn(backend.start("daemon start"))
 
     async def close(self) -> None:
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for backend in reversed(list(self.backends.values())):
+        for backend in reversed([b for servers in self.servers.values() for b in servers]):
             with contextlib.suppress(Exception):
                 await backend.close()
         closer = getattr(self.layer, "close", None)
         if closer is not None:
             await closer()
 
-    # --- what the gateway asks -------------------------------------------------------------------
+    # --- what the model services announce ------------------------------------------------------
 
-    def accepting(self, name: str) -> bool:
-        backend = self.backends.get(name)
-        if backend is None or name in self.admin_stopped:
-            return False
-        if name in self._busy or backend.state in ACCEPTING_STATES:
-            return True
-        return backend.state is State.STOPPED and backend.cfg.start == "on-demand"
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Submitted):
+            self._submitted(event.model)
+        elif isinstance(event, Finished):
+            self._finished(event.model, event.status, event.sent, event.replica or 0)
 
-    def _ready_changed(self, name: str, ready: bool) -> None:
-        self.gateway.set_ready(name, ready)
-        self._on_change()
-
-    def _finished(self, name: str, status: str, sent: bool) -> None:
-        """Requests that reach their deadline on the server, one after another with none completing:
+    def _finished(self, name: str, status: str, sent: bool, replica: int) -> None:
+        """Requests that reach their deadline on a server, one after another with none completing:
         the engine hangs behind an API server that still answers /health."""
-        backend = self.backends.get(name)
-        if backend is None:
+        servers = self.servers.get(name, [])
+        if replica >= len(servers):  # a server aigw does not run: not its to restart
             return
+        backend, key = servers[replica], (name, replica)
         if status == "completed":
-            self._deadlines_missed[name] = 0
+            self._deadlines_missed[key] = 0
         if status != "timeout" or not sent:
             return
         limit = backend.cfg.hung_after_timeouts
-        missed = self._deadlines_missed[name] = self._deadlines_missed.get(name, 0) + 1
+        missed = self._deadlines_missed[key] = self._deadlines_missed.get(key, 0) + 1
         if limit and missed >= limit and backend.state is State.RUNNING:
-            self._deadlines_missed[name] = 0
-            logs.event("backend_hung", backend=name, deadlines_missed=missed)
+            self._deadlines_missed[key] = 0
+            logs.event("backend_hung", backend=backend.name, deadlines_missed=missed)
             self._spawn(backend.hung(f"{missed} requests in a row reached their deadline while processing"))
-
-    def _api_key_changed(self, name: str, key: str) -> None:
-        self.gateway.backends[name].upstream.api_key = key
 
     def _submitted(self, name: str) -> None:
         self._last_work[name] = time.monotonic()
-        backend = self.backends[name]
-        if backend.state is State.STOPPED and backend.cfg.start == "on-demand" and name not in self._busy:
-            logs.event("backend_on_demand_start", backend=name)
-            self._spawn(backend.start("on-demand: a request arrived"))
+        if self.models[name].changing:
+            return
+        for backend in self.servers.get(name, []):
+            if (backend.state is State.STOPPED and backend.cfg.start == "on-demand"
+                    and (name, backend.index) not in self.replicas_stopped):
+                logs.event("backend_on_demand_start", backend=backend.name)
+                self._spawn(backend.start("on-demand: a request arrived"))
 
     def _crashed(self, info: CrashInfo) -> None:
         # In flight: still processing, or failed just now on the connection the dying server dropped.
-        ids = self.gateway.in_flight_ids(info.backend, CRASH_LOOKBACK_S)
+        ids = self.models[info.backend].in_flight_ids(CRASH_LOOKBACK_S, info.replica)
         mib = info.gpu_memory_bytes / 2**20 if info.gpu_memory_bytes is not None else None
         record = CrashRecord(id=None, timestamp=time.time(), model=info.backend, error=info.error,
                              exit_code=info.exit_code, signal=info.signal, stderr_tail=info.stderr_tail,
@@ -172,29 +187,23 @@ class Supervisor(ModelManager):
     # --- ModelManager ----------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        return list(self.backends)
+        return list(self.servers)
 
     def resolutions(self) -> list[str]:
         return list(RESOLUTIONS)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {name: self.describe(name) for name in self.backends}
+        return {name: self.describe(name) for name in self.servers}
 
     def describe(self, name: str) -> dict[str, Any]:
-        b = self.backends[name]
-        running = b.state is State.RUNNING
-        return {
-            "name": name, "status": "stopped" if name in self.admin_stopped and not b.has_process else b.state.value,
-            "state": b.state.value, "reason": b.machine.reason, "port": b.cfg.port, "models": b.cfg.models,
-            "started_at": iso(b.started_at) if running else None,
-            "uptime_seconds": int(time.time() - b.started_at) if running and b.started_at else 0,
-            "resolution": b.mode, "is_healthy": running, "pid": b.pid, "restarts": b.restarts,
-            "last_exit": b.last_exit, "gpu": b.cfg.gpu, "gpu_memory_bytes": b.gpu_memory_bytes(),
-            "start": b.cfg.start, "mode_switches": self.switches.get(name, 0),
-            "gpu_status": self._gpu_status(b.cfg.gpu),
-            **({"mode_switching": {**self.ledger(name).status(time.monotonic()),
-                                   "reason": self.switch_reason.get(name, "")}} if b.cfg.kind == "ocr" else {}),
-        }
+        service = self.models[name]
+        b = self.backends.get(name)
+        row = model_row(service, self.servers[name], self.externals[name], switches=self.switches.get(name, 0),
+                        gpu_status=self._gpu_status(b.gpu_index if b is not None else service.cfg.gpu))
+        if service.cfg.kind == "ocr":
+            row["mode_switching"] = {**self.ledger(name).status(time.monotonic()),
+                                     "reason": self.switch_reason.get(name, "")}
+        return row
 
     def ledger(self, name: str) -> SwitchLedger:
         """The switch ledger of a backend, its bounds read from the running config (a reload applies)."""
@@ -214,9 +223,15 @@ class Supervisor(ModelManager):
 
     def _backend(self, name: str) -> ManagedBackend:
         backend = self.backends.get(name)
+        if backend is None and name in self.servers:
+            raise ApiError(400, f"{name} has only servers aigw does not run: they are never started, stopped or "
+                                "restarted from here (stop and start open and close it to requests)")
         if backend is None:
             raise ApiError(404, f"Model {name} not available")
         return backend
+
+    def _external_only(self, name: str) -> bool:
+        return name in self.servers and not self.servers[name]
 
     @staticmethod
     def _check_resolution(resolution: str) -> None:
@@ -224,85 +239,137 @@ class Supervisor(ModelManager):
             raise ApiError(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
 
     async def start(self, name: str, resolution: str | None = None) -> ActionResult:
-        backend = self._backend(name)
+        if self._external_only(name) and resolution is None:
+            self.models[name].stopped_by_admin = False  # its requests are taken again
+            return ActionResult({"status": "started", "model": name})
+        backend, service = self._backend(name), self.models[name]
         if resolution is not None:
             self._check_resolution(resolution)
             if backend.cfg.kind != "ocr":
                 raise ApiError(400, f"resolution applies to OCR models only; {name} is a chat model")
-        self.admin_stopped.discard(name)
-        if resolution is not None and resolution != backend.mode and backend.has_process:
+        service.stopped_by_admin = False
+        self.replicas_stopped -= {(name, s.index) for s in self.servers[name]}  # the whole model: every replica
+        if resolution is not None and resolution != service.mode and backend.has_process:
             return await self.switch_backend(name, resolution, graceful=True)
-        if resolution is not None and resolution != backend.mode:
-            backend.mode = resolution
-            self.gateway.set_mode(name, resolution)
-        if backend.state is State.RUNNING:
+        if resolution is not None:
+            self._set_mode(name, resolution)  # not running: it starts in that mode
+        servers = self.servers[name]
+        if all(s.running for s in servers):
             return ActionResult({"status": "started", "model": name, "message": f"{name} is already running"})
-        task = self._spawn(backend.start("admin start"))
+        task = self._spawn(self._start_all_of(name, "admin start"))
         return await self._answer(task, {"status": "started", "model": name},
                                   {"status": "starting", "model": name, "follow": f"/admin/models#{name}"},
-                                  lambda: backend.running, backend)
+                                  lambda: any(s.running for s in servers), backend)
+
+    async def _start_all_of(self, name: str, reason: str) -> None:
+        """Start every server of a model at once (those on one GPU load one after another), but those an
+        admin stopped on their own."""
+        await asyncio.gather(*(s.start(reason) for s in self.servers[name]
+                               if (name, s.index) not in self.replicas_stopped))
+
+    def _set_mode(self, name: str, mode: str) -> None:
+        """Every replica of the model runs in `mode` from its next start."""
+        service = self.models[name]
+        for replica in service.replicas:
+            if not replica.external:
+                service.set_mode(replica.index, mode)
 
     async def stop(self, name: str, graceful: bool = True) -> ActionResult:
-        backend = self._backend(name)
-        self.admin_stopped.add(name)  # from now on its models answer 404
-        if backend.state in (State.STOPPED, State.FATAL, State.BACKOFF) and name not in self._busy:
-            await backend.stop("admin stop")
-            self.gateway.fail_waiting(name, "model stopped")
+        if self._external_only(name):
+            self.models[name].stopped_by_admin = True  # its models answer 404; its servers are not aigw's
+            self.models[name].fail_waiting("model stopped")
+            return ActionResult({"status": "stopped", "model": name})
+        backend, service = self._backend(name), self.models[name]
+        service.stopped_by_admin = True  # from now on its models answer 404
+        servers = self.servers[name]
+        quiet = (State.STOPPED, State.FATAL, State.BACKOFF)
+        if all(s.state in quiet for s in servers) and not service.changing:
+            for server in servers:
+                await server.stop("admin stop")
+            service.fail_waiting("model stopped")
             return ActionResult({"status": "stopped", "model": name})
         task = self._spawn(self._stop(name, graceful))
         return await self._answer(task, {"status": "stopped", "model": name},
                                   {"status": "stopping", "model": name, "follow": f"/admin/models#{name}"},
-                                  lambda: backend.state is State.STOPPED, backend)
+                                  lambda: all(s.state is State.STOPPED for s in servers), backend)
 
     async def _stop(self, name: str, graceful: bool) -> None:
-        backend = self.backends[name]
+        service = self.models[name]
         async with self._locks[name]:
-            self.gateway.fail_waiting(name, "model stopped")
+            service.fail_waiting("model stopped")
             await self._drain(name, graceful, "model stopped")
-            await backend.stop("admin stop")
-            self.gateway.fail_waiting(name, "model stopped")  # what slipped in while it drained
+            for server in self.servers[name]:
+                await server.stop("admin stop")
+            service.fail_waiting("model stopped")  # what slipped in while it drained
 
-    async def _drain(self, name: str, graceful: bool, reason: str) -> None:
-        """No new work starts; processing requests finish (bounded), or fail at once when forced."""
-        backend = self.backends[name]
-        backend.begin_drain()
-        self.gateway.set_ready(name, False)
-        if graceful and await self.gateway.wait_idle(name, backend.cfg.drain_timeout_s):
+    async def _drain(self, name: str, graceful: bool, reason: str,
+                     servers: list[ManagedBackend] | None = None) -> None:
+        """No new work starts on `servers` (all of the model's by default); what they process finishes
+        (bounded), or fails at once when forced."""
+        service = self.models[name]
+        servers = self.servers[name] if servers is None else servers
+        indexes = [s.index for s in servers]
+        for server in servers:
+            server.begin_drain()
+            service.replica_ready(server.index, False)
+        # All of a model's servers: what processes anywhere (servers aigw does not run included) counts.
+        scope = None if len(servers) == len(self.servers[name]) and not self.externals[name] else indexes
+        if graceful and await service.wait_idle(service.cfg.drain_timeout_s, scope):
             return
-        cut = self.gateway.fail_processing(name, reason if not graceful else f"{reason}: drain timeout passed")
+        cut = service.fail_processing(reason if not graceful else f"{reason}: drain timeout passed", scope)
         if cut:
             logs.event("requests_cut_off", backend=name, count=cut, graceful=graceful)
 
-    async def restart(self, name: str) -> ActionResult:
+    async def restart(self, name: str, rolling: bool = False) -> ActionResult:
+        """Stop and start again; rolling: one replica at a time, so a model with several keeps serving."""
         backend = self._backend(name)
-        self.admin_stopped.discard(name)
-        task = self._spawn(self._restart(name, backend.mode, "admin restart"))
-        return await self._answer(task, {"status": "restarted", "model": name},
+        if rolling:
+            task = self._spawn(self._rolling_restart(name, "rolling restart"))
+        else:
+            task = self._replace(name, None, by="admin", reason="admin restart")
+        done = {"status": "restarted", "model": name, **({"rolling": True} if rolling else {})}
+        return await self._answer(task, done,
                                   {"status": "restarting", "model": name, "follow": f"/admin/models#{name}"},
                                   lambda: backend.running, backend)
+
+    def _replace(self, name: str, mode: str | None, *, by: str, reason: str, graceful: bool = True,
+                 charged: tuple[str, ...] = (), why: str | None = None) -> asyncio.Task[Any]:
+        """The one way to a restart, for the admin commands, the switch policy and the auto-switch: the
+        server is drained, stopped and started again (in `mode` when given), in the background."""
+        service = self.models[name]
+        if by != "policy":  # an admin's or the auto-switch's action starts a model an admin stopped
+            service.stopped_by_admin = False
+        if mode is not None and mode != service.mode:
+            if why is None:
+                logs.event("ocr_switch", backend=name, before=service.mode, after=mode, by=by)
+            else:
+                logs.event("ocr_switch", backend=name, before=service.mode, after=mode, by=by, reason=why)
+        return self._spawn(self._restart(name, mode, reason, graceful, charged))
 
     async def _restart(self, name: str, mode: str | None, reason: str, graceful: bool = True,
                        charged: tuple[str, ...] = ()) -> None:
         """Stop and start again; waiting requests stay queued and run on the new server. A mode switch is
         counted in the backend's ledger, and charged to the subjects in `charged`."""
-        backend = self.backends[name]
+        service, servers = self.models[name], self.servers[name]
         async with self._locks[name]:
-            self._busy.add(name)
+            service.changing = True
             try:
-                if backend.has_process:
-                    await self._drain(name, graceful, "model restarted")
-                    await backend.stop(reason)
-                if mode is not None and mode != backend.mode:
-                    backend.mode = mode
-                    self.gateway.set_mode(name, mode)
+                live = [s for s in servers if s.has_process]
+                if live:
+                    await self._drain(name, graceful, "model restarted", live)
+                    for server in live:
+                        await server.stop(reason)
+                if mode is not None and mode != service.mode:
+                    self._set_mode(name, mode)
                     self.switches[name] = self.switches.get(name, 0) + 1
                     self._last_switch[name] = time.monotonic()
                     self.ledger(name).record(self._last_switch[name], charged)
-                if backend.state in (State.BACKOFF, State.FATAL):
-                    await backend.stop(reason)
-                await backend.start(reason)
+                for server in servers:
+                    if server.state in (State.BACKOFF, State.FATAL):
+                        await server.stop(reason)
+                await self._start_all_of(name, reason)
             finally:
-                self._busy.discard(name)
+                service.changing = False
 
     async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:
         self._check_resolution(resolution)
@@ -313,23 +380,21 @@ class Supervisor(ModelManager):
 
     def switching(self, name: str) -> bool:
         """A restart or mode switch is under way (during its drain the state still reads running)."""
-        return name in self._busy or self._locks[name].locked()
+        return self.models[name].changing or self._locks[name].locked()
 
     async def switch_backend(self, name: str, resolution: str, graceful: bool, by: str = "admin") -> ActionResult:
-        backend = self._backend(name)
+        backend, service = self._backend(name), self.models[name]
         done = {"status": "switched", "resolution": resolution,
                 "message": f"OCR resolution switched to {resolution}"}
-        if backend.mode == resolution and backend.state is State.RUNNING:
+        if service.mode == resolution and all(s.running for s in self.servers[name]):
             return ActionResult({**done, "message": f"OCR resolution is already {resolution}"})
         spent = self.ledger(name).spent(time.monotonic())
         if spent is not None and by != "admin":  # an admin's switch is made, and counted
             raise ApiError(429, f"{name}: no switch to {resolution} now: {spent}")
-        self.admin_stopped.discard(name)
-        logs.event("ocr_switch", backend=name, before=backend.mode, after=resolution, by=by)
-        task = self._spawn(self._restart(name, resolution, f"switch to {resolution}", graceful))
+        task = self._replace(name, resolution, by=by, reason=f"switch to {resolution}", graceful=graceful)
         return await self._answer(task, done, {"status": "switching", "resolution": resolution,
                                                "follow": f"/admin/models#{name}"},
-                                  lambda: backend.running and backend.mode == resolution, backend)
+                                  lambda: backend.running and service.mode == resolution, backend)
 
     async def _answer(self, task: asyncio.Task[Any], done: dict[str, Any], pending: dict[str, Any],
                       succeeded: Any, backend: ManagedBackend) -> ActionResult:
@@ -356,30 +421,29 @@ class Supervisor(ModelManager):
                     logs.event("policy_error", backend=name)
 
     def _consider_switch(self, name: str, backend: ManagedBackend) -> None:
-        queues = self.gateway.backends[name].queues
+        service = self.models[name]
+        queues = service.queues
         if not queues.per_mode or backend.state is not State.RUNNING or self._locks[name].locked():
             return
         now = time.monotonic()
         ocr = self.cfg.ocr
-        decision = decide(self.ledger(name), now, backend.mode or queues.active, queues.demand_by_subject(),
+        decision = decide(self.ledger(name), now, service.mode or "", queues.demand_by_subject(),
                           queues.processing(), now - self._last_switch.get(name, -1e18),
                           min_dwell_s=ocr.min_dwell_s, max_mismatch_wait_s=ocr.max_mismatch_wait_s,
                           min_demand=ocr.switch_min_demand, per_subject=ocr.switch_demand_per_subject)
         if decision.target is not None:
             self.switch_reason[name] = f"switching: {decision.reason}"
-            logs.event("ocr_switch", backend=name, before=backend.mode, after=decision.target,
-                       by="policy", reason=decision.reason)
-            self._spawn(self._restart(name, decision.target, f"switch to {decision.target}",
-                                      charged=decision.subjects))
+            self._replace(name, decision.target, by="policy", reason=f"switch to {decision.target}",
+                          charged=decision.subjects, why=decision.reason)
         elif decision.reason != self.switch_reason.get(name):
             self.switch_reason[name] = decision.reason
             if "the most allowed" in decision.reason or "left out" in decision.reason:
                 logs.event("ocr_switch_held", backend=name, reason=decision.reason)
 
     def _consider_idle_stop(self, name: str, backend: ManagedBackend) -> None:
-        if backend.cfg.start != "on-demand" or backend.state is not State.RUNNING or name in self._busy:
+        if backend.cfg.start != "on-demand" or backend.state is not State.RUNNING or self.models[name].changing:
             return
-        queues = self.gateway.backends[name].queues
+        queues = self.models[name].queues
         if queues.processing() or queues.waiting():
             self._last_work[name] = time.monotonic()
             return
@@ -389,18 +453,18 @@ class Supervisor(ModelManager):
             self._spawn(self._idle_stop(name))
 
     async def _idle_stop(self, name: str) -> None:
-        # Busy while it stops: a request arriving meanwhile is queued, not refused, and starts it again.
-        backend = self.backends[name]
+        # Changing while it stops: a request arriving meanwhile is queued, not refused, and starts it again.
         async with self._locks[name]:
-            self._busy.add(name)
+            service = self.models[name]
+            service.changing = True
             try:
                 await self._drain(name, True, "model stopped after idling")
-                await backend.stop(f"idle for {backend.cfg.idle_ttl_s:g} s")
+                for server in self.servers[name]:
+                    await server.stop(f"idle for {server.cfg.idle_ttl_s:g} s")
             finally:
-                self._busy.discard(name)
-            if self.gateway.backends[name].queues.waiting() and backend.state is State.STOPPED:
-                logs.event("backend_on_demand_start", backend=name)
-                await backend.start("on-demand: requests arrived while it stopped")
+                service.changing = False
+            if service.queues.waiting():
+                self._submitted(name)  # requests that arrived while it stopped start it again
 
     def gpu_verdict_changed(self, index: int, verdict: Any) -> None:
         logs.event("gpu_verdict", gpu=index, state=verdict.state, reasons="; ".join(verdict.reasons))
@@ -409,26 +473,20 @@ class Supervisor(ModelManager):
 
     async def gpu_failed(self, index: int, reasons: list[str]) -> None:
         """Stop the servers of a failed GPU; their start is refused until the GPU is healthy again."""
-        for name, backend in self.backends.items():
-            if backend.cfg.gpu == index and backend.state in PROCESS_STATES:
-                why = f"GPU {index} failed: {'; '.join(reasons)}"
-                logs.event("backend_gpu_failed", backend=name, reason=why)
-                async with self._locks[name]:
-                    await self._drain(name, False, why)
-                    await backend.stop(why)
+        for name, servers in self.servers.items():
+            for backend in servers:  # only the replicas on that GPU: the others keep serving
+                if backend.gpu_index == index and backend.state in PROCESS_STATES:
+                    why = f"GPU {index} failed: {'; '.join(reasons)}"
+                    logs.event("backend_gpu_failed", backend=backend.name, reason=why)
+                    async with self._locks[name]:
+                        await self._drain(name, False, why, [backend])
+                        await backend.stop(why)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-def _publish_output(backend: str, line: str) -> None:
-    """A server's output line to `aigwctl logs` followers (no-op without followers)."""
-    from ..control.loghub import publish_backend_line
-
-    publish_backend_line(backend, line)
 
 
 def kill_pid_files(pid_dir: Path) -> list[int]:

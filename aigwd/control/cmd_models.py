@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from ..api.context import Services
 
 MODEL = Arg("model", "backend name, e.g. gemma or deepseek", required=True, positional=True, complete="model")
+# start, stop and restart also take NAME/INDEX: one replica of the model (aigwctl stop gemma/1).
+TARGET = Arg("model", "backend name, e.g. gemma, or NAME/INDEX for one replica, e.g. gemma/1", required=True,
+             positional=True, complete="model")
+INDEX = Arg("index", "replica number, from 0", type="int", required=True, positional=True, minimum=0,
+            maximum=9999)
+ROLLING = Arg("rolling", "one replica at a time: drain, restart, wait until ready, next", type="bool",
+              default=False)
 GRACEFUL = Arg("graceful", "let processing requests finish first", type="bool", default=True)
 
 
@@ -51,7 +58,7 @@ def gpu_view(services: Services) -> dict[str, Any] | None:
 
 def queues_view(services: Services) -> dict[str, dict[str, Any]]:
     gateway = services.gateway
-    return {name: {**rt.queues.stats(), "ready": rt.queues.ready, "serving": gateway.serving(rt)}
+    return {name: {**rt.stats(), "ready": rt.ready, "serving": rt.accepting()}
             for name, rt in gateway.backends.items()}
 
 
@@ -71,16 +78,46 @@ async def models(ctx: Context, args: dict[str, Any]) -> Result:
     return Result(models_view(ctx.services))
 
 
+def _target(model: str) -> tuple[str, int | None]:
+    """NAME, or NAME/INDEX for one replica."""
+    name, sep, index = model.partition("/")
+    if not sep:
+        return model, None
+    if not index.isdigit() or len(index) > 4:
+        raise ApiError(400, f"a replica is named NAME/INDEX with INDEX a number, e.g. {name[:100]}/1")
+    return name, int(index)
+
+
 async def start(ctx: Context, args: dict[str, Any]) -> Result:
-    return _answer(await _manager(ctx).start(args["model"], args["resolution"]))
+    name, index = _target(args["model"])
+    if index is not None:
+        if args["resolution"] is not None:
+            raise ApiError(400, "resolution applies to the whole model; start it without /INDEX")
+        return _answer(await _manager(ctx).replica_action(name, index, "start"))
+    return _answer(await _manager(ctx).start(name, args["resolution"]))
 
 
 async def stop(ctx: Context, args: dict[str, Any]) -> Result:
-    return _answer(await _manager(ctx).stop(args["model"], args["graceful"]))
+    name, index = _target(args["model"])
+    if index is not None:
+        return _answer(await _manager(ctx).replica_action(name, index, "stop", args["graceful"]))
+    return _answer(await _manager(ctx).stop(name, args["graceful"]))
 
 
 async def restart(ctx: Context, args: dict[str, Any]) -> Result:
-    return _answer(await _manager(ctx).restart(args["model"]))
+    name, index = _target(args["model"])
+    if index is not None:
+        if args["rolling"]:
+            raise ApiError(400, "rolling applies to the whole model; restart it without /INDEX")
+        return _answer(await _manager(ctx).replica_action(name, index, "restart"))
+    return _answer(await _manager(ctx).restart(name, rolling=args["rolling"]))
+
+
+def _replica(action: str) -> Any:
+    async def handler(ctx: Context, args: dict[str, Any]) -> Result:
+        return _answer(await _manager(ctx).replica_action(args["model"], args["index"], action,
+                                                          args.get("graceful", True)))
+    return handler
 
 
 async def resolution(ctx: Context, args: dict[str, Any]) -> Result:
@@ -94,20 +131,29 @@ async def queue(ctx: Context, args: dict[str, Any]) -> Result:
     rt = gateway.backends.get(name)
     if rt is None:
         raise not_found(f"Model {asked[:100]} not available")
-    return Result({"model": name, **rt.queues.stats()})
+    return Result({"model": name, **rt.stats()})
 
 
 COMMANDS = (
     Command("status", "the daemon at a glance: version, uptime, models, queues, GPUs", status,
             path="/admin/status"),
     Command("models", "state of every model server", models, path="/admin/models"),
-    Command("start", "start a model server", start, (
-        MODEL, Arg("resolution", "OCR resolution mode to start in", complete="resolution")),
+    Command("start", "start a model server (NAME/INDEX: one replica)", start, (
+        TARGET, Arg("resolution", "OCR resolution mode to start in", complete="resolution")),
         method="POST", path="/admin/models/{model}/start", mutates=True),
-    Command("stop", "stop a model server; its models answer 404 until it starts again", stop,
-            (MODEL, GRACEFUL), method="POST", path="/admin/models/{model}/stop", mutates=True),
-    Command("restart", "stop and start a model server", restart, (MODEL,),
+    Command("stop", "stop a model server; its models answer 404 until it starts again (NAME/INDEX: one "
+                    "replica, the others keep serving)", stop,
+            (TARGET, GRACEFUL), method="POST", path="/admin/models/{model}/stop", mutates=True),
+    Command("restart", "stop and start a model server (NAME/INDEX: one replica; --rolling: one replica at a "
+                       "time, so the model keeps serving)", restart, (TARGET, ROLLING),
             method="POST", path="/admin/models/{model}/restart", mutates=True),
+    Command("replica start", "start one replica of a model", _replica("start"), (MODEL, INDEX),
+            method="POST", path="/admin/models/{model}/replicas/{index}/start", mutates=True),
+    Command("replica stop", "stop one replica of a model; the others keep serving", _replica("stop"),
+            (MODEL, INDEX, GRACEFUL), method="POST", path="/admin/models/{model}/replicas/{index}/stop",
+            mutates=True),
+    Command("replica restart", "restart one replica of a model; the others keep serving", _replica("restart"),
+            (MODEL, INDEX), method="POST", path="/admin/models/{model}/replicas/{index}/restart", mutates=True),
     Command("resolution", "switch the OCR server to another resolution mode", resolution, (
         Arg("resolution", "tiny, small, base, large or gundam", required=True, positional=True,
             complete="resolution"), GRACEFUL),

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from .. import config, logs
 from ..config import Config, ConfigError
 from ..errors import bad_request
-from ..gateway import queue_limits
 
 if TYPE_CHECKING:
     from ..api.context import Services
@@ -112,11 +111,7 @@ class Reloader:
             if fresh is not None:
                 for key in LIVE_BACKEND:
                     setattr(running, key, getattr(fresh, key))
-            max_concurrent, max_waiting = queue_limits(merged, running)
-            rt.queues.reconfigure(max_concurrent=max_concurrent, max_waiting=max_waiting,
-                                  aging_s=merged.queue.aging_s, subject_share=merged.queue.subject_share,
-                                  subject_min=merged.queue.subject_min_waiting)
-            rt.upstream.set_max_connections(max_concurrent)
+            rt.reconfigure(merged)
         s.tokens.access_ttl_s = merged.auth.access_ttl_s
         s.tokens.refresh_ttl_s = merged.auth.refresh_ttl_s
         s.cfg = merged

@@ -1,14 +1,15 @@
 """The queues of one backend: one queue, or for a strict OCR backend one queue per resolution mode.
 
-A server runs in one mode at a time, so only the queue of the running mode dispatches; the others
-wait for a switch. The bound on waiting requests holds for all of them together, and so does each
+A server runs in one mode at a time, so only the queues of the modes its ready servers run in dispatch;
+the others wait for a switch. Which those are is told by `dispatch`; the modes themselves are kept by
+the servers (aigwd.service.replica). The bound on waiting requests holds for all of them together, and so does each
 subject's share of it: no subject may hold more than `subject_share` of the waiting room (at least
 `subject_min` requests), so one subject, whatever client IDs it sends, never fills the queue for all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 
 from .fairqueue import Job
@@ -27,7 +28,7 @@ class ShareFull(QueueFull):
 
 
 class BackendQueues:
-    def __init__(self, name: str, modes: list[str], active: str, *, max_concurrent: int, max_waiting: int,
+    def __init__(self, name: str, modes: list[str], *, max_concurrent: int, max_waiting: int,
                  aging_s: float, runner: Callable[[Job], Awaitable[str]],
                  on_timeout: Callable[[Job, bool], None], subject_share: float = 1.0,
                  subject_min: int = 1) -> None:
@@ -41,8 +42,6 @@ class BackendQueues:
         self.queues = {key: ModelQueue(f"{name}:{key}" if key else name, max_concurrent=max_concurrent,
                                        max_waiting=UNBOUNDED, aging_s=aging_s, runner=runner,
                                        on_timeout=on_timeout) for key in keys}
-        self.active = active if self.per_mode else ANY_MODE
-        self.ready = False
         self.rejected = 0
 
     def key(self, mode: str | None) -> str:
@@ -86,15 +85,17 @@ class BackendQueues:
         queue = self.find(job_id)
         return queue.position(job_id) if queue is not None else None
 
-    def set_ready(self, ready: bool) -> None:
-        self.ready = ready
+    def dispatch(self, slots: Mapping[str | None, int]) -> None:
+        """Per mode, the slots of the ready servers in it: only those queues dispatch, each that many at
+        once; a mode not given holds."""
+        totals: dict[str, int] = {}
+        for mode, n in slots.items():
+            totals[self.key(mode)] = totals.get(self.key(mode), 0) + n
         for key, queue in self.queues.items():
-            queue.set_ready(ready and key == self.active)
-
-    def set_active(self, mode: str) -> None:
-        if self.per_mode:
-            self.active = mode
-            self.set_ready(self.ready)
+            n = totals.get(key, 0)
+            if n > 0:
+                queue.set_slots(n)
+            queue.set_ready(n > 0)
 
     def processing_ids(self) -> list[str]:
         return [rid for q in self.queues.values() for rid in q.processing_ids()]
@@ -143,7 +144,6 @@ class BackendQueues:
         total.utilization = total.processing / total.max_concurrent
         body: dict[str, object] = asdict(total)
         if self.per_mode:
-            body["active_mode"] = self.active
             body["by_mode"] = {key: {"waiting": s.waiting, "processing": s.processing} for key, s in parts.items()}
         return body
 

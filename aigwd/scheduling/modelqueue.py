@@ -147,6 +147,12 @@ class ModelQueue:
         self._ready = ready
         self._dispatch()
 
+    def set_slots(self, max_concurrent: int) -> None:
+        """Run this many at once from now on (the slots of the servers it feeds change)."""
+        _check_limits(max_concurrent, self._max_waiting)
+        self._max_concurrent = max_concurrent
+        self._dispatch()
+
     def reconfigure(self, *, max_concurrent: int, max_waiting: int, aging_s: float) -> None:
         """Apply new limits; jobs already accepted are kept even if they now exceed them."""
         _check_limits(max_concurrent, max_waiting)

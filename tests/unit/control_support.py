@@ -82,10 +82,15 @@ class FakeManager(ModelManager):
         self.calls.append(("stop", name, graceful))
         return ActionResult({"status": "stopped", "model": name})
 
-    async def restart(self, name: str) -> ActionResult:
+    async def restart(self, name: str, rolling: bool = False) -> ActionResult:
         self._known(name)
-        self.calls.append(("restart", name))
+        self.calls.append(("restart", name) + (("rolling",) if rolling else ()))
         return ActionResult({"status": "restarting", "model": name}, 202)
+
+    async def replica_action(self, name: str, index: int, action: str, graceful: bool = True) -> ActionResult:
+        self._known(name)
+        self.calls.append((f"replica {action}", name, index))
+        return ActionResult({"status": f"{action}ed", "model": name, "replica": index})
 
     async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:
         if resolution not in self.resolutions():

@@ -48,7 +48,7 @@ def test_split_keeps_the_word_being_typed() -> None:
     ("logs -f ", ["deepseek", "gemma"]),
     ("crashes ", ["--cursor", "--limit"]),
     ("crashes --limit ", []),
-    ("help ", sorted({"status", "models", "start", "stop", "restart", "resolution", "queue", "crashes",
+    ("help ", sorted({"status", "models", "start", "stop", "restart", "replica", "resolution", "queue", "crashes",
                       "missing", "audit", "users", "tokens", "keys", "autoswitch", "reload", "logs"})),
     ("help users ", ["add", "del", "disable", "enable", "list", "passwd"]),
     ("watch ", []),

@@ -65,6 +65,13 @@ def test_render_tables_and_lines() -> None:
                                               "port": 8000, "uptime_seconds": 5}})
     assert text.splitlines()[0].split()[:3] == ["MODEL", "STATUS", "HEALTHY"]
     assert "gemma  running  yes" in text
+    replicated = render.render("models", {"gemma": {"name": "gemma", "status": "running", "is_healthy": True,
+                                                    "replicas": [{"index": 0, "state": "running", "is_healthy": True,
+                                                                  "port": 8000, "pid": 11},
+                                                                 {"index": 1, "state": "backoff", "is_healthy": False,
+                                                                  "port": 8001, "pid": None}]}})
+    assert [line.split()[:3] for line in replicated.splitlines()[2:]] == [
+        ["gemma/0", "running", "yes"], ["gemma/1", "backoff", "no"]]
     assert render.render("audit", []) == "(none)"
     assert render.render("start", {"status": "started", "model": "gemma"}) == "status  started\nmodel   gemma"
     assert render.render("users add", {"status": "added", "message": "user c added"}) == "user c added"

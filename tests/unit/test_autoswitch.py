@@ -373,12 +373,12 @@ def _job(i: int) -> Job:
 
 
 async def test_waiting_by_mode_reads_the_queues() -> None:
-    strict = BackendQueues("deepseek", ["tiny", "gundam"], "tiny", max_concurrent=1, max_waiting=10, aging_s=0,
+    strict = BackendQueues("deepseek", ["tiny", "gundam"], max_concurrent=1, max_waiting=10, aging_s=0,
                            runner=_runner, on_timeout=lambda job, p: None)
     strict.submit(_job(1), "gundam")
     strict.submit(_job(2), "gundam")
     assert waiting_by_mode(strict, "tiny") == {"gundam": 2}
-    shared = BackendQueues("deepseek", [], "tiny", max_concurrent=1, max_waiting=10, aging_s=0,
+    shared = BackendQueues("deepseek", [], max_concurrent=1, max_waiting=10, aging_s=0,
                            runner=_runner, on_timeout=lambda job, p: None)
     shared.submit(_job(3), "gundam")
     assert waiting_by_mode(shared, "tiny") == {"tiny": 1}  # serve-current: the running mode serves it

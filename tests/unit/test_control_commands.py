@@ -144,3 +144,18 @@ async def test_users_persist_and_config_users_follow_the_file(harness: Harness) 
     assert h.services.users.get("dave") is not None
     rows = {r.name: r.source for r in await h.store.users()}
     assert rows == {"admin": "config", "erin": "config", "dave": "admin"}
+
+
+async def test_one_replica_is_named_name_slash_index_and_rolling_goes_with_the_restart(harness: Harness) -> None:
+    h = harness
+    assert (await h.plane.run("stop", {"model": "gemma/1"}, actor="admin", via="socket")).status == 200
+    assert (await h.plane.run("start", {"model": "gemma/0"}, actor="admin", via="socket")).status == 200
+    await h.plane.run("restart", {"model": "gemma", "rolling": True}, actor="admin", via="socket")
+    await h.plane.run("replica restart", {"model": "gemma", "index": "2"}, actor="admin", via="tcp")
+    assert h.manager.calls == [("replica stop", "gemma", 1), ("replica start", "gemma", 0),
+                               ("restart", "gemma", "rolling"), ("replica restart", "gemma", 2)]
+    for args, detail in (({"model": "gemma/x"}, "INDEX a number"),
+                         ({"model": "gemma/1", "rolling": True}, "rolling applies to the whole model")):
+        with pytest.raises(ApiError) as err:
+            await h.plane.run("restart", args, actor="admin", via="socket")
+        assert err.value.status == 400 and detail in err.value.detail

@@ -47,7 +47,7 @@ async def test_reload_applies_limits_queues_and_users(harness: Harness) -> None:
     gemma = services.gateway.backends["gemma"].queues.stats()
     assert (gemma["max_concurrent"], gemma["max_waiting"]) == (2, 3)
     assert services.gateway.backends["deepseek"].queues.stats()["max_concurrent"] == 8
-    assert services.gateway.backends["gemma"].upstream._pool.max_idle == 2  # kept-alive connections follow
+    assert services.gateway.backends["gemma"].replicas[0].upstream._pool.max_idle == 2  # kept-alive connections follow
     assert services.limiter.check("s", "c") == 0.0 and services.limiter.check("s", "c") > 0
     assert await services.users.authenticate("erin", "erin-pw") is not None
 

@@ -23,15 +23,15 @@ async def test_unexpected_error_in_the_upstream_call_fails_the_request(tmp_path:
         async def broken(body: bytes, request_id: str) -> tuple[int, bytes]:
             raise RuntimeError("a bug")
 
-        rt.upstream.chat = broken  # type: ignore[method-assign]
-        gateway.set_ready("gemma", True)
+        rt.replicas[0].upstream.chat = broken  # type: ignore[method-assign]
+        rt.replica_ready(0, True)
         try:
             live = await gateway.submit(rt, subject="alice", headers=RequestHeaders("app", Priority.NORMAL),
                                         model="m", payload=b'{"model": "m"}', sync=True)
             await live.done.wait()
             assert live.record.status == "failed"
             assert live.record.error == "internal error in the gateway; it was logged"
-            await gateway.wait_idle("gemma", 5)
+            await rt.wait_idle(5)
             stored = await store.get_request(live.record.id)
             assert stored is not None and stored.status == "failed"
             assert rt.queues.processing() == 0

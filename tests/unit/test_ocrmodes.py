@@ -58,7 +58,7 @@ def _job(i: int) -> Job:
 
 
 async def test_only_the_active_mode_dispatches_and_the_bound_is_shared() -> None:
-    q = BackendQueues("deepseek", ["tiny", "large"], "large", max_concurrent=1, max_waiting=3, aging_s=0,
+    q = BackendQueues("deepseek", ["tiny", "large"], max_concurrent=1, max_waiting=3, aging_s=0,
                       runner=_runner, on_timeout=lambda job, p: None)
     q.submit(_job(1), "tiny")
     q.submit(_job(2), "large")
@@ -67,11 +67,11 @@ async def test_only_the_active_mode_dispatches_and_the_bound_is_shared() -> None
         q.submit(_job(4), "large")
     q.submit(_job(5), "large", force=True)  # recovered work always fits
     assert q.waiting() == 4 and q.stats()["total_rejected"] == 1
-    q.set_ready(True)
+    q.dispatch({"large": 1})
     await asyncio.sleep(0.05)
     assert q.demand()["tiny"][0] == 2 and q.demand()["large"][0] == 0
-    q.set_active("tiny")
+    q.dispatch({"tiny": 1})
     await asyncio.sleep(0.05)
     stats = q.stats()
-    assert stats["waiting"] == 0 and stats["total_processed"] == 4 and stats["active_mode"] == "tiny"
+    assert stats["waiting"] == 0 and stats["total_processed"] == 4
     await q.close()

@@ -23,7 +23,7 @@ def job(i: int, subject: str, client_id: str | None = None, deadline: float = 1e
 
 
 def queues(max_waiting: int, share: float, minimum: int = 1, modes: list[str] | None = None) -> BackendQueues:
-    return BackendQueues("b", modes or [], "large", max_concurrent=1, max_waiting=max_waiting, aging_s=0,
+    return BackendQueues("b", modes or [], max_concurrent=1, max_waiting=max_waiting, aging_s=0,
                          runner=_hang, on_timeout=lambda j, p: None, subject_share=share, subject_min=minimum)
 
 
@@ -68,7 +68,7 @@ async def test_the_count_is_released_by_dispatch_cancel_timeout_and_drain() -> N
     for i in range(5):
         q.submit(job(i, "bob"), None)
     assert q.waiting_of("bob") == 5
-    q.set_ready(True)  # one dispatched
+    q.dispatch({None: 1})  # one dispatched
     assert q.waiting_of("bob") == 4
     assert q.cancel("bob-1") == "queued"
     assert q.waiting_of("bob") == 3

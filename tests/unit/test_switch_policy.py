@@ -127,7 +127,7 @@ async def test_past_the_bound_the_auto_switch_is_refused_and_an_admin_switch_is_
     layer.healthy = True
     async with Store(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
-        supervisor = Supervisor(cfg, gateway, store, layer=layer, action_wait_s=5)
+        supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         try:
             ledger = supervisor.ledger("deepseek")
             now = time.monotonic()
@@ -137,7 +137,7 @@ async def test_past_the_bound_the_auto_switch_is_refused_and_an_admin_switch_is_
                 await supervisor.switch_backend("deepseek", "tiny", graceful=True, by="auto-switch")
             assert refused.value.status == 429 and "max_switches_per_hour" in refused.value.detail
             done = await supervisor.switch_backend("deepseek", "tiny", graceful=True)  # an admin's
-            assert done.body["status"] == "switched" and supervisor.backends["deepseek"].mode == "tiny"
+            assert done.body["status"] == "switched" and gateway.backends["deepseek"].mode == "tiny"
             status = supervisor.describe("deepseek")["mode_switching"]
             assert status["switches_last_hour"] == 3 and status["max_switches_per_hour"] == 2
         finally:
