@@ -61,7 +61,7 @@ async def test_backend_killed_mid_stream(make_daemon, session: aiohttp.ClientSes
     finals = await account(user, admin, [rid])
     assert finals[rid]["status"] == "failed"
     # Supervision restarts the server and service goes on.
-    await async_wait_until(d._healthy, 30,
+    await async_wait_until(d._healthy, 60,
                            what="the killed server to be restarted")
     status, answer = await user.chat("after")
     assert status == 202
