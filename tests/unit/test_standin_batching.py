@@ -115,3 +115,25 @@ async def test_metrics_report_running_and_waiting(aiohttp_client: AiohttpClient)
         return running.replace("1.0", "0.0") in text and waiting.replace("1.0", "0.0") in text
 
     await wait_for(all_gone, "both requests to be counted out")
+
+
+async def test_batched_answers_and_streams_are_whole(aiohttp_client: AiohttpClient) -> None:
+    client = await start(aiohttp_client, tokens_per_second=1000, reply_tokens=5, batch_slowdown=0.5, max_batch=2)
+
+    async def plain() -> int:
+        async with client.post("/v1/chat/completions", json=chat_body()) as resp:
+            assert resp.status == 200
+            return int((await resp.json())["usage"]["completion_tokens"])
+
+    async def streamed() -> int:
+        async with client.post("/v1/chat/completions", json=chat_body(stream=True)) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        assert text.rstrip().endswith("data: [DONE]")
+        return text.count('"content":"') - text.count('"content":""')
+
+    counts = await asyncio.gather(*(plain() for _ in range(3)), *(streamed() for _ in range(3)))
+    assert counts == [5] * 6
+    async with client.get("/standin/stats") as resp:
+        st = await resp.json()
+    assert (st["completed"], st["in_flight"]) == (6, 0)
