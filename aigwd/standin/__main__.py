@@ -1,4 +1,5 @@
-"""python -m aigwd.standin --host H --port P --model NAME [--model NAME ...] [--gpu-memory-mib N] [fault options]"""
+"""python -m aigwd.standin --host H --port P --model NAME [--model NAME ...] [--gpu-memory-mib N] [--batch-slowdown K]
+[--max-batch N] [fault options]"""
 
 from __future__ import annotations
 
@@ -68,13 +69,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="/v1/* requests need `Authorization: Bearer KEY` (default: $VLLM_API_KEY, as vLLM)")
     p.add_argument("--stop-delay", type=_seconds, default=0.0,
                    help="seconds between SIGTERM and exit, as a real server takes to shut down")
+    p.add_argument("--batch-slowdown", type=_seconds, default=0.0,
+                   help="a GPU's batching: each token takes 1/tokens-per-second x (1 + this x (running - 1)); "
+                        "0 (the default) keeps every request at full speed")
+    p.add_argument("--max-batch", type=_positive_int, default=None,
+                   help="run at most this many requests at once; the rest wait inside the server, as with "
+                        "vLLM's --max-num-seqs (default: no limit)")
     a = p.parse_args(argv)
     keys = [k for k in (a.api_keys or [os.environ.get("VLLM_API_KEY", "")]) if k]
     return Settings(host=a.host, port=a.port, models=tuple(dict.fromkeys(a.models)),
                     startup_delay=a.startup_delay, latency=a.latency, tokens_per_second=a.tokens_per_second,
                     reply_tokens=a.reply_tokens, exit_after=a.exit_after, hang=a.hang, fail_status=a.fail_status,
                     fail_health=a.fail_health, garbage=a.garbage, ocr_mode=a.ocr_mode or None,
-                    gpu_memory_mib=a.gpu_memory_mib, api_keys=tuple(keys), stop_delay=a.stop_delay)
+                    gpu_memory_mib=a.gpu_memory_mib, api_keys=tuple(keys), stop_delay=a.stop_delay,
+                    batch_slowdown=a.batch_slowdown, max_batch=a.max_batch)
 
 
 class GpuMemoryError(Exception):

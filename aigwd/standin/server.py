@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import replies
+from .batching import Batch
 from .replies import ChatRequest, RequestError
 
 RECENT_LIMIT = 50
@@ -48,6 +49,8 @@ class Settings:
     max_image_bytes: int = 64 * 1024 * 1024
     api_keys: tuple[str, ...] = ()  # like vLLM's --api-key / $VLLM_API_KEY: /v1/* needs one as a bearer token
     stop_delay: float = 0.0  # seconds between SIGTERM and exit, as vLLM takes to shut its engine down
+    batch_slowdown: float = 0.0  # each other running request adds this fraction to a token's time
+    max_batch: int | None = None  # past this many running requests, the next wait inside the server
 
 
 @dataclass
@@ -56,7 +59,8 @@ class Stats:
     completed: int = 0
     aborted: int = 0
     errors: int = 0
-    running: Counter[str] = field(default_factory=Counter)
+    running: Counter[str] = field(default_factory=Counter)  # includes those waiting for a place in the batch
+    waiting: Counter[str] = field(default_factory=Counter)
     prompt_tokens: Counter[str] = field(default_factory=Counter)
     generation_tokens: Counter[str] = field(default_factory=Counter)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_LIMIT))
@@ -83,6 +87,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", Stats)
 EXIT = web.AppKey[Callable[[int], None]]("exit")
 STARTED = web.AppKey("started", int)
+BATCH = web.AppKey("batch", Batch)
 
 
 def build_app(settings: Settings, *, exit_process: Callable[[int], None] = hard_exit) -> web.Application:
@@ -95,6 +100,7 @@ def build_app(settings: Settings, *, exit_process: Callable[[int], None] = hard_
     app[STATS] = Stats()
     app[EXIT] = exit_process
     app[STARTED] = int(time.time())
+    app[BATCH] = Batch(settings.batch_slowdown, settings.max_batch)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", metrics)
@@ -163,9 +169,9 @@ async def metrics(request: web.Request) -> web.Response:
                 *(f'{name}{{engine="0",model_name="{_label(m)}"}} {float(value(m))}' for m in names)]
 
     lines = [*family("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
-                     lambda m: st.running[m]),
+                     lambda m: st.running[m] - st.waiting[m]),
              *family("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
-                     lambda m: 0),
+                     lambda m: st.waiting[m]),
              *family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
                      lambda m: st.prompt_tokens[m]),
              *family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
@@ -236,16 +242,34 @@ async def _answer(request: web.Request, seen: int) -> web.StreamResponse:
         reply = replies.make_reply(req, settings.reply_tokens, settings.ocr_mode)
         ids = replies.Ids(req.model)
         st.prompt_tokens[req.model] += req.prompt_tokens
-        if settings.latency > 0:
-            await asyncio.sleep(settings.latency)
-        if req.stream:
-            return await _stream(request, settings, req, reply, ids)
-        if settings.tokens_per_second > 0:
-            await asyncio.sleep(len(reply.tokens) / settings.tokens_per_second)
-        st.generation_tokens[req.model] += len(reply.tokens)
-        return web.json_response(replies.completion(ids, req, reply))
+        st.waiting[req.model] += 1
+        waited = False
+        try:
+            async with request.app[BATCH].seat():
+                st.waiting[req.model] -= 1
+                waited = True
+                return await _generate(request, settings, req, reply, ids)
+        finally:
+            if not waited:
+                st.waiting[req.model] -= 1
     finally:
         st.running[req.model] -= 1
+
+
+async def _generate(request: web.Request, settings: Settings, req: ChatRequest, reply: replies.Reply,
+                    ids: replies.Ids) -> web.StreamResponse:
+    if settings.latency > 0:
+        await asyncio.sleep(settings.latency)
+    if req.stream:
+        return await _stream(request, settings, req, reply, ids)
+    batch = request.app[BATCH]
+    if settings.tokens_per_second > 0 and batch.slowdown == 0:
+        await asyncio.sleep(len(reply.tokens) / settings.tokens_per_second)
+    elif settings.tokens_per_second > 0:
+        for _ in reply.tokens:  # token by token: the batch around this request changes as it runs
+            await asyncio.sleep(batch.token_delay(1 / settings.tokens_per_second))
+    request.app[STATS].generation_tokens[req.model] += len(reply.tokens)
+    return web.json_response(replies.completion(ids, req, reply))
 
 
 async def _stream(request: web.Request, settings: Settings, req: ChatRequest, reply: replies.Reply,
@@ -254,10 +278,11 @@ async def _stream(request: web.Request, settings: Settings, req: ChatRequest, re
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
     await resp.prepare(request)
     await resp.write(replies.sse(replies.chunk(ids, {"role": "assistant", "content": ""})))
-    pause = 1 / settings.tokens_per_second if settings.tokens_per_second > 0 else 0.0
+    base = 1 / settings.tokens_per_second if settings.tokens_per_second > 0 else 0.0
+    batch = request.app[BATCH]
     for i, token in enumerate(reply.tokens):
-        if pause:
-            await asyncio.sleep(pause)
+        if base:
+            await asyncio.sleep(batch.token_delay(base))
         last = i == len(reply.tokens) - 1
         piece = replies.chunk(ids, {"content": token}, reply.finish_reason if last else None)
         if last and reply.extra is not None:
