@@ -473,6 +473,13 @@ def _number_problem(value: Any) -> str | None:
     return None
 
 
+# Tables of per-name limits inside a section: the class of each entry, and what the names are.
+_NESTED_LIMITS: dict[tuple[type, str], tuple[type, str]] = {
+    (RateLimitConfig, "clients"): (ClientLimit, "client IDs"),
+    (RateLimitConfig, "subjects"): (SubjectLimit, "subjects (user names)"),
+}
+
+
 def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigError]) -> Any:
     if not isinstance(raw, dict):
         raise fail(where, "must be a table")
@@ -482,17 +489,12 @@ def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigErr
         f = known.get(key)
         if f is None or (key == "name" and cls is BackendConfig):
             raise fail(f"{where}.{key}", f"unknown setting; known: {', '.join(sorted(known))}")
-        if cls is RateLimitConfig and key == "clients":
+        nested = _NESTED_LIMITS.get((cls, key))
+        if nested is not None:
+            limit_cls, what = nested
             if not isinstance(value, dict):
-                raise fail(f"{where}.{key}", "must be a table of client IDs")
-            values[key] = {cid: _build(ClientLimit, v, f"{where}.clients.{cid}", fail)
-                           for cid, v in value.items()}
-            continue
-        if cls is RateLimitConfig and key == "subjects":
-            if not isinstance(value, dict):
-                raise fail(f"{where}.{key}", "must be a table of subjects (user names)")
-            values[key] = {sub: _build(SubjectLimit, v, f"{where}.subjects.{sub}", fail)
-                           for sub, v in value.items()}
+                raise fail(f"{where}.{key}", f"must be a table of {what}")
+            values[key] = {name: _build(limit_cls, v, f"{where}.{key}.{name}", fail) for name, v in value.items()}
             continue
         if not _type_ok(value, f.type):
             raise fail(f"{where}.{key}", f"must be of type {f.type}, got {type(value).__name__}")
