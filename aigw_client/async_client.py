@@ -101,6 +101,7 @@ class AsyncClient:
         self._tokens: TokenPair | None = None
         self._auth_lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._sleep = asyncio.sleep  # the waits between attempts (replaced in tests)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -247,7 +248,7 @@ class AsyncClient:
                 raise error
             if self.on_retry is not None:
                 self.on_retry(RetryEvent(method, path, attempts, error.status, error.detail, wait))
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
     def _headers(self, client_id: str | None, priority: str | None, resolution: str | None = None) -> dict[str, str]:
         headers: dict[str, str] = {}
