@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from . import bodies
 from .errors import (
     AigwError,
     AuthenticationError,
+    BadRequestError,
     ConnectionFailedError,
     RequestFailedError,
     WaitTimeoutError,
@@ -55,6 +57,18 @@ class _Answer:
         if not isinstance(parsed, dict):
             raise AigwError(self.status, f"the gateway's answer is not a JSON object: {self.body[:200]!r}")
         return parsed
+
+
+_POLL_LIMIT = re.compile(r"^wait must be a number of seconds from 0 to ([0-9.]+)")
+
+
+def _poll_limit(detail: str) -> float | None:
+    """The longest ?wait= a gateway allows, from its refusal of a longer one."""
+    match = _POLL_LIMIT.match(detail)
+    try:
+        return float(match.group(1)) if match else None
+    except ValueError:
+        return None
 
 
 def _positive(name: str, value: float) -> float:
@@ -193,7 +207,11 @@ class AsyncClient:
     async def _send(self, method: str, path: str, headers: dict[str, str], json_body: Any,
                     form: dict[str, str] | None, extra_time: float) -> _Answer:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout + extra_time, connect=self.connect_timeout)
-        async with self._http().request(method, self.base_url + path, headers=headers, json=json_body, data=form,
+        data: bytes | dict[str, str] | None = form
+        if isinstance(json_body, bytes):  # serialised already, off the event loop
+            data, json_body = json_body, None
+            headers = {**headers, "Content-Type": "application/json"}
+        async with self._http().request(method, self.base_url + path, headers=headers, json=json_body, data=data,
                                         timeout=timeout) as resp:
             if resp.content_length is not None and resp.content_length > self.max_response_bytes:
                 raise AigwError(resp.status, f"the answer is {resp.content_length} bytes, over the client's "
@@ -316,12 +334,17 @@ class AsyncClient:
         """POST /api/ocr of an image or a PDF, given as a path or as bytes (the bytes name the type; a PDF
         goes as data:application/pdf;base64,...). `resolution` is X-Resolution (tiny, small, base, large,
         gundam; the gateway's default when None). Returns as chat() does."""
-        data, mime = bodies.load_document(document, self.max_document_bytes)
-        body = bodies.ocr_body(bodies.data_url(data, mime), prompt=prompt, model=model, max_tokens=max_tokens,
-                               options=options)
+        def encode() -> bytes:
+            data, mime = bodies.load_document(document, self.max_document_bytes)
+            body = bodies.ocr_body(bodies.data_url(data, mime), prompt=prompt, model=model, max_tokens=max_tokens,
+                                   options=options)
+            return json.dumps(body).encode()
+
+        # Reading, base64 and JSON of a document of megabytes would hold up the event loop: a thread does them.
+        body = await asyncio.to_thread(encode)
         return await self._submit("/api/ocr", body, self._headers(client_id, priority, resolution), wait, timeout)
 
-    async def _submit(self, path: str, body: dict[str, Any], headers: dict[str, str], wait: bool,
+    async def _submit(self, path: str, body: dict[str, Any] | bytes, headers: dict[str, str], wait: bool,
                       timeout: float | None) -> RequestRecord | Submitted:
         submitted = Submitted.from_json((await self._call("POST", path, json_body=body, headers=headers)).json())
         if not wait:
@@ -351,7 +374,14 @@ class AsyncClient:
         while True:
             poll = max(0.0, min(self.poll_s, deadline - time.monotonic()))
             asked = time.monotonic()
-            record = await self._get(request_id, poll)
+            try:
+                record = await self._get(request_id, poll)
+            except BadRequestError as exc:
+                limit_s = _poll_limit(exc.detail)
+                if limit_s is None or limit_s >= self.poll_s:
+                    raise
+                self.poll_s = limit_s  # this gateway allows shorter long polls (queue.max_poll_wait_s)
+                continue
             if record.finished:
                 return record
             now = time.monotonic()

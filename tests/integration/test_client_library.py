@@ -102,13 +102,14 @@ async def test_async_client_renews_tokens_and_uses_api_keys(make_daemon, session
 
 
 async def test_submit_wait_get_and_cancel(make_daemon) -> None:
-    # The OCR server never answers, so OCR requests stay in processing until cancelled.
-    d = make_daemon([chat_backend(), ocr_backend("--hang")])
-    async with AsyncClient(d.url, username="bob", password="bob-pw", client_id="lib_app") as gw:
+    # The OCR server never answers, so OCR requests stay in processing until cancelled. The gateway allows
+    # long polls of 1 s only: the client's 30 s poll is refused once, and it polls within the limit from then on.
+    d = make_daemon([chat_backend(), ocr_backend("--hang")], sections={"queue": {"max_poll_wait_s": 1}})
+    async with AsyncClient(d.url, username="bob", password="bob-pw", client_id="lib_app", poll_s=30) as gw:
         submitted = await gw.chat("Hi", wait=False)
         assert submitted.status == "queued" and submitted.request_id
         done = await gw.wait(submitted.request_id, timeout=30)
-        assert done.status == "completed" and done.content
+        assert done.status == "completed" and done.content and gw.poll_s == 1
         again = await gw.get(submitted.request_id)
         assert again.status == "completed" and again.result == done.result
 
