@@ -81,10 +81,11 @@ class AsyncClient:
     """A client of one gateway, as one application (`client_id`, sent as X-Client-ID).
 
     Authenticate with `username` and `password` (logged in on first use, tokens renewed before they expire
-    and once more after a 401), or with an `api_key` (`aigw_...`, which never expires). Every call has a
+    and once more after a 401), or with an `api_key` (`aigw_...`: no login, nothing to renew). Every call has a
     timeout: `request_timeout` for one HTTP exchange (`connect_timeout` of it for the connection), plus the
     long poll while waiting; `wait_timeout` is how long chat() and ocr() wait for a result by default.
-    Refusals with 429 and 503 are retried as `retry` says. Use it as `async with AsyncClient(...) as c:`,
+    Refusals with 429 and 503 are retried as `retry` says; `on_retry` hears of each retry before its wait (on
+    the client's event loop: the blocking Client's own thread). Use it as `async with AsyncClient(...) as c:`,
     or call aclose().
     """
 
