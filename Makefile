@@ -53,7 +53,7 @@ demo: venv
 	$(BIN)/aigwd --config etc/aigw/demo.toml
 
 lint: venv
-	$(BIN)/ruff check aigwd aigwctl tests
+	$(BIN)/ruff check aigwd aigwctl aigw_client tests
 
 typecheck: venv
 	$(BIN)/mypy

@@ -33,6 +33,8 @@ def test_name_and_layout(deb: Path) -> None:
         assert expected in paths, expected
     assert "/opt/aigw/bin/python3 -> /usr/bin/python3" in listing
     assert any("/opt/aigw/lib/python3.11/site-packages/aigwd/" in p for p in paths)
+    # The client library ships too, for applications on the gateway host: /opt/aigw/bin/python3 imports it.
+    assert any("/opt/aigw/lib/python3.11/site-packages/aigw_client/" in p for p in paths)
     assert "python3 (<< 3.12)" in control(deb, "Depends")
 
 
