@@ -270,7 +270,7 @@ class ManagedBackend:
         if self.state is State.RUNNING:
             self._on_ready(False)
         self._cancel_health()
-        logs.event("backend_crashed", backend=self.name, pid=proc.pid, error=error)
+        logs.event("backend_crashed", backend=self.name, replica=self.index, pid=proc.pid, error=error)
         self._on_crash(CrashInfo(self.cfg.name, error, exit_code, sig, "\n".join(self.stderr_tail), gpu_bytes,
                                  self.index))
         if self.state in (State.RUNNING, State.STARTING):

@@ -76,7 +76,7 @@ async def burst(client: Client, n: int) -> list[dict[str, Any]]:
 async def test_two_replicas_share_the_load_and_a_killed_one_leaves_the_model_serving(
         make_daemon, session: aiohttp.ClientSession) -> None:
     backend = replicated(2, "--latency", "0.5", max_concurrent=2, **FAST_HEALTH)
-    d = make_daemon([backend])
+    d = start(make_daemon, [backend])
     client = Client(session, d.url)
     await client.login()
     rows = await replicas(client)
@@ -108,6 +108,14 @@ async def test_two_replicas_share_the_load_and_a_killed_one_leaves_the_model_ser
     assert all(r["status"] == "completed" for r in after)
     await async_wait_until(lambda: replica_back(client, killed), 20, "replica 1 restarted")
     assert (await health(client))["status"] == "healthy"
+    # The crash record, its line in the log and aigwctl's table name the replica.
+    _, crashes, _ = await client.call("GET", "/admin/crashes")
+    assert (crashes[-1]["model"], crashes[-1]["replica"], crashes[-1]["signal"]) == ("gemma", 1, 9), crashes
+    assert d.log is not None and f"event=backend_crashed backend=gemma/1 replica=1 pid={killed}" in d.log.read_text()
+    table = await asyncio.to_thread(aigwctl, d, "crashes")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["TIME", "MODEL", "REPLICA"] and row.split()[2:4] == ["gemma", "1"], table.stdout
 
 
 async def test_with_requeue_on_crash_a_killed_replicas_requests_run_again_on_the_other(
