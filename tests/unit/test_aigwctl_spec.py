@@ -72,6 +72,12 @@ def test_render_tables_and_lines() -> None:
                                                                   "port": 8001, "pid": None}]}})
     assert [line.split()[:3] for line in replicated.splitlines()[2:]] == [
         ["gemma/0", "running", "yes"], ["gemma/1", "backoff", "no"]]
+    status = render.render("status", {"version": "1", "models": {"gemma": {
+        "name": "gemma", "status": "running", "is_healthy": True,
+        "replicas": [{"index": 0, "state": "running", "is_healthy": True}, {"index": 1, "state": "stopped",
+                                                                           "is_healthy": False}]}}})
+    assert [line.split()[:3] for line in status.splitlines()[3:6]] == [
+        ["gemma", "running", "yes"], ["gemma/0", "running", "yes"], ["gemma/1", "stopped", "no"]]
     assert render.render("audit", []) == "(none)"
     assert render.render("start", {"status": "started", "model": "gemma"}) == "status  started\nmodel   gemma"
     assert render.render("users add", {"status": "added", "message": "user c added"}) == "user c added"
