@@ -119,6 +119,8 @@ def status(body: dict[str, Any]) -> str:
 def reload(body: dict[str, Any]) -> str:
     lines = [safe(body.get("message", "reloaded"))]
     lines.append("applied: " + (", ".join(map(safe, body.get("applied") or [])) or "nothing changed"))
+    if body.get("rolling_restart"):
+        lines.append("rolling restart (one replica at a time): " + ", ".join(map(safe, body["rolling_restart"])))
     if body.get("restart_needed"):
         lines.append("needs a restart: " + ", ".join(map(safe, body["restart_needed"])))
     return "\n".join(lines)

@@ -84,6 +84,10 @@ def test_render_tables_and_lines() -> None:
     reload = render.render("reload", {"message": "configuration reloaded", "applied": ["users"],
                                       "restart_needed": ["server.listen"]})
     assert reload.splitlines() == ["configuration reloaded", "applied: users", "needs a restart: server.listen"]
+    rolled = render.render("reload", {"message": "m", "applied": ["backends.gemma.command"],
+                                      "rolling_restart": ["gemma"], "restart_needed": []})
+    assert rolled.splitlines()[1:] == ["applied: backends.gemma.command",
+                                       "rolling restart (one replica at a time): gemma"]
     assert render.util_bar(0.5, 10) == "[#####.....]" and render.util_bar(2.0, 4) == "[####]"
     assert render.log_line({"ts": "2026-01-01T10:00:00.123Z", "backend": "gemma", "text": "hi"}) == \
         "10:00:00.123 [gemma] hi"
