@@ -4,6 +4,7 @@ that the model keeps serving while one of them is down."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -215,6 +216,33 @@ async def test_a_rolling_restart_after_a_reload_moves_the_running_replicas_onto_
                 ("8000", "--new"), ("8001", "--new")]
             assert min(serving) == 1  # one replica at a time: the model never stopped serving
             assert servers[2].state.value == "stopped" and not supervisor.switching("gemma")
+        finally:
+            await supervisor.close()
+            await gateway.close()
+
+
+async def test_a_replica_that_does_not_come_up_on_the_new_command_stops_the_rolling_restart_there(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config(tmp_path, "replicas = 2\nmax_start_failures = 1\n")
+    layer = PortLayer()
+    layer.healthy = True
+    async with Store(tmp_path / "state") as store:
+        gateway = Gateway(cfg, store)
+        supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
+        servers = supervisor.servers["gemma"]
+        try:
+            supervisor.start_all()
+            await _until(lambda: all(s.running for s in servers), "both servers up")
+            second = servers[1].pid
+            cfg.backends["gemma"].command = ["no-such-server"]
+            layer.spawn_error = OSError("no such file")
+            with caplog.at_level(logging.INFO, logger="aigw"):
+                supervisor.roll("gemma", "config reload")
+                await _until(lambda: "event=rolling_restart_stopped" in caplog.text, "the rolling restart stopped")
+            assert "gemma/0 did not come back" in caplog.text
+            # Replica 1 was never touched: the model serves on it, on the old command line.
+            assert servers[0].state.value == "fatal" and servers[1].running and servers[1].pid == second
+            assert gateway.backends["gemma"].ready and not supervisor.switching("gemma")
         finally:
             await supervisor.close()
             await gateway.close()
