@@ -124,9 +124,9 @@ class Reloader:
             # Users first: the one step that can fail (the database), before anything else changes.
             await self._accounts.load_config(new.users)
             self._apply(new, merged, changes.applied)
-            for name in changes.rolling:
-                assert manager is not None  # planned with can_roll
-                manager.roll(name, "config reload: new command line or environment")
+            if manager is not None:  # without one, none is planned
+                for name in changes.rolling:
+                    manager.roll(name, "config reload: new command line or environment")
         logs.event("config_reloaded", path=str(old.path), applied=",".join(changes.applied) or "-",
                    rolling_restart=",".join(changes.rolling) or "-",
                    restart_needed=",".join(changes.restart_needed) or "-")
