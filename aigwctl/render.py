@@ -17,8 +17,8 @@ QUEUE_COLUMNS: Columns = (("model", "MODEL"), ("processing", "PROC"), ("max_conc
                           ("waiting", "WAIT"), ("max_waiting", "MAXWAIT"), ("utilization", "UTIL"),
                           ("total_processed", "DONE"), ("total_failed", "FAILED"), ("total_timeout", "TIMEOUT"))
 TABLES: dict[str, Columns] = {
-    "crashes": (("timestamp", "TIME"), ("model", "MODEL"), ("error", "ERROR"), ("exit_code", "EXIT"),
-                ("signal", "SIGNAL"), ("request_id", "REQUEST")),
+    "crashes": (("timestamp", "TIME"), ("model", "MODEL"), ("replica", "REPLICA"), ("error", "ERROR"),
+                ("exit_code", "EXIT"), ("signal", "SIGNAL"), ("request_id", "REQUEST")),
     "missing": (("timestamp", "TIME"), ("model_name", "MODEL"), ("client_id", "CLIENT")),
     "audit": (("timestamp", "TIME"), ("actor", "ACTOR"), ("via", "VIA"), ("command", "COMMAND"),
               ("args", "ARGS"), ("status", "STATUS"), ("detail", "DETAIL")),
@@ -119,6 +119,8 @@ def status(body: dict[str, Any]) -> str:
 def reload(body: dict[str, Any]) -> str:
     lines = [safe(body.get("message", "reloaded"))]
     lines.append("applied: " + (", ".join(map(safe, body.get("applied") or [])) or "nothing changed"))
+    if body.get("rolling_restart"):
+        lines.append("rolling restart (one replica at a time): " + ", ".join(map(safe, body["rolling_restart"])))
     if body.get("restart_needed"):
         lines.append("needs a restart: " + ", ".join(map(safe, body["restart_needed"])))
     return "\n".join(lines)

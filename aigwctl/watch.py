@@ -30,6 +30,7 @@ COLUMNS = (("name", "MODEL"), ("status", "STATUS"), ("healthy", "HEALTHY"), ("pr
 
 
 def rows(body: dict[str, Any], sort: str) -> list[dict[str, Any]]:
+    """A row per model, sorted; under a model with several replicas, a row per replica (NAME/INDEX)."""
     models = body.get("models") or {}
     queues = body.get("queues") or {}
     out = []
@@ -43,11 +44,29 @@ def rows(body: dict[str, Any], sort: str) -> list[dict[str, Any]]:
             "bar": f"{util_bar(util)} {util * 100:3.0f}%", "done": q.get("total_processed", 0),
             "failed": q.get("total_failed", 0), "timeout": q.get("total_timeout", 0),
             "uptime": f"{m.get('uptime_seconds', 0)} s", "_util": util, "_waiting": int(q.get("waiting", 0)),
+            "_replicas": replica_rows(name, m, q),
         })
     if sort == "utilization":
         out.sort(key=lambda r: (-r["_util"], r["name"]))
     elif sort == "waiting":
         out.sort(key=lambda r: (-r["_waiting"], r["name"]))
+    return [row for model in out for row in (model, *model.pop("_replicas"))]
+
+
+def replica_rows(name: str, model: dict[str, Any], queue: dict[str, Any]) -> list[dict[str, Any]]:
+    """The servers of a model with several: their state, health and load; the queue is the model's."""
+    replicas = [r for r in model.get("replicas") or [] if isinstance(r, dict)]
+    if len(replicas) < 2:
+        return []
+    slots = {r.get("index"): r.get("slots") for r in queue.get("replicas") or [] if isinstance(r, dict)}
+    out = []
+    for r in replicas:
+        in_flight, limit = int(r.get("in_flight") or 0), slots.get(r.get("index"))
+        util = in_flight / limit if isinstance(limit, int) and limit > 0 else 0.0
+        out.append({"name": f"{name}/{r.get('index')}", "status": r.get("state", "-"), "healthy": r.get("is_healthy"),
+                    "proc": f"{in_flight}/{limit if limit is not None else '-'}", "wait": "",
+                    "bar": f"{util_bar(util)} {util * 100:3.0f}%", "done": "", "failed": "", "timeout": "",
+                    "uptime": ""})
     return out
 
 

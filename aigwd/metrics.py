@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .config import RESOLUTIONS
 from .priority import URGENT_FIRST
 
 if TYPE_CHECKING:
@@ -88,29 +89,57 @@ class _StateCollector(Collector):
             limit.add_metric([name], float(stats["max_concurrent"]))  # type: ignore[arg-type]
             oldest.add_metric([name], float(stats["oldest_wait_s"]))  # type: ignore[arg-type]
         yield from (waiting, processing, limit, oldest)
+        yield from self._replicas(self.gateway)
         if self.supervisor is not None:
             yield from self._backends(self.supervisor)
         if self.gpu is not None:
             yield from self._gpus(self.gpu)
 
     @staticmethod
-    def _backends(supervisor: Supervisor) -> Iterator[Any]:
-        state = GaugeMetricFamily("aigw_backend_state", "1 for the state a backend is in", labels=["backend", "state"])
-        restarts = CounterMetricFamily("aigw_backend_restarts", "Restarts after failures", labels=["backend"])
+    def _replicas(gateway: Gateway) -> Iterator[Any]:
+        """Per server of a model (those aigw runs and those it does not): label `replica`, its index.
+        Indexes come from the config (replicas, gpus, external), so the series stay bounded."""
+        in_flight = GaugeMetricFamily("aigw_replica_in_flight", "Requests processing on a server",
+                                      labels=["backend", "replica"])
+        ready = GaugeMetricFamily("aigw_replica_ready", "1 while a server takes work (healthy and not draining)",
+                                  labels=["backend", "replica"])
         mode = GaugeMetricFamily("aigw_ocr_mode", "1 for the resolution mode an OCR server runs in",
-                                 labels=["backend", "mode"])
-        switches = CounterMetricFamily("aigw_ocr_mode_switches", "OCR resolution switches", labels=["backend"])
-        for name, backend in supervisor.backends.items():
-            for s in STATES:
-                state.add_metric([name, s], 1.0 if backend.state.value == s else 0.0)
-            restarts.add_metric([name], float(backend.restarts))
-            if backend.cfg.kind == "ocr":
-                from .config import RESOLUTIONS
+                                 labels=["backend", "replica", "mode"])
+        for name, service in gateway.backends.items():
+            for r in service.replicas:
+                label = [name, str(r.index)]
+                in_flight.add_metric(label, float(r.in_flight))
+                ready.add_metric(label, 1.0 if r.ready else 0.0)
+                if service.cfg.kind == "ocr":
+                    for m in RESOLUTIONS:
+                        mode.add_metric([*label, m], 1.0 if r.mode == m else 0.0)
+        yield from (in_flight, ready, mode)
 
-                for m in RESOLUTIONS:
-                    mode.add_metric([name, m], 1.0 if supervisor.models[name].mode == m else 0.0)
+    @staticmethod
+    def _backends(supervisor: Supervisor) -> Iterator[Any]:
+        """Per server aigw runs (label `replica`); the OCR switches of a model are counted per model."""
+        state = GaugeMetricFamily("aigw_backend_state", "1 for the state a server is in",
+                                  labels=["backend", "replica", "state"])
+        restarts = CounterMetricFamily("aigw_backend_restarts", "Restarts after failures",
+                                       labels=["backend", "replica"])
+        crashes = CounterMetricFamily("aigw_backend_crashes", "Exits and hangs of a server (each one a crash "
+                                      "record)", labels=["backend", "replica"])
+        memory = GaugeMetricFamily("aigw_backend_gpu_memory_bytes", "GPU memory held by a server's processes",
+                                   labels=["backend", "replica"])
+        switches = CounterMetricFamily("aigw_ocr_mode_switches", "OCR resolution switches", labels=["backend"])
+        for name, servers in supervisor.servers.items():
+            for server in servers:
+                label = [name, str(server.index)]
+                for s in STATES:
+                    state.add_metric([*label, s], 1.0 if server.state.value == s else 0.0)
+                restarts.add_metric(label, float(server.restarts))
+                crashes.add_metric(label, float(server.crashes))
+                held = server.gpu_memory_bytes()
+                if held is not None:
+                    memory.add_metric(label, float(held))
+            if supervisor.models[name].cfg.kind == "ocr":
                 switches.add_metric([name], float(supervisor.switches.get(name, 0)))
-        yield from (state, restarts, mode, switches)
+        yield from (state, restarts, crashes, memory, switches)
 
     @staticmethod
     def _gpus(gpu: GpuMonitor) -> Iterator[Any]:

@@ -49,3 +49,9 @@ class ModelManager:
 
     async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:
         raise NotImplementedError
+
+    def roll(self, name: str, reason: str) -> None:
+        """Restart the model's running servers one at a time, in the background, each on its backend's
+        current command line and environment (a reload changed them); stopped ones take them at their
+        next start."""
+        raise NotImplementedError

@@ -97,6 +97,7 @@ class ManagedBackend:
         self.failures = FailureWindow(cfg.max_start_failures, cfg.failure_window_s, layer.now)
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.restarts = 0
+        self.crashes = 0  # exits and hangs seen while it ran or started (each one has a crash record)
         self.last_exit: str | None = None
         self.started_at: float | None = None  # wall clock of the last time it became ready
         self.proc: ProcessHandle | None = None
@@ -270,7 +271,8 @@ class ManagedBackend:
         if self.state is State.RUNNING:
             self._on_ready(False)
         self._cancel_health()
-        logs.event("backend_crashed", backend=self.name, pid=proc.pid, error=error)
+        logs.event("backend_crashed", backend=self.name, replica=self.index, pid=proc.pid, error=error)
+        self.crashes += 1
         self._on_crash(CrashInfo(self.cfg.name, error, exit_code, sig, "\n".join(self.stderr_tail), gpu_bytes,
                                  self.index))
         if self.state in (State.RUNNING, State.STARTING):
@@ -310,6 +312,7 @@ class ManagedBackend:
         gpu_bytes = self.gpu_memory_bytes()
         if self.state is State.RUNNING:
             self._on_ready(False)
+        self.crashes += 1
         self._on_crash(CrashInfo(self.cfg.name, error, None, None, "\n".join(self.stderr_tail), gpu_bytes,
                                  self.index))
         await self._kill(proc)

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+from .. import logs
 from ..errors import ApiError
 from ..service import ModelService
 from .external import ExternalServer
@@ -91,19 +92,38 @@ class RollingActions:
             await server.stop(reason)
         return await server.start(reason)
 
-    async def _rolling_restart(self, name: str, reason: str) -> None:
+    async def _rolling_restart(self, name: str, reason: str, *, running_only: bool = False) -> None:
         """Each replica in turn, the next only once this one is ready again; a replica that does not come
-        back ends it there, so the rest keep serving."""
+        back ends it there, so the rest keep serving. running_only: only the servers that run (or start)
+        now; the others stay as they are."""
         service = self.models[name]
-        service.stopped_by_admin = False
+        if not running_only:  # an admin's restart starts a model an admin stopped
+            service.stopped_by_admin = False
         async with self._locks[name]:
             service.changing = True  # no on-demand start races this one's
             try:
                 for server in self.servers[name]:
-                    if (name, server.index) in self.replicas_stopped:
+                    if (name, server.index) in self.replicas_stopped or (running_only and not server.has_process):
                         continue
                     if not await self._cycle(name, server, reason, restart=True):
                         raise RuntimeError(f"{server.name} did not come back ({server.machine.reason}); the "
                                            "rolling restart stopped there")
             finally:
                 service.changing = False
+
+    def roll(self, name: str, reason: str) -> None:
+        """The running servers of a model restarted one at a time on their backend's current command line and
+        environment, in the background; how it ended is logged."""
+        if name not in self.servers:
+            raise ApiError(404, f"Model {name} not available")
+        logs.event("rolling_restart", backend=name, reason=reason)
+
+        async def run() -> None:
+            try:
+                await self._rolling_restart(name, reason, running_only=True)
+            except Exception as exc:  # the others keep serving; the admin reads why here and in /admin/models
+                logs.event("rolling_restart_stopped", backend=name, reason=str(exc))
+                return
+            logs.event("rolling_restart_done", backend=name, reason=reason)
+
+        self._spawn(run())

@@ -175,7 +175,7 @@ class Supervisor(RollingActions, ModelManager):
         mib = info.gpu_memory_bytes / 2**20 if info.gpu_memory_bytes is not None else None
         record = CrashRecord(id=None, timestamp=time.time(), model=info.backend, error=info.error,
                              exit_code=info.exit_code, signal=info.signal, stderr_tail=info.stderr_tail,
-                             gpu_memory_mib=mib, request_ids=ids)
+                             gpu_memory_mib=mib, request_ids=ids, replica=info.replica)
         self._spawn(self._record_crash(record))
 
     async def _record_crash(self, record: CrashRecord) -> None:

@@ -21,7 +21,7 @@ async def crashes(ctx: Context, args: dict[str, Any]) -> Result:
         {"timestamp": iso(r.timestamp), "error": r.error, "model": r.model,
          "request_id": r.request_ids[0] if r.request_ids else None, "request_ids": r.request_ids,
          "exit_code": r.exit_code, "signal": r.signal, "stack_trace": r.stderr_tail,
-         "gpu_memory_mib": r.gpu_memory_mib} for r in rows], next_cursor=cursor)
+         "gpu_memory_mib": r.gpu_memory_mib, "replica": r.replica} for r in rows], next_cursor=cursor)
 
 
 async def missing(ctx: Context, args: dict[str, Any]) -> Result:

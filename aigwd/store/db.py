@@ -131,6 +131,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE api_keys SET account = COALESCE((SELECT id FROM users WHERE users.name = api_keys.subject), "
         "'key-' || api_keys.id)",
     ),
+    # 9: which server of a model crashed (a model may run several replicas); NULL in older records.
+    ("ALTER TABLE crashes ADD COLUMN replica INTEGER",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

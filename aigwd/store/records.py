@@ -51,6 +51,7 @@ class CrashRecord:
     stderr_tail: str
     gpu_memory_mib: float | None
     request_ids: list[str] = field(default_factory=list)
+    replica: int | None = None  # which server of the model; None in records from before replicas
 
 
 @dataclass
@@ -70,7 +71,7 @@ REQUEST_COLUMNS = (
 )
 CRASH_COLUMNS = (
     "id", "timestamp", "model", "error", "exit_code", "signal", "stderr_tail", "gpu_memory_mib",
-    "request_ids",
+    "request_ids", "replica",
 )
 MISSING_COLUMNS = ("model_name", "client_id", "subject", "timestamp", "id")
 
@@ -94,11 +95,11 @@ def request_from_row(row: sqlite3.Row | tuple[Any, ...]) -> RequestRecord:
 
 def crash_values(rec: CrashRecord) -> tuple[Any, ...]:
     return (rec.timestamp, rec.model, rec.error, rec.exit_code, rec.signal, rec.stderr_tail,
-            rec.gpu_memory_mib, json.dumps(rec.request_ids))
+            rec.gpu_memory_mib, json.dumps(rec.request_ids), rec.replica)
 
 
 def crash_from_row(row: sqlite3.Row | tuple[Any, ...]) -> CrashRecord:
-    (id_, timestamp, model, error, exit_code, sig, stderr_tail, gpu_mib, request_ids) = row
+    (id_, timestamp, model, error, exit_code, sig, stderr_tail, gpu_mib, request_ids, replica) = row
     try:
         ids = json.loads(request_ids) if request_ids else []
     except ValueError:
@@ -107,7 +108,7 @@ def crash_from_row(row: sqlite3.Row | tuple[Any, ...]) -> CrashRecord:
         ids = []
     return CrashRecord(id=id_, timestamp=timestamp, model=model, error=error, exit_code=exit_code,
                        signal=sig, stderr_tail=stderr_tail, gpu_memory_mib=gpu_mib,
-                       request_ids=[str(i) for i in ids])
+                       request_ids=[str(i) for i in ids], replica=replica)
 
 
 def missing_from_row(row: sqlite3.Row | tuple[Any, ...]) -> MissingModelRecord:

@@ -49,7 +49,7 @@ async def test_kill_9_mid_request(make_daemon, session: aiohttp.ClientSession) -
         return rows or None
 
     row = (await async_wait_until(crash, what="the crash record"))[0]
-    assert row["signal"] == 9 and "stand-in" in row["stack_trace"]
+    assert row["signal"] == 9 and "stand-in" in row["stack_trace"] and row["replica"] == 0
     assert answer["request_id"] in row["request_ids"]
 
     async def back() -> bool:

@@ -4,15 +4,18 @@ model and leaves no request hanging, and a server aigw does not run is followed 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import psutil
 
 from .conftest import REPO, Backend, Client, async_wait_until, chat_backend, free_port
 from .control_helpers import aigwctl, start
@@ -76,7 +79,7 @@ async def burst(client: Client, n: int) -> list[dict[str, Any]]:
 async def test_two_replicas_share_the_load_and_a_killed_one_leaves_the_model_serving(
         make_daemon, session: aiohttp.ClientSession) -> None:
     backend = replicated(2, "--latency", "0.5", max_concurrent=2, **FAST_HEALTH)
-    d = make_daemon([backend])
+    d = start(make_daemon, [backend])
     client = Client(session, d.url)
     await client.login()
     rows = await replicas(client)
@@ -108,6 +111,14 @@ async def test_two_replicas_share_the_load_and_a_killed_one_leaves_the_model_ser
     assert all(r["status"] == "completed" for r in after)
     await async_wait_until(lambda: replica_back(client, killed), 20, "replica 1 restarted")
     assert (await health(client))["status"] == "healthy"
+    # The crash record, its line in the log and aigwctl's table name the replica.
+    _, crashes, _ = await client.call("GET", "/admin/crashes")
+    assert (crashes[-1]["model"], crashes[-1]["replica"], crashes[-1]["signal"]) == ("gemma", 1, 9), crashes
+    assert d.log is not None and f"event=backend_crashed backend=gemma/1 replica=1 pid={killed}" in d.log.read_text()
+    table = await asyncio.to_thread(aigwctl, d, "crashes")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["TIME", "MODEL", "REPLICA"] and row.split()[2:4] == ["gemma", "1"], table.stdout
 
 
 async def test_with_requeue_on_crash_a_killed_replicas_requests_run_again_on_the_other(
@@ -204,17 +215,14 @@ async def test_one_replica_is_stopped_and_started_while_the_other_serves(
     await async_wait_until(lambda: healthy(client), 10, "/health healthy again")
 
 
-async def test_a_rolling_restart_under_load_fails_no_request(make_daemon, session: aiohttp.ClientSession) -> None:
-    backend = replicated(2, "--latency", "0.2", max_concurrent=2, **FAST_HEALTH)
-    d = start(make_daemon, [backend])
-    client = Client(session, d.url)
-    await client.login()
-    before = [r["pid"] for r in await replicas(client)]
+async def under_load(client: Client, action: Callable[[], Awaitable[None]]) -> tuple[list[dict[str, Any]], int]:
+    """Requests back to back from four clients while `action` runs (and a little after): every result, and
+    how many replicas served at the worst moment."""
     results: list[dict[str, Any]] = []
-    restarted = asyncio.Event()
+    over = asyncio.Event()
 
-    async def load(i: int) -> None:  # requests back to back until the restart is over
-        while not restarted.is_set():
+    async def load(i: int) -> None:
+        while not over.is_set():
             status, answer = await client.chat(f"question {i}", client_id=f"app{i}")
             assert status == 202, answer
             results.append(await client.finished(answer["request_id"], timeout=60))
@@ -224,26 +232,78 @@ async def test_a_rolling_restart_under_load_fails_no_request(make_daemon, sessio
         await async_wait_until(lambda: len(results) >= 4, 20, "the load running")
         watching, fewest = True, 2
 
-        async def watch() -> None:  # how many replicas served at the worst moment of the restart
+        async def watch() -> None:
             nonlocal fewest
             while watching:
                 fewest = min(fewest, sum(r["is_healthy"] for r in await replicas(client)))
                 await asyncio.sleep(0.02)
 
         watcher = asyncio.create_task(watch())
-        done = await asyncio.to_thread(aigwctl, d, "restart", "gemma", "--rolling")
-        watching = False
-        await watcher
-        assert done.returncode == 0, done.stderr
-        assert fewest == 1  # one replica at a time: the model never stopped serving
-        rows = await replicas(client)
-        assert all(r["state"] == "running" and r["pid"] not in before for r in rows), rows
+        try:
+            await action()
+        finally:
+            watching = False
+            await watcher
         served_during = len(results)
         await async_wait_until(lambda: len(results) >= served_during + 4, 20, "the load going on")
     finally:
-        restarted.set()
+        over.set()
         await asyncio.wait_for(asyncio.gather(*loaders), 60)
+    return results, fewest
+
+
+async def test_a_rolling_restart_under_load_fails_no_request(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = replicated(2, "--latency", "0.2", max_concurrent=2, **FAST_HEALTH)
+    d = start(make_daemon, [backend])
+    client = Client(session, d.url)
+    await client.login()
+    before = [r["pid"] for r in await replicas(client)]
+
+    async def restart() -> None:
+        done = await asyncio.to_thread(aigwctl, d, "restart", "gemma", "--rolling")
+        assert done.returncode == 0, done.stderr
+        rows = await replicas(client)
+        assert all(r["state"] == "running" and r["pid"] not in before for r in rows), rows
+
+    results, fewest = await under_load(client, restart)
+    assert fewest == 1  # one replica at a time: the model never stopped serving
     assert [r for r in results if r["status"] != "completed"] == []
+
+
+async def test_a_reload_with_a_new_command_line_rolls_the_replicas_under_load(
+        make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = replicated(2, "--latency", "0.2", max_concurrent=2, **FAST_HEALTH)
+    d = start(make_daemon, [backend])
+    client = Client(session, d.url)
+    await client.login()
+    before = [r["pid"] for r in await replicas(client)]
+    text = d.config.read_text()
+    assert text.count('"--latency", "0.2"') == 1
+    d.config.write_text(text.replace('"--latency", "0.2"', '"--latency", "0.2", "--reply-tokens", "5"'))
+
+    def new_line(pid: int | None) -> bool:
+        try:
+            return pid is not None and "--reply-tokens" in psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return False
+
+    async def rolled() -> bool:
+        rows = await replicas(client)
+        return all(r["state"] == "running" and r["pid"] not in before and new_line(r["pid"]) for r in rows)
+
+    async def reload() -> None:
+        done = await asyncio.to_thread(aigwctl, d, "reload")
+        assert done.returncode == 0, done.stderr
+        assert "gemma: new command line or environment applied by a rolling restart" in done.stdout, done.stdout
+        assert "rolling restart (one replica at a time): gemma" in done.stdout
+        await async_wait_until(rolled, 40, "both replicas running the new command line")
+
+    results, fewest = await under_load(client, reload)
+    assert fewest == 1  # one replica at a time: the model never stopped serving
+    assert [r for r in results if r["status"] != "completed"] == []
+    trail = await asyncio.to_thread(aigwctl, d, "--json", "audit")
+    assert "applied by a rolling restart" in json.loads(trail.stdout)[0]["detail"]
+    assert d.log is not None and "event=rolling_restart_done backend=gemma" in d.log.read_text()
 
 
 async def test_a_model_served_only_by_an_external_server(make_daemon, session: aiohttp.ClientSession) -> None:

@@ -99,6 +99,10 @@ class FakeManager(ModelManager):
         return ActionResult({"status": "switched", "resolution": resolution,
                              "message": f"OCR resolution switched to {resolution}"})
 
+    def roll(self, name: str, reason: str) -> None:
+        self._known(name)
+        self.calls.append(("roll", name, reason))
+
 
 @dataclass
 class Harness:

@@ -72,12 +72,22 @@ def test_render_tables_and_lines() -> None:
                                                                   "port": 8001, "pid": None}]}})
     assert [line.split()[:3] for line in replicated.splitlines()[2:]] == [
         ["gemma/0", "running", "yes"], ["gemma/1", "backoff", "no"]]
+    status = render.render("status", {"version": "1", "models": {"gemma": {
+        "name": "gemma", "status": "running", "is_healthy": True,
+        "replicas": [{"index": 0, "state": "running", "is_healthy": True}, {"index": 1, "state": "stopped",
+                                                                           "is_healthy": False}]}}})
+    assert [line.split()[:3] for line in status.splitlines()[3:6]] == [
+        ["gemma", "running", "yes"], ["gemma/0", "running", "yes"], ["gemma/1", "stopped", "no"]]
     assert render.render("audit", []) == "(none)"
     assert render.render("start", {"status": "started", "model": "gemma"}) == "status  started\nmodel   gemma"
     assert render.render("users add", {"status": "added", "message": "user c added"}) == "user c added"
     reload = render.render("reload", {"message": "configuration reloaded", "applied": ["users"],
                                       "restart_needed": ["server.listen"]})
     assert reload.splitlines() == ["configuration reloaded", "applied: users", "needs a restart: server.listen"]
+    rolled = render.render("reload", {"message": "m", "applied": ["backends.gemma.command"],
+                                      "rolling_restart": ["gemma"], "restart_needed": []})
+    assert rolled.splitlines()[1:] == ["applied: backends.gemma.command",
+                                       "rolling restart (one replica at a time): gemma"]
     assert render.util_bar(0.5, 10) == "[#####.....]" and render.util_bar(2.0, 4) == "[####]"
     assert render.log_line({"ts": "2026-01-01T10:00:00.123Z", "backend": "gemma", "text": "hi"}) == \
         "10:00:00.123 [gemma] hi"

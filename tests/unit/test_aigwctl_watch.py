@@ -38,6 +38,26 @@ def test_rows_sort_and_render() -> None:
     assert rows(STATUS, "name")[0]["bar"] == "[#####...............]  25%"
 
 
+REPLICATED = {
+    "models": {**STATUS["models"],
+               "c": {"status": "running", "is_healthy": True,
+                     "replicas": [{"index": 0, "state": "running", "is_healthy": True, "in_flight": 2},
+                                  {"index": 1, "state": "backoff", "is_healthy": False, "in_flight": 0}]}},
+    "queues": {**STATUS["queues"],
+               "c": {"processing": 2, "max_concurrent": 2, "waiting": 9, "max_waiting": 10, "utilization": 0.5,
+                     "replicas": [{"index": 0, "slots": 2}, {"index": 1, "slots": 2}]}},
+}
+
+
+def test_a_model_with_several_replicas_shows_a_row_per_replica_under_it() -> None:
+    got = rows(REPLICATED, "waiting")
+    assert [(r["name"], r["status"], r["healthy"], r["proc"]) for r in got] == [
+        ("c", "running", True, "2/2"), ("c/0", "running", True, "2/2"), ("c/1", "backoff", False, "0/2"),
+        ("b", "starting", False, "2/2"), ("a", "running", True, "1/4")]
+    assert got[1]["bar"] == "[####################] 100%" and got[2]["wait"] == ""
+    assert [r["name"] for r in rows(STATUS, "name")] == ["a", "b"]  # one server each: no replica rows
+
+
 async def test_keys_pause_sort_and_quit() -> None:
     fetched: list[float] = []
 

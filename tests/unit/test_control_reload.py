@@ -20,8 +20,11 @@ def test_plan_splits_live_settings_from_restart_ones(harness: Harness) -> None:
         backends={**old.backends, "gemma": dataclasses.replace(old.backends["gemma"], max_concurrent=2,
                                                                 command=["other"])})
     changes = plan(old, new)
-    assert changes.applied == ["server.shutdown_grace_s", "queue.max_waiting", "backends.gemma.max_concurrent"]
-    assert changes.restart_needed == ["server.listen", "backends.gemma.command"]
+    assert changes.applied == ["server.shutdown_grace_s", "queue.max_waiting", "backends.gemma.command",
+                               "backends.gemma.max_concurrent"]
+    assert changes.restart_needed == ["server.listen"] and changes.rolling == ["gemma"]
+    # Without supervision to restart its servers, a new command waits for the daemon's restart.
+    assert plan(old, new, can_roll=False).restart_needed == ["server.listen", "backends.gemma.command"]
     merged = merge(old, new)
     assert merged.server.listen == old.server.listen and merged.server.shutdown_grace_s == 3.0
     assert merged.backends is old.backends
@@ -67,3 +70,37 @@ async def test_a_bad_file_is_rejected_whole(harness: Harness) -> None:
     with pytest.raises(ApiError) as err:
         await h.run("reload")
     assert "not valid TOML" in err.value.detail
+
+
+@pytest.mark.parametrize("layout", [{"replicas": 2}, {"port": 18099}, {"gpus": [0, 1]}, {"gpu": 1}])
+def test_a_new_command_with_a_new_layout_waits_for_a_restart(harness: Harness, layout: dict[str, object]) -> None:
+    old = harness.cfg
+    gemma = dataclasses.replace(old.backends["gemma"], command=["other"], env={"A": "1"}, **layout)
+    changes = plan(old, dataclasses.replace(old, backends={**old.backends, "gemma": gemma}))
+    assert changes.rolling == [] and changes.applied == []
+    assert set(changes.restart_needed) == {"backends.gemma.command", "backends.gemma.env",
+                                           *(f"backends.gemma.{k}" for k in layout)}
+
+
+async def test_a_new_command_line_is_applied_by_a_rolling_restart(harness: Harness) -> None:
+    h = harness
+    h.write(BASE.replace('port = 18091\ncommand = ["true"]', 'port = 18091\ncommand = ["true", "--new"]\n'
+                         'env = {SOME = "thing"}'))
+    body = await h.run("reload")
+    assert body["rolling_restart"] == ["gemma"] and body["restart_needed"] == []
+    assert {"backends.gemma.command", "backends.gemma.env"} <= set(body["applied"])
+    assert "gemma: new command line or environment applied by a rolling restart" in body["message"]
+    assert h.manager.calls == [("roll", "gemma", "config reload: new command line or environment")]
+    # The servers start from the running backend's settings: the next start of each runs the new line.
+    running = h.services.gateway.backends["gemma"].cfg
+    assert running is h.services.cfg.backends["gemma"]
+    assert (running.command, running.env) == (["true", "--new"], {"SOME": "thing"})
+    trail = await h.run("audit")
+    assert trail[0]["command"] == "reload" and "applied by a rolling restart" in trail[0]["detail"]
+
+    h.write(BASE.replace('port = 18091\n', 'port = 18091\ngpu = 1\n'))
+    body = await h.run("reload")
+    assert body["rolling_restart"] == [] and set(body["restart_needed"]) == {"backends.gemma.command",
+                                                                             "backends.gemma.env", "backends.gemma.gpu"}
+    assert "change only with a restart of the daemon" in body["message"]
+    assert running.command == ["true", "--new"] and running.gpu == 0  # the running ones stay

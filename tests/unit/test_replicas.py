@@ -4,6 +4,7 @@ that the model keeps serving while one of them is down."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -189,6 +190,83 @@ async def test_each_replica_runs_on_its_port_and_gpu_and_the_model_outlives_one_
                 (0, 8000, 0, "running"), (1, 8001, 1, "fatal")]
             assert not row["replicas"][1]["is_healthy"] and row["replicas"][0]["pid"] is not None
             assert service.accepting() and not service.replicas[1].ready
+        finally:
+            await supervisor.close()
+            await gateway.close()
+
+
+async def test_a_rolling_restart_after_a_reload_moves_the_running_replicas_onto_the_new_command_one_by_one(
+        tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "replicas = 3\nstart = \"manual\"\n")
+    layer = PortLayer()
+    layer.healthy = True
+    async with Store(tmp_path / "state") as store:
+        gateway = Gateway(cfg, store)
+        supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
+        service, servers = gateway.backends["gemma"], supervisor.servers["gemma"]
+        try:
+            for index in (0, 1):  # replica 2 stays stopped
+                assert (await supervisor.replica_action("gemma", index, "start")).body["status"] == "started"
+            serving: list[int] = []
+            service.events.subscribe(lambda event: serving.append(sum(r.ready for r in service.replicas)))
+            cfg.backends["gemma"].command = [*cfg.backends["gemma"].command, "--new"]  # what a reload does
+            supervisor.roll("gemma", "config reload")
+            await _until(lambda: len(layer.spawned) == 4 and all(s.running for s in servers[:2]), "both rolled")
+            assert [(argv[argv.index("--port") + 1], argv[-1]) for argv, _ in layer.spawned[2:]] == [
+                ("8000", "--new"), ("8001", "--new")]
+            assert min(serving) == 1  # one replica at a time: the model never stopped serving
+            assert servers[2].state.value == "stopped" and not supervisor.switching("gemma")
+        finally:
+            await supervisor.close()
+            await gateway.close()
+
+
+async def test_a_replica_that_does_not_come_up_on_the_new_command_stops_the_rolling_restart_there(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config(tmp_path, "replicas = 2\nmax_start_failures = 1\n")
+    layer = PortLayer()
+    layer.healthy = True
+    async with Store(tmp_path / "state") as store:
+        gateway = Gateway(cfg, store)
+        supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
+        servers = supervisor.servers["gemma"]
+        try:
+            supervisor.start_all()
+            await _until(lambda: all(s.running for s in servers), "both servers up")
+            second = servers[1].pid
+            cfg.backends["gemma"].command = ["no-such-server"]
+            layer.spawn_error = OSError("no such file")
+            with caplog.at_level(logging.INFO, logger="aigw"):
+                supervisor.roll("gemma", "config reload")
+                await _until(lambda: "event=rolling_restart_stopped" in caplog.text, "the rolling restart stopped")
+            assert "gemma/0 did not come back" in caplog.text
+            # Replica 1 was never touched: the model serves on it, on the old command line.
+            assert servers[0].state.value == "fatal" and servers[1].running and servers[1].pid == second
+            assert gateway.backends["gemma"].ready and not supervisor.switching("gemma")
+        finally:
+            await supervisor.close()
+            await gateway.close()
+
+
+async def test_with_one_replica_the_rolling_restart_is_a_plain_restart(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    layer = PortLayer()
+    layer.healthy = True
+    async with Store(tmp_path / "state") as store:
+        gateway = Gateway(cfg, store)
+        supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
+        server = supervisor.servers["gemma"][0]
+        try:
+            supervisor.start_all()
+            await _until(lambda: server.running, "the server up")
+            first = server.pid
+            cfg.backends["gemma"].command = [*cfg.backends["gemma"].command, "--new"]
+            supervisor.roll("gemma", "config reload")
+            await _until(lambda: server.running and server.pid != first, "the server restarted")
+            assert layer.spawned[-1][0][-1] == "--new" and len(layer.spawned) == 2
+            with pytest.raises(ApiError) as err:
+                supervisor.roll("nope", "config reload")
+            assert err.value.status == 404
         finally:
             await supervisor.close()
             await gateway.close()

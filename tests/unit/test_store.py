@@ -115,7 +115,7 @@ async def test_record_is_snapshotted_at_call(store: Store) -> None:
 
 async def test_crash_round_trip(store: Store) -> None:
     first = CrashRecord(id=None, timestamp=10.0, model="gemma", error="exited", exit_code=1, signal=None,
-                        stderr_tail="Traceback ...", gpu_memory_mib=1234.5, request_ids=["a", "b"])
+                        stderr_tail="Traceback ...", gpu_memory_mib=1234.5, request_ids=["a", "b"], replica=1)
     second = CrashRecord(id=None, timestamp=20.0, model="ocr", error="killed", exit_code=None, signal=9,
                          stderr_tail="", gpu_memory_mib=None, request_ids=[])
     id1 = await store.add_crash(first)
@@ -124,8 +124,29 @@ async def test_crash_round_trip(store: Store) -> None:
     rows = await store.crashes(10)
     assert [r.id for r in rows] == [id2, id1]
     first.id = id1
-    assert rows[1] == first
+    assert rows[1] == first and rows[1].replica == 1
+    assert rows[0].replica is None
     assert [r.id for r in await store.crashes(1)] == [id2]
+
+
+async def test_crashes_recorded_before_replicas_read_back_without_one(tmp_path: Path) -> None:
+    # A database as the version before replicas left it, with a crash in it: upgraded, the crash stays.
+    path = tmp_path / "aigw.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for number, statements in enumerate(db.MIGRATIONS[:8], start=1):
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+    conn.execute("INSERT INTO crashes (timestamp, model, error, exit_code, signal, stderr_tail, gpu_memory_mib, "
+                 "request_ids) VALUES (5.0, 'gemma', 'exited', 1, NULL, '', NULL, '[]')")
+    conn.close()
+    async with Store(tmp_path) as store:
+        (old,) = await store.crashes(10)
+        assert (old.model, old.replica) == ("gemma", None)
+        await store.add_crash(CrashRecord(id=None, timestamp=6.0, model="gemma", error="killed", exit_code=None,
+                                          signal=9, stderr_tail="", gpu_memory_mib=None, replica=2))
+        assert [r.replica for r in await store.crashes(10)] == [2, None]
 
 
 async def test_missing_models_newest_first(store: Store) -> None:
