@@ -140,5 +140,9 @@ def surplus(replicas: Sequence[ReplicaView], wanted: Sequence[str], counts: Mapp
             kept.add(r.mode or "")  # the busiest replica in a wanted mode keeps it
             continue
         spare.append(r)
-    return sorted(spare, key=lambda r: (last_of_waited_mode(r, replicas, waiting), counts.get(r.mode or "", 0),
-                                        r.in_flight, r.index))
+    serving = covered(replicas)
+
+    def cost(r: ReplicaView) -> int:  # what the slot loses: nothing while another replica keeps the mode
+        return counts.get(r.mode or "", 0) if serving.get(r.mode or "", 0) <= 1 else 0
+
+    return sorted(spare, key=lambda r: (last_of_waited_mode(r, replicas, waiting), cost(r), r.in_flight, r.index))
