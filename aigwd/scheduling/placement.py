@@ -98,6 +98,8 @@ def place(ledger: SwitchLedger, now: float, replicas: Sequence[ReplicaView], by_
     safe = [r for r in candidates if not last_of_waited_mode(r, replicas, waiting)]
     serving = covered(replicas)
     several = len(replicas) > 1
+    if several and not any(n > 0 and m not in serving for m, n in waiting.items()):
+        return Placement(None, None, "no request waits for a mode no replica runs")
     first_reason = ""
     for r in safe or candidates:
         own = r.mode or ""
