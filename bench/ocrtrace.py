@@ -4,7 +4,7 @@ restart of the switched replica.
 
     python -m bench.ocrtrace
 
-prints, per trace and setting, for 1 and 2 replicas: switches, the mean and p95 of the wait that mode
+prints, per trace and setting, for 1 and 2 replicas: switches, the mean, p95 and p99 of the wait that mode
 mismatches add (arrival until a replica runs in the request's mode), the requests so delayed, and how
 often each slot's planned modes (its most wanted, one per replica) were all up once it began.
 """
@@ -15,7 +15,7 @@ import sys
 import time
 
 from aigwd.config import AutoSwitchConfig, OcrConfig
-from tests.unit.autoswitch_replay import CONCURRENT, RESTART_S, SEED, two_weeks
+from tests.unit.autoswitch_replay import CONCURRENT, RESTART_S, SEED, percentile, two_weeks
 from tests.unit.replica_replay import ReplicaResult, replay_replicas, start_modes, two_office_modes
 
 Trace = tuple[list[tuple[float, str]], list[tuple[float, str]]]
@@ -34,13 +34,14 @@ def run(traces: Trace, ocr: OcrConfig, bounded: bool) -> list[ReplicaResult]:
 
 def table(title: str, results: list[ReplicaResult]) -> str:
     lines = [f"{title} ({results[0].requests} requests)", "",
-             "| replicas | switching | switches | mismatch wait mean / p95 (s) | requests delayed by a mismatch "
+             "| replicas | switching | switches | mismatch wait mean / p95 / p99 (s) | requests delayed by a mismatch "
              "| never served | slots with their planned modes up | two-mode slots up |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         cover = f"{r.slots_covered} of {r.slots_planned}" if r.slots_planned else "-"
         two = f"{r.two_mode_covered} of {r.two_mode_slots}" if r.two_mode_slots else "-"
-        lines.append(f"| {r.replicas} | {r.name} | {r.switches} | {r.mismatch_mean:.1f} / {r.mismatch_p95:.1f} | "
+        lines.append(f"| {r.replicas} | {r.name} | {r.switches} | {r.mismatch_mean:.1f} / {r.mismatch_p95:.1f} / "
+                     f"{percentile(r.mismatch_waits, 99):.1f} | "
                      f"{r.mismatched} of {r.requests} | {r.never_served} | {cover} | {two} |")
     return "\n".join(lines)
 
