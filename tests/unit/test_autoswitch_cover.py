@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from aigwd.autoswitch import DAY_S, WEEK_S, Pattern, Planner, Slots, explain, plan_cover
+from aigwd.autoswitch import DAY_S, WEEK_S, AutoSwitcher, Pattern, Planner, Slots, explain, plan_cover
 from aigwd.config import AutoSwitchConfig
 from aigwd.scheduling.placement import ReplicaView
 
@@ -94,3 +94,34 @@ def test_the_explanation_follows_each_replica() -> None:
                                                                           ReplicaView(1, "small")])
     assert [(o.target, o.replica) for o in out[:2]] == [("gundam", 0), ("tiny", 1)]
     assert out[1].mode_before == "0:gundam, 1:small" and out[1].as_dict()["replica"] == 1
+
+
+async def test_the_loop_switches_replicas_one_at_a_time_and_reports_each_mode() -> None:
+    history = [(at(-7, 9, m), "gundam") for m in range(0, 60, 3)] + [(at(-7, 9, m), "tiny") for m in range(1, 60, 4)]
+    modes = ["large", "small"]
+    calls: list[tuple[str, int]] = []
+    now = [BEFORE_NINE]
+
+    async def load(since: float) -> list[tuple[float, str]]:
+        return [e for e in history if e[0] >= since]
+
+    async def switch(mode: str) -> object:
+        raise AssertionError("a model with several replicas switches one replica at a time")
+
+    async def switch_replica(mode: str, index: int) -> object:
+        calls.append((mode, index))
+        modes[index] = mode
+        return None
+
+    switcher = AutoSwitcher(CFG, load_history=load, current_mode=lambda: modes[0], waiting=dict,
+                            switch=switch, clock=lambda: now[0], slots=SLOTS, backend="deepseek",
+                            replicas=lambda: [ReplicaView(i, m) for i, m in enumerate(modes)],
+                            switch_replica=switch_replica)
+    for _ in range(3):
+        await switcher.check_once()
+        now[0] += 20
+    assert calls == [("gundam", 0), ("tiny", 1)]
+    status = switcher.status(slots=1)
+    assert status["replicas"] == [{"index": 0, "mode": "gundam", "serving": True},
+                                  {"index": 1, "mode": "tiny", "serving": True}]
+    assert [d["replica"] for d in status["decisions"] if d["acted"]] == [1, 0]
