@@ -91,10 +91,10 @@ def place(ledger: SwitchLedger, now: float, replicas: Sequence[ReplicaView], by_
     demand it would change: its own mode's waiting requests when no other replica serves that mode, and
     the requests of the modes no replica serves. The first it would switch is the answer.
     """
-    candidates = switch_order(replicas, waiting_counts(by_subject))
+    waiting = waiting_counts(by_subject)
+    candidates = switch_order(replicas, waiting)
     if not candidates:
         return Placement(None, None, "no replica is running to switch")
-    waiting = waiting_counts(by_subject)
     safe = [r for r in candidates if not last_of_waited_mode(r, replicas, waiting)]
     serving = covered(replicas)
     several = len(replicas) > 1
