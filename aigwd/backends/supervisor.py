@@ -1,5 +1,5 @@
-"""All model servers together: start order, admin actions, drained stops, OCR mode switches, on-demand
-start and idle stop, GPU verdicts, and leftovers of earlier runs.
+"""All model servers together: start order, admin actions, drained stops, OCR mode switches (which replica,
+in modeswitch.py), on-demand start and idle stop, GPU verdicts, and leftovers of earlier runs.
 
 Implements the ModelManager interface that the admin commands call. It runs the processes of the model
 services (aigwd.service) and drives them through their interface; it learns of requests and readiness
