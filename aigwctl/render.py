@@ -116,6 +116,23 @@ def status(body: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+AUTOSWITCH_REPLICAS: Columns = (("index", "REPLICA"), ("mode", "MODE"), ("serving", "SERVING"))
+AUTOSWITCH_NEXT: Columns = (("slot", "SLOT"), ("switch_at", "SWITCH AT"), ("mode_before", "BEFORE"),
+                            ("target", "TARGET"), ("replica", "REPLICA"), ("action", "ACTION"), ("reason", "REASON"))
+
+
+def autoswitch(body: dict[str, Any]) -> str:
+    """Settings, where each mode runs (several replicas), then the coming slots and what would be done."""
+    head = pairs({k: v for k, v in body.items() if not isinstance(v, dict | list)})
+    parts = [head]
+    replicas = [r for r in body.get("replicas") or [] if isinstance(r, dict)]
+    if replicas:
+        parts += ["", table(replicas, AUTOSWITCH_REPLICAS)]
+    coming = [r for r in body.get("next") or [] if isinstance(r, dict)]
+    parts += ["", table(coming, AUTOSWITCH_NEXT)]
+    return "\n".join(parts)
+
+
 def reload(body: dict[str, Any]) -> str:
     lines = [safe(body.get("message", "reloaded"))]
     lines.append("applied: " + (", ".join(map(safe, body.get("applied") or [])) or "nothing changed"))
@@ -134,6 +151,8 @@ def render(command: str, body: Any) -> str:
         return models_table(body)
     if command == "reload" and isinstance(body, dict):
         return reload(body)
+    if command == "autoswitch" and isinstance(body, dict):
+        return autoswitch(body)
     if command in TABLES and isinstance(body, list):
         return table(body, TABLES[command])
     if isinstance(body, list):

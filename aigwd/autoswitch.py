@@ -5,6 +5,10 @@ when the first request of a busy slot arrives makes that request, and those behi
 repeats by the week (office hours, nights, weekends): the requests recorded over the last days say which
 mode each time slot of the week wants, and the server is switched lead_s before that slot begins.
 
+With several replicas each runs one mode: the slot's plan is a set of modes, its most wanted one per
+replica (each with enough requests behind it), and replicas are switched to cover it one at a time,
+each switch restarting one replica while the others serve (`plan_cover`).
+
 The reactive policy (aigwd.scheduling.ocrmodes) still serves requests that come off the pattern. This
 one switches only before a slot begins, at most once per slot, and never while requests wait for a mode
 other than its target, so it never switches past work the reactive policy is about to serve.
@@ -20,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 from . import logs
 from .config import RESOLUTIONS, AutoSwitchConfig
 from .scheduling.backendqueues import BackendQueues
+from .scheduling.placement import ReplicaView, covered, last_of_waited_mode, planned_modes, surplus
 
 DAY_S = 86400.0
 WEEK_S = 7 * DAY_S
@@ -115,6 +120,7 @@ class Decision:
     counts: dict[str, int]  # recorded requests per mode in that slot
     slot_start: float = 0.0  # when that occurrence of the slot begins
     code: str = ""  # the reason in one word, for logs and tests
+    replica: int | None = None  # with several replicas: the one to switch
 
 
 def _rank(mode: str, count: int, current: str | None) -> tuple[int, int, int]:
@@ -177,6 +183,65 @@ def plan(pattern: Pattern, now: float, current_mode: str | None, waiting: Mappin
     return decide(best, "switch", f"{label} wants {best} ({wanted}) over {current_mode} ({here})")
 
 
+def plan_cover(pattern: Pattern, now: float, replicas: Sequence[ReplicaView], waiting: Mapping[str, int], *,
+               cfg: AutoSwitchConfig, acted_for: float | None = None,
+               acted_modes: frozenset[str] = frozenset()) -> Decision:
+    """With several replicas: whether to switch one now, and which, for the slot active at now + lead_s.
+
+    The slot's plan is its most wanted modes, one per replica, each with at least min_requests_for_switch
+    requests. The first planned mode no replica runs is covered by switching a spare replica (one in a
+    mode not planned, or a second in a planned one): the one whose switch strands no waiting request, then
+    the one in the mode the slot wants least. The margin holds against that mode's count, and nothing may
+    wait for a mode that neither runs nor is the target. One switch per call; `acted_modes`: the modes
+    already switched to for the slot that began at `acted_for`.
+    """
+    slots = pattern.slots
+    at = now + cfg.lead_s
+    slot, start = slots.of(at), slots.start(at)
+    counts = pattern.of(slot)
+    label = slots.label(slot)
+
+    def decide(target: str | None, code: str, reason: str, replica: int | None = None) -> Decision:
+        return Decision(target, reason, slot, counts, start, code, replica)
+
+    done = acted_modes if acted_for is not None and abs(acted_for - start) < 1.0 else frozenset()
+    if _begun(now, start, cfg):
+        return decide(None, "begun", f"{label} has begun: switches wait for the next slot")
+    running = [r for r in replicas if r.serving and r.mode is not None]
+    if not running:
+        return decide(None, "not-running", "no replica is running in a mode now")
+    if not counts:
+        return decide(None, "no-history", f"no request recorded for {label}")
+    wanted = planned_modes(counts, len(replicas), cfg.min_requests_for_switch, RESOLUTIONS)
+    if not wanted:
+        best = max(counts, key=lambda m: _rank(m, counts[m], None))
+        return decide(None, "too-few", f"{label} wants {best} most but only {counts[best]} requests, "
+                                       f"{cfg.min_requests_for_switch} needed")
+    up = {r.mode for r in running}
+    missing = [m for m in wanted if m not in up and m not in done]
+    if not missing:
+        if any(m not in up for m in wanted):
+            return decide(None, "acted", f"already acted for {label}")
+        return decide(None, "same-mode", f"{label} wants {', '.join(wanted)}: each runs on a replica")
+    target = missing[0]
+    spare = surplus(replicas, wanted, counts, waiting)
+    if not spare:
+        return decide(None, "covered", f"{label} wants {target} but each replica runs a mode it wants more")
+    r = spare[0]
+    mode = r.mode or ""
+    here = counts.get(mode, 0) if covered(replicas).get(mode, 0) <= 1 else 0
+    if counts[target] < cfg.margin * here:
+        return decide(None, "margin", f"{label}: {counts[target]} for {target} do not reach {cfg.margin:g} x "
+                                      f"the {here} for {mode} (replica {r.index})")
+    if last_of_waited_mode(r, replicas, waiting):
+        return decide(None, "waiting", f"{waiting[mode]} still wait for {mode} (replica {r.index})")
+    elsewhere = {m: n for m, n in waiting.items() if n > 0 and m not in up and m != target}
+    if elsewhere:
+        return decide(None, "waiting", f"{sum(elsewhere.values())} wait for {', '.join(sorted(elsewhere))}")
+    return decide(target, "switch", f"{label} wants {target} ({counts[target]}): replica {r.index} leaves "
+                                    f"{mode} ({here})", r.index)
+
+
 @dataclass(frozen=True)
 class Outlook:
     """One upcoming slot: what it wants and what would be done for it."""
@@ -190,19 +255,24 @@ class Outlook:
     target: str | None
     code: str
     reason: str
+    replica: int | None = None  # with several replicas: the one it would switch
 
     def as_dict(self) -> dict[str, Any]:
-        return {"slot": self.label, "start": self.start, "switch_at": self.switch_at, "counts": self.counts,
-                "mode_before": self.mode_before, "target": self.target, "action": self.code,
-                "reason": self.reason}
+        out = {"slot": self.label, "start": self.start, "switch_at": self.switch_at, "counts": self.counts,
+               "mode_before": self.mode_before, "target": self.target, "action": self.code,
+               "reason": self.reason}
+        return out if self.replica is None else {**out, "replica": self.replica}
 
 
 def explain(pattern: Pattern, now: float, current_mode: str | None, slots: int = 6, *, cfg: AutoSwitchConfig,
-            acted_for: float | None = None) -> list[Outlook]:
+            acted_for: float | None = None, replicas: Sequence[ReplicaView] | None = None) -> list[Outlook]:
     """The next `slots` slots not yet begun: counts per mode, what would be done, when and why.
 
-    Assumes nothing waits and that each switch it plans is made, so a later slot starts from that mode.
+    Assumes nothing waits and that each switch it plans is made, so a later slot starts from that mode
+    (with several `replicas`: that replica in that mode; mode_before then lists the mode of each).
     """
+    if replicas is not None and len(replicas) > 1:
+        return _explain_cover(pattern, now, list(replicas), slots, cfg)
     grid = pattern.slots
     first = grid.start(now + cfg.lead_s)
     if _begun(now, first, cfg):
@@ -220,6 +290,26 @@ def explain(pattern: Pattern, now: float, current_mode: str | None, slots: int =
     return out
 
 
+def _explain_cover(pattern: Pattern, now: float, views: list[ReplicaView], slots: int,
+                   cfg: AutoSwitchConfig) -> list[Outlook]:
+    grid = pattern.slots
+    first = grid.start(now + cfg.lead_s)
+    if _begun(now, first, cfg):
+        first = grid.start(first + 1.5 * grid.seconds)
+    out: list[Outlook] = []
+    for i in range(max(0, slots)):
+        start = grid.start(first + (i + 0.5) * grid.seconds)
+        when = max(now, start - cfg.lead_s)
+        before = ", ".join(f"{v.index}:{v.mode}" for v in views)
+        d = plan_cover(pattern, when, views, {}, cfg=cfg)
+        out.append(Outlook(d.slot, grid.label(d.slot), start, when, d.counts, before, d.target, d.code, d.reason,
+                           d.replica))
+        if d.target is not None and d.replica is not None:
+            views = [ReplicaView(v.index, d.target if v.index == d.replica else v.mode, serving=v.serving,
+                                 switchable=v.switchable) for v in views]
+    return out
+
+
 # --- running against the live server -----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -232,10 +322,12 @@ class DecisionRecord:
     reason: str
     acted: bool  # a switch was asked for and accepted
     dry_run: bool
+    replica: int | None = None  # with several replicas: the one switched
 
     def as_dict(self) -> dict[str, Any]:
-        return {"time": self.time, "slot": self.slot, "slot_start": self.slot_start, "target": self.target,
-                "action": self.code, "reason": self.reason, "acted": self.acted, "dry_run": self.dry_run}
+        out = {"time": self.time, "slot": self.slot, "slot_start": self.slot_start, "target": self.target,
+               "action": self.code, "reason": self.reason, "acted": self.acted, "dry_run": self.dry_run}
+        return out if self.replica is None else {**out, "replica": self.replica}
 
 
 class Planner:
@@ -245,15 +337,29 @@ class Planner:
         self.cfg = cfg
         self.pattern = Pattern(slots or Slots(cfg.slot_minutes))
         self.acted_for: float | None = None  # the slot start the last switch (or dry-run decision) was for
+        self.acted_modes: frozenset[str] = frozenset()  # several replicas: the modes switched to for it
 
-    def decide(self, now: float, current_mode: str | None, waiting: Mapping[str, int] | int) -> Decision:
+    def decide(self, now: float, current_mode: str | None, waiting: Mapping[str, int] | int,
+               replicas: Sequence[ReplicaView] | None = None) -> Decision:
+        """With several `replicas`, the covering plan; otherwise the one server's."""
+        if replicas is not None and len(replicas) > 1:
+            per_mode = {current_mode or "": waiting} if isinstance(waiting, int) else waiting
+            d = plan_cover(self.pattern, now, replicas, per_mode, cfg=self.cfg, acted_for=self.acted_for,
+                           acted_modes=self.acted_modes)
+            if d.target is not None:
+                same = self.acted_for is not None and abs(self.acted_for - d.slot_start) < 1.0
+                self.acted_modes = (self.acted_modes if same else frozenset()) | {d.target}
+                self.acted_for = d.slot_start
+            return d
         d = plan(self.pattern, now, current_mode, waiting, cfg=self.cfg, acted_for=self.acted_for)
         if d.target is not None:
             self.acted_for = d.slot_start
         return d
 
-    def explain(self, now: float, current_mode: str | None, slots: int = 6) -> list[Outlook]:
-        return explain(self.pattern, now, current_mode, slots, cfg=self.cfg, acted_for=self.acted_for)
+    def explain(self, now: float, current_mode: str | None, slots: int = 6,
+                replicas: Sequence[ReplicaView] | None = None) -> list[Outlook]:
+        return explain(self.pattern, now, current_mode, slots, cfg=self.cfg, acted_for=self.acted_for,
+                       replicas=replicas)
 
 
 class AutoSwitcher:
@@ -263,6 +369,8 @@ class AutoSwitcher:
     current_mode(): the running server's mode, None while it is not running or a switch is under way.
     waiting(): waiting requests per mode (see waiting_by_mode).
     switch(mode): the drained switch path; an exception means it was refused.
+    replicas(): with several replicas, each as placement sees it (empty while a switch is under way);
+    switch_replica(mode, index) then switches that one replica.
     purge(before): optional, drops recorded demand older than that (Store.purge_ocr_demand).
     """
 
@@ -273,8 +381,12 @@ class AutoSwitcher:
                  purge: Callable[[float], Awaitable[object]] | None = None,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 slots: Slots | None = None, backend: str = "ocr") -> None:
+                 slots: Slots | None = None, backend: str = "ocr",
+                 replicas: Callable[[], Sequence[ReplicaView]] | None = None,
+                 switch_replica: Callable[[str, int], Awaitable[object]] | None = None) -> None:
         self.backend = backend
+        self._replicas = replicas
+        self._switch_replica = switch_replica
         self._load_history = load_history
         self._current_mode = current_mode
         self._waiting = waiting
@@ -287,7 +399,7 @@ class AutoSwitcher:
         self.loaded_at: float | None = None
         self._purged_at: float | None = None
         self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
-        self._last_key: tuple[float, str, str | None] | None = None
+        self._last_key: tuple[float, str, str | None, int | None] | None = None
 
     @property
     def cfg(self) -> AutoSwitchConfig:
@@ -317,30 +429,35 @@ class AutoSwitcher:
         now = self._clock()
         if self.loaded_at is None or now - self.loaded_at >= HISTORY_REFRESH_S or now < self.loaded_at:
             await self.refresh(now)
-        d = self.planner.decide(now, self._current_mode(), self._waiting())
+        views = self._replicas() if self._replicas is not None else None
+        d = self.planner.decide(now, self._current_mode(), self._waiting(), views)
         acted = False
         if d.target is not None and not self.cfg.dry_run:
             try:
-                await self._switch(d.target)
+                if d.replica is not None and self._switch_replica is not None:
+                    await self._switch_replica(d.target, d.replica)
+                else:
+                    await self._switch(d.target)
                 acted = True
             except Exception as exc:  # refused (stopped, failed GPU...): wait for the next slot
                 d = Decision(d.target, f"{d.reason}; switch refused: {exc}", d.slot, d.counts, d.slot_start,
-                             "refused")
+                             "refused", d.replica)
         self._record(now, d, acted)
         return d
 
     def _record(self, now: float, d: Decision, acted: bool) -> None:
         # A check every 30 s mostly repeats itself: keep and log only what changed.
-        key = (d.slot_start, d.code, d.target)
+        key = (d.slot_start, d.code, d.target, d.replica)
         if key == self._last_key:
             return
         self._last_key = key
         rec = DecisionRecord(now, self.pattern.slots.label(d.slot), d.slot_start, d.target, d.code, d.reason,
-                             acted, self.cfg.dry_run)
+                             acted, self.cfg.dry_run, d.replica)
         self.decisions.append(rec)
         level = logging.WARNING if d.code == "refused" else logging.INFO
         logs.event("autoswitch", level=level, backend=self.backend, slot=rec.slot, action=d.code,
-                   target=d.target, acted=acted, dry_run=self.cfg.dry_run, reason=d.reason)
+                   target=d.target, acted=acted, dry_run=self.cfg.dry_run, reason=d.reason,
+                   **({} if d.replica is None else {"replica": d.replica}))
 
     async def run(self) -> None:
         """Check until cancelled; while disabled, only keep the recorded demand trimmed."""
@@ -358,14 +475,20 @@ class AutoSwitcher:
             await self._sleep(self.cfg.check_interval_s)
 
     def explain(self, slots: int = 6) -> list[Outlook]:
-        return self.planner.explain(self._clock(), self._current_mode(), slots)
+        views = self._replicas() if self._replicas is not None else None
+        return self.planner.explain(self._clock(), self._current_mode(), slots, views or None)
 
     def status(self, slots: int = 6, decisions: int = 20) -> dict[str, Any]:
         """For an admin view: settings, what the next slots would bring, and the latest decisions."""
-        return {"enabled": self.cfg.enabled, "dry_run": self.cfg.dry_run, "backend": self.backend,
-                "pattern_requests": self.pattern.total, "loaded_at": self.loaded_at,
-                "next": [o.as_dict() for o in self.explain(slots)],
-                "decisions": [r.as_dict() for r in list(self.decisions)[-decisions:]][::-1]}
+        body: dict[str, Any] = {
+            "enabled": self.cfg.enabled, "dry_run": self.cfg.dry_run, "backend": self.backend,
+            "pattern_requests": self.pattern.total, "loaded_at": self.loaded_at,
+            "next": [o.as_dict() for o in self.explain(slots)],
+            "decisions": [r.as_dict() for r in list(self.decisions)[-decisions:]][::-1]}
+        views = self._replicas() if self._replicas is not None else None
+        if views:  # where each mode runs now
+            body["replicas"] = [{"index": v.index, "mode": v.mode, "serving": v.serving} for v in views]
+        return body
 
 
 def waiting_by_mode(queues: BackendQueues, current_mode: str | None) -> dict[str, int]:

@@ -25,6 +25,7 @@ from .control.loghub import publish_backend_line
 from .control.plane import ControlPlane
 from .gateway import Gateway
 from .gpu import GpuMonitor
+from .scheduling.placement import ReplicaView
 from .scheduling.ratelimit import RateLimiter
 from .service import Event, ReadinessChanged
 from .store import Store, StoreError
@@ -236,9 +237,19 @@ class Daemon:
         async def switch(mode: str) -> object:
             return await supervisor.switch_backend(name, mode, graceful=True, by="auto-switch")
 
+        async def switch_replica(mode: str, index: int) -> object:
+            return await supervisor.switch_backend(name, mode, graceful=True, by="auto-switch", replica=index)
+
+        def replicas() -> list[ReplicaView]:
+            # Several replicas: each one's mode; none while a switch is under way (one switch at a time).
+            if len(service.replicas) < 2 or supervisor.switching(name):
+                return []
+            return supervisor.replica_views(name)
+
         return AutoSwitcher(self.cfg.auto_switch, backend=name, load_history=store.ocr_demand,
                             purge=store.purge_ocr_demand, current_mode=current_mode,
-                            waiting=lambda: waiting_by_mode(service.queues, service.mode), switch=switch)
+                            waiting=lambda: waiting_by_mode(service.queues, service.mode), switch=switch,
+                            replicas=replicas, switch_replica=switch_replica)
 
     async def _drain(self, gateway: Gateway) -> None:
         """Let processing requests finish for up to the grace period; nothing new starts meanwhile."""

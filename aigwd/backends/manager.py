@@ -47,7 +47,10 @@ class ModelManager:
         """start, stop or restart one replica of a model."""
         raise NotImplementedError
 
-    async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:
+    async def switch_resolution(self, resolution: str, graceful: bool = True,
+                                replica: int | None = None) -> ActionResult:
+        """Switch the OCR model: its one server, or one replica (`replica`, else the least busy not in
+        `resolution`)."""
         raise NotImplementedError
 
     def roll(self, name: str, reason: str) -> None:

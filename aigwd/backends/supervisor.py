@@ -1,5 +1,5 @@
-"""All model servers together: start order, admin actions, drained stops, OCR mode switches, on-demand
-start and idle stop, GPU verdicts, and leftovers of earlier runs.
+"""All model servers together: start order, admin actions, drained stops, OCR mode switches (which replica,
+in modeswitch.py), on-demand start and idle stop, GPU verdicts, and leftovers of earlier runs.
 
 Implements the ModelManager interface that the admin commands call. It runs the processes of the model
 services (aigwd.service) and drives them through their interface; it learns of requests and readiness
@@ -24,12 +24,13 @@ import psutil
 from .. import logs
 from ..config import RESOLUTIONS, Config
 from ..errors import ApiError
-from ..scheduling.ocrmodes import SwitchLedger, decide
+from ..scheduling.ocrmodes import SwitchLedger
 from ..service import Event, Events, Finished, ModelService, Submitted
 from ..store import CrashRecord, Store
 from .engineload import EngineLoad
 from .external import ExternalServer
 from .manager import ActionResult, ModelManager
+from .modeswitch import ModeSwitching
 from .oslayer import ProcessLayer, RealLayer
 from .process import TAG_BACKEND, TAG_STATE_DIR, CrashInfo, GpuProbe, ManagedBackend
 from .report import model_row
@@ -41,7 +42,7 @@ POLICY_INTERVAL_S = 0.25
 CRASH_LOOKBACK_S = 5.0
 
 
-class Supervisor(RollingActions, ModelManager):
+class Supervisor(ModeSwitching, RollingActions, ModelManager):
     def __init__(self, cfg: Config, models: Mapping[str, ModelService], events: Events, store: Store, *,
                  layer: ProcessLayer | None = None, gpu: GpuProbe | None = None,
                  action_wait_s: float = 30.0,
@@ -60,7 +61,7 @@ class Supervisor(RollingActions, ModelManager):
         self.replicas_stopped: set[tuple[str, int]] = set()
         self.switches: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._last_switch: dict[str, float] = {}
+        self._last_switch: dict[tuple[str, int], float] = {}
         # Per backend: the switches of the last hour and who caused them; why the policy did not switch.
         self._ledgers: dict[str, SwitchLedger] = {}
         self.switch_reason: dict[str, str] = {}
@@ -205,15 +206,6 @@ class Supervisor(RollingActions, ModelManager):
                                      "reason": self.switch_reason.get(name, "")}
         return row
 
-    def ledger(self, name: str) -> SwitchLedger:
-        """The switch ledger of a backend, its bounds read from the running config (a reload applies)."""
-        ocr = self.cfg.ocr
-        led = self._ledgers.get(name)
-        if led is None:
-            led = self._ledgers[name] = SwitchLedger(ocr.max_switches_per_hour, ocr.switch_share_per_subject)
-        led.max_per_hour, led.subject_share = ocr.max_switches_per_hour, ocr.switch_share_per_subject
-        return led
-
     def _gpu_status(self, index: int) -> dict[str, Any]:
         """The verdict on a backend's GPU, or why there is none."""
         if self.gpu is None:
@@ -232,11 +224,6 @@ class Supervisor(RollingActions, ModelManager):
 
     def _external_only(self, name: str) -> bool:
         return name in self.servers and not self.servers[name]
-
-    @staticmethod
-    def _check_resolution(resolution: str) -> None:
-        if resolution not in RESOLUTIONS:
-            raise ApiError(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
 
     async def start(self, name: str, resolution: str | None = None) -> ActionResult:
         if self._external_only(name) and resolution is None:
@@ -332,20 +319,6 @@ class Supervisor(RollingActions, ModelManager):
                                   {"status": "restarting", "model": name, "follow": f"/admin/models#{name}"},
                                   lambda: backend.running, backend)
 
-    def _replace(self, name: str, mode: str | None, *, by: str, reason: str, graceful: bool = True,
-                 charged: tuple[str, ...] = (), why: str | None = None) -> asyncio.Task[Any]:
-        """The one way to a restart, for the admin commands, the switch policy and the auto-switch: the
-        server is drained, stopped and started again (in `mode` when given), in the background."""
-        service = self.models[name]
-        if by != "policy":  # an admin's or the auto-switch's action starts a model an admin stopped
-            service.stopped_by_admin = False
-        if mode is not None and mode != service.mode:
-            if why is None:
-                logs.event("ocr_switch", backend=name, before=service.mode, after=mode, by=by)
-            else:
-                logs.event("ocr_switch", backend=name, before=service.mode, after=mode, by=by, reason=why)
-        return self._spawn(self._restart(name, mode, reason, graceful, charged))
-
     async def _restart(self, name: str, mode: str | None, reason: str, graceful: bool = True,
                        charged: tuple[str, ...] = ()) -> None:
         """Stop and start again; waiting requests stay queued and run on the new server. A mode switch is
@@ -361,40 +334,13 @@ class Supervisor(RollingActions, ModelManager):
                         await server.stop(reason)
                 if mode is not None and mode != service.mode:
                     self._set_mode(name, mode)
-                    self.switches[name] = self.switches.get(name, 0) + 1
-                    self._last_switch[name] = time.monotonic()
-                    self.ledger(name).record(self._last_switch[name], charged)
+                    self._switched(name, [r.index for r in service.replicas], charged)
                 for server in servers:
                     if server.state in (State.BACKOFF, State.FATAL):
                         await server.stop(reason)
                 await self._start_all_of(name, reason)
             finally:
                 service.changing = False
-
-    async def switch_resolution(self, resolution: str, graceful: bool = True) -> ActionResult:
-        self._check_resolution(resolution)
-        ocr = [n for n, b in self.backends.items() if b.cfg.kind == "ocr"]
-        if not ocr:
-            raise ApiError(404, "No OCR model is configured")
-        return await self.switch_backend(ocr[0], resolution, graceful)
-
-    def switching(self, name: str) -> bool:
-        """A restart or mode switch is under way (during its drain the state still reads running)."""
-        return self.models[name].changing or self._locks[name].locked()
-
-    async def switch_backend(self, name: str, resolution: str, graceful: bool, by: str = "admin") -> ActionResult:
-        backend, service = self._backend(name), self.models[name]
-        done = {"status": "switched", "resolution": resolution,
-                "message": f"OCR resolution switched to {resolution}"}
-        if service.mode == resolution and all(s.running for s in self.servers[name]):
-            return ActionResult({**done, "message": f"OCR resolution is already {resolution}"})
-        spent = self.ledger(name).spent(time.monotonic())
-        if spent is not None and by != "admin":  # an admin's switch is made, and counted
-            raise ApiError(429, f"{name}: no switch to {resolution} now: {spent}")
-        task = self._replace(name, resolution, by=by, reason=f"switch to {resolution}", graceful=graceful)
-        return await self._answer(task, done, {"status": "switching", "resolution": resolution,
-                                               "follow": f"/admin/models#{name}"},
-                                  lambda: backend.running and service.mode == resolution, backend)
 
     async def _answer(self, task: asyncio.Task[Any], done: dict[str, Any], pending: dict[str, Any],
                       succeeded: Any, backend: ManagedBackend) -> ActionResult:
@@ -419,26 +365,6 @@ class Supervisor(RollingActions, ModelManager):
                     self._consider_idle_stop(name, backend)
                 except Exception:  # a policy bug must not stop supervision
                     logs.event("policy_error", backend=name)
-
-    def _consider_switch(self, name: str, backend: ManagedBackend) -> None:
-        service = self.models[name]
-        queues = service.queues
-        if not queues.per_mode or backend.state is not State.RUNNING or self._locks[name].locked():
-            return
-        now = time.monotonic()
-        ocr = self.cfg.ocr
-        decision = decide(self.ledger(name), now, service.mode or "", queues.demand_by_subject(),
-                          queues.processing(), now - self._last_switch.get(name, -1e18),
-                          min_dwell_s=ocr.min_dwell_s, max_mismatch_wait_s=ocr.max_mismatch_wait_s,
-                          min_demand=ocr.switch_min_demand, per_subject=ocr.switch_demand_per_subject)
-        if decision.target is not None:
-            self.switch_reason[name] = f"switching: {decision.reason}"
-            self._replace(name, decision.target, by="policy", reason=f"switch to {decision.target}",
-                          charged=decision.subjects, why=decision.reason)
-        elif decision.reason != self.switch_reason.get(name):
-            self.switch_reason[name] = decision.reason
-            if "the most allowed" in decision.reason or "left out" in decision.reason:
-                logs.event("ocr_switch_held", backend=name, reason=decision.reason)
 
     def _consider_idle_stop(self, name: str, backend: ManagedBackend) -> None:
         if backend.cfg.start != "on-demand" or backend.state is not State.RUNNING or self.models[name].changing:

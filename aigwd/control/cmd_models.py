@@ -121,7 +121,10 @@ def _replica(action: str) -> Any:
 
 
 async def resolution(ctx: Context, args: dict[str, Any]) -> Result:
-    return _answer(await _manager(ctx).switch_resolution(args["resolution"], args["graceful"]))
+    if args.get("replica") is None:
+        return _answer(await _manager(ctx).switch_resolution(args["resolution"], args["graceful"]))
+    return _answer(await _manager(ctx).switch_resolution(args["resolution"], args["graceful"],
+                                                         replica=args["replica"]))
 
 
 async def queue(ctx: Context, args: dict[str, Any]) -> Result:
@@ -154,9 +157,11 @@ COMMANDS = (
             mutates=True),
     Command("replica restart", "restart one replica of a model; the others keep serving", _replica("restart"),
             (MODEL, INDEX), method="POST", path="/admin/models/{model}/replicas/{index}/restart", mutates=True),
-    Command("resolution", "switch the OCR server to another resolution mode", resolution, (
+    Command("resolution", "switch the OCR server to another resolution mode (with several replicas: one "
+                          "replica, the least busy not in the mode unless --replica names one)", resolution, (
         Arg("resolution", "tiny, small, base, large or gundam", required=True, positional=True,
-            complete="resolution"), GRACEFUL),
+            complete="resolution"), GRACEFUL,
+        Arg("replica", "with several replicas: the one to switch, from 0", type="int", minimum=0, maximum=1023)),
         method="POST", path="/admin/ocr/resolution", mutates=True),
     Command("queue", "queue metrics of one model server", queue, (MODEL,), path="/admin/queue/{model}"),
 )

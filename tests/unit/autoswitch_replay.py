@@ -26,6 +26,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -57,13 +58,14 @@ def rates(ts: float) -> dict[str, float]:
     return per_h
 
 
-def synthetic_demand(start: float = START, days: int = 7, seed: int = SEED) -> list[tuple[float, str]]:
-    """(timestamp, mode) arrivals: a Poisson stream per mode, its rate set hour by hour."""
+def synthetic_demand(start: float = START, days: int = 7, seed: int = SEED,
+                     profile: Callable[[float], dict[str, float]] = rates) -> list[tuple[float, str]]:
+    """(timestamp, mode) arrivals: a Poisson stream per mode, its rate (`profile`) set hour by hour."""
     rng = random.Random(seed)
     events: list[tuple[float, str]] = []
     for hour in range(days * 24):
         t0 = start + hour * 3600.0
-        for mode, per_h in rates(t0).items():
+        for mode, per_h in profile(t0).items():
             t = t0 + rng.expovariate(per_h / 3600.0)
             while t < t0 + 3600.0:
                 events.append((t, mode))
@@ -72,9 +74,10 @@ def synthetic_demand(start: float = START, days: int = 7, seed: int = SEED) -> l
     return events
 
 
-def two_weeks(seed: int = SEED) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
+def two_weeks(seed: int = SEED, profile: Callable[[float], dict[str, float]] = rates
+              ) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
     """(history, evaluated): week 1 and week 2, drawn independently from the same weekly profile."""
-    return synthetic_demand(START, 7, seed), synthetic_demand(START + WEEK_S, 7, seed + 1)
+    return synthetic_demand(START, 7, seed, profile), synthetic_demand(START + WEEK_S, 7, seed + 1, profile)
 
 
 @dataclass

@@ -93,6 +93,19 @@ def test_render_tables_and_lines() -> None:
         "10:00:00.123 [gemma] hi"
 
 
+def test_the_auto_switch_shows_where_each_mode_runs() -> None:
+    text = render.render("autoswitch", {
+        "enabled": True, "backend": "deepseek",
+        "replicas": [{"index": 0, "mode": "gundam", "serving": True}, {"index": 1, "mode": "tiny", "serving": False}],
+        "next": [{"slot": "Mon 09:00", "switch_at": 1.0, "mode_before": "0:large, 1:tiny", "target": "gundam",
+                  "replica": 0, "action": "switch", "reason": "wants gundam"}], "decisions": []})
+    lines = text.splitlines()
+    assert lines[:2] == ["enabled  yes", "backend  deepseek"]
+    assert [line.split() for line in lines[3:6]] == [["REPLICA", "MODE", "SERVING"], ["0", "gundam", "yes"],
+                                                     ["1", "tiny", "no"]]
+    assert lines[-1].split()[:2] == ["Mon", "09:00"] and "gundam" in lines[-1]
+
+
 def test_toolbar_says_what_is_up() -> None:
     status = {"models": {"gemma": {"is_healthy": True}, "deepseek": {"is_healthy": False}},
               "queues": {"gemma": {"waiting": 3, "processing": 1}, "deepseek": {"waiting": 1, "processing": 0}},
