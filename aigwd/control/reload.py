@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 RESTART_SERVER = ("listen", "state_dir", "control_socket", "control_group", "max_body_mib")
 LIVE_BACKEND = ("max_concurrent", "max_waiting")
 LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch")
-# Fixed at start: the queue layout follows the OCR policy; the GPU monitor is built once.
+# Fixed at start: the queue layout follows the OCR policy.
 RESTART_KEYS = frozenset({"ocr.policy"})
-RESTART_SECTIONS = ("gpu",)
+# Fixed at start: the GPU monitor is built once; the store is opened once, and the host keeps its name.
+RESTART_SECTIONS = ("gpu", "store", "fleet")
 
 
 @dataclasses.dataclass
@@ -71,7 +72,8 @@ def merge(old: Config, new: Config) -> Config:
     server = dataclasses.replace(new.server, **{k: getattr(old.server, k) for k in RESTART_SERVER})
     auth = dataclasses.replace(new.auth, secret_file=old.auth.secret_file)
     ocr = dataclasses.replace(new.ocr, policy=old.ocr.policy)
-    return dataclasses.replace(new, server=server, auth=auth, ocr=ocr, gpu=old.gpu, backends=old.backends)
+    return dataclasses.replace(new, server=server, auth=auth, ocr=ocr, gpu=old.gpu, store=old.store,
+                               fleet=old.fleet, backends=old.backends)
 
 
 class Reloader:
