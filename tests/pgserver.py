@@ -24,19 +24,20 @@ SEARCH = [Path(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), rev
 
 @functools.cache
 def bin_dir() -> Path | None:
-    """Where initdb and pg_ctl are: $AIGW_PG_BIN, Debian's /usr/lib/postgresql/N/bin, or PATH."""
-    candidates = [Path(os.environ["AIGW_PG_BIN"])] if os.environ.get("AIGW_PG_BIN") else []
-    candidates += SEARCH
-    found = shutil.which("pg_ctl")
-    if found:
-        candidates.append(Path(found).parent)
+    """Where initdb and pg_ctl are: $AIGW_PG_BIN when set (and only there), else Debian's
+    /usr/lib/postgresql/N/bin (the newest), else PATH."""
+    if os.environ.get("AIGW_PG_BIN"):
+        candidates = [Path(os.environ["AIGW_PG_BIN"])]
+    else:
+        found = shutil.which("pg_ctl")
+        candidates = [*SEARCH, *([Path(found).parent] if found else [])]
     return next((c for c in candidates if (c / "initdb").exists() and (c / "pg_ctl").exists()), None)
 
 
 def why_not() -> str | None:
     if bin_dir() is None:
-        return ("no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin, $AIGW_PG_BIN or "
-                "PATH: apt-get install postgresql")
+        where = os.environ.get("AIGW_PG_BIN") or "/usr/lib/postgresql/*/bin or PATH"
+        return f"no PostgreSQL server binaries (initdb, pg_ctl) in {where}: apt-get install postgresql"
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
