@@ -22,7 +22,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="override server.state_dir")
     p.add_argument("--control-socket", help="override server.control_socket")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--check", action="store_true", help="check the configuration and exit")
+    p.add_argument("--check", action="store_true",
+                   help="check the configuration and the store (connecting to PostgreSQL), and exit")
     p.add_argument("--print-settings", action="store_true", help="print every setting with its help")
     p.add_argument("--hash-password", action="store_true",
                    help="read a password from the terminal (or stdin) and print its hash for users.password_hash")
@@ -38,6 +39,37 @@ def _hash_password() -> int:
         print("aigwd: empty password", file=sys.stderr)
         return EXIT_CONFIG
     print(hash_password(password))
+    return EXIT_OK
+
+
+def _check_store(cfg: config.Config) -> int:
+    """Say which host this is and what its store holds; connects to PostgreSQL but changes nothing."""
+    from .storeconfig import node_name
+
+    print(f"node: {node_name(cfg.fleet)}")
+    if not cfg.store.url:
+        print(f"store: SQLite in {cfg.state_dir}")
+        return EXIT_OK
+    from .store import StoreError
+    from .store.postgres import SCHEMA_VERSION, PgTarget, probe
+
+    target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s)
+    try:
+        found = asyncio.run(probe(target))
+    except StoreError as exc:
+        print(f"aigwd: store: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"store: PostgreSQL {found.server_version} at {target.where}")
+    problem = found.problem()
+    if problem:
+        print(f"aigwd: store: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    if found.schema_version is None:
+        print(f"schema: none yet (empty database); version {SCHEMA_VERSION} is created at start")
+    elif found.schema_version < SCHEMA_VERSION:
+        print(f"schema: version {found.schema_version}; migrated to {SCHEMA_VERSION} at start")
+    else:
+        print(f"schema: version {found.schema_version} (current)")
     return EXIT_OK
 
 
@@ -60,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check:
         print(f"{cfg.path}: configuration is valid")
-        return EXIT_OK
+        return _check_store(cfg)
     logs.setup(args.log_level)
     from .daemon import Daemon, StartupError
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .bounds import MAX_MODEL_NAME, MAX_USERNAME
+from .storeconfig import FleetConfig, StoreConfig, store_problem
 
 try:
     import tomllib
@@ -417,6 +418,8 @@ class Config:
     # Server settings given on the command line; a reload applies them again over the file.
     overrides: dict[str, str] = field(default_factory=dict)
     auto_switch: AutoSwitchConfig = field(default_factory=AutoSwitchConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -433,6 +436,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
+    "store": StoreConfig, "fleet": FleetConfig,
 }
 
 
@@ -533,6 +537,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
             raise fail(key, f"unknown section; known: {', '.join(sorted(allowed))}")
     sections = {name: _build(cls, raw.get(name, {}), name, fail) for name, cls in SECTIONS.items()}
     server: ServerConfig = sections["server"]
+    problem = store_problem(sections["store"])
+    if problem:
+        raise fail("store", problem)
     for key, value in (overrides or {}).items():
         problem = dict(listen=_listen, state_dir=_non_empty, control_socket=_non_empty)[key](value)
         if problem:

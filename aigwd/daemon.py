@@ -28,7 +28,9 @@ from .gpu import GpuMonitor
 from .scheduling.placement import ReplicaView
 from .scheduling.ratelimit import RateLimiter
 from .service import Event, ReadinessChanged
-from .store import Store, StoreError
+from .store import SqliteStore, Store, StoreError
+from .store.db import private_dir
+from .storeconfig import node_name
 from .systemd import Notifier
 
 STATUS_INTERVAL_S = 5.0
@@ -36,6 +38,25 @@ STATUS_INTERVAL_S = 5.0
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why."""
+
+
+def build_store(cfg: Config) -> Store:
+    """PostgreSQL where [store] url names one (shared by the hosts of a fleet), else SQLite in the state dir."""
+    if cfg.store.url:
+        from .store.postgres import PgTarget, PostgresStore
+
+        target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s)
+        return PostgresStore(target, node=node_name(cfg.fleet), readers=cfg.store.readers,
+                             missing_max_bytes=cfg.results.missing_models_max_bytes)
+    return SqliteStore(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)
+
+
+def describe_store(cfg: Config) -> str:
+    if cfg.store.url:
+        from .store.postgres import PgTarget
+
+        return f"postgresql://{PgTarget(cfg.store.url).where}"
+    return f"sqlite {cfg.state_dir}"
 
 
 def rate_limiter(cfg: Config) -> RateLimiter:
@@ -75,7 +96,8 @@ class Daemon:
             await steps.enter_async_context(self._drain_on_stop(parts.gateway))
             await steps.enter_async_context(self._serve(parts))
             logs.event("ready", version=__version__, listen=f"{self.bound[0]}:{self.bound[1]}" if self.bound else "-",
-                       state_dir=self.cfg.state_dir, backends=",".join(self.cfg.backends) or "-",
+                       state_dir=self.cfg.state_dir, store=describe_store(self.cfg), node=node_name(self.cfg.fleet),
+                       backends=",".join(self.cfg.backends) or "-",
                        startup_s=round(time.monotonic() - started, 3))
             self.ready.set()
             self.notifier.ready(self._status_line(parts.gateway))
@@ -97,9 +119,13 @@ class Daemon:
     @contextlib.asynccontextmanager
     async def _open_store(self) -> AsyncIterator[Store]:
         cfg = self.cfg
-        store = Store(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)
+        store = build_store(cfg)
         try:
-            await store.open()  # creates the state directory owner-only
+            if cfg.store.url:  # SQLite makes it; secrets and PID files need it whatever holds the store
+                await asyncio.to_thread(private_dir, cfg.state_dir)
+            await store.open()
+        except OSError as exc:
+            raise StartupError(f"cannot create the state directory {cfg.state_dir}: {exc.strerror or exc}") from None
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         try:

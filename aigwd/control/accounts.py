@@ -16,8 +16,7 @@ from ..auth.users import User, UserDirectory, hash_in_thread
 from ..bounds import MAX_PASSWORD, MAX_USERNAME, check_length
 from ..config import NAME_RE, ROLES, UserConfig
 from ..errors import ApiError, bad_request, not_found
-from ..store import Store
-from ..store.store import UserRecord
+from ..store import Store, UserRecord
 from ..timefmt import iso
 
 

@@ -8,8 +8,7 @@ import time
 from typing import Any
 
 from .. import logs
-from ..store import Store, StoreError
-from ..store.store import AuditRecord
+from ..store import AuditRecord, Store, StoreError
 
 MAX_DETAIL = 500
 

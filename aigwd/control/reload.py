@@ -30,9 +30,10 @@ ROLLING_BACKEND = ("command", "env")
 # Which servers a backend has, where they listen and which GPU each uses: fixed until the daemon restarts.
 LAYOUT_BACKEND = ("replicas", "gpus", "port", "gpu", "host", "external")
 LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch")
-# Fixed at start: the queue layout follows the OCR policy; the GPU monitor is built once.
+# Fixed at start: the queue layout follows the OCR policy.
 RESTART_KEYS = frozenset({"ocr.policy"})
-RESTART_SECTIONS = ("gpu",)
+# Fixed at start: the GPU monitor is built once; the store is opened once, and the host keeps its name.
+RESTART_SECTIONS = ("gpu", "store", "fleet")
 
 
 @dataclasses.dataclass
@@ -100,7 +101,8 @@ def merge(old: Config, new: Config) -> Config:
     server = dataclasses.replace(new.server, **{k: getattr(old.server, k) for k in RESTART_SERVER})
     auth = dataclasses.replace(new.auth, secret_file=old.auth.secret_file)
     ocr = dataclasses.replace(new.ocr, policy=old.ocr.policy)
-    return dataclasses.replace(new, server=server, auth=auth, ocr=ocr, gpu=old.gpu, backends=old.backends)
+    return dataclasses.replace(new, server=server, auth=auth, ocr=ocr, gpu=old.gpu, store=old.store,
+                               fleet=old.fleet, backends=old.backends)
 
 
 class Reloader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import operator
 import sqlite3
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,35 @@ class MissingModelRecord:
     subject: str
     timestamp: float
     id: int | None = field(default=None, compare=False)  # set when read back: where a page ends
+
+
+Position = tuple[float, int]  # (timestamp, id) of a row: where a page of a newest-first list ends
+
+
+@dataclass
+class UserRecord:
+    name: str
+    role: str
+    password_hash: str
+    disabled: bool
+    source: str  # "config" (from [[users]] in the config file) | "admin" (added at run time)
+    updated_at: float
+    # Stable and never reused: what tokens, API keys and stored requests refer to. The name is for display,
+    # and a new account under an old name gets a new id.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class AuditRecord:
+    id: int | None
+    timestamp: float
+    actor: str  # token subject, or the socket peer as "uid=N gid=N pid=N"
+    via: str  # "tcp" | "socket" | "signal"
+    command: str
+    args: dict[str, Any]  # secrets already redacted
+    status: int  # HTTP status of the answer
+    outcome: str  # "ok" | "error"
+    detail: str | None
 
 
 # Column order shared by INSERT and SELECT so a row maps back positionally.

@@ -1,4 +1,4 @@
-"""The Store facade: every read and write the daemon makes against its state file.
+"""The SQLite store: every read and write the daemon makes against its state file.
 
 Nothing here blocks the event loop. Writes go to the single writer thread and resolve after the
 commit that holds them; reads run on the reader pool.
@@ -12,10 +12,8 @@ import logging
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from .. import logs
 from . import db
@@ -29,10 +27,13 @@ from .records import (
     MISSING_COLUMNS,
     REQUEST_COLUMNS,
     UNFINISHED_STATUSES,
+    AuditRecord,
     CrashRecord,
     MissingModelRecord,
+    Position,
     RequestRecord,
     StoreError,
+    UserRecord,
     crash_from_row,
     crash_values,
     missing_from_row,
@@ -52,9 +53,6 @@ _USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at, id"
 _AUDIT_COLUMNS = "id, timestamp, actor, via, command, args, status, outcome, detail"
 
 
-Position = tuple[float, int]  # (timestamp, id) of a row: where a page of a newest-first list ends
-
-
 def _before(position: Position | None) -> tuple[str, tuple[float, ...]]:
     """The WHERE clause that starts a newest-first page after `position`."""
     if position is None:
@@ -62,33 +60,7 @@ def _before(position: Position | None) -> tuple[str, tuple[float, ...]]:
     return "WHERE (timestamp, id) < (?, ?) ", (float(position[0]), position[1])
 
 
-@dataclass
-class UserRecord:
-    name: str
-    role: str
-    password_hash: str
-    disabled: bool
-    source: str  # "config" (from [[users]] in the config file) | "admin" (added at run time)
-    updated_at: float
-    # Stable and never reused: what tokens, API keys and stored requests refer to. The name is for display,
-    # and a new account under an old name gets a new id.
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-@dataclass
-class AuditRecord:
-    id: int | None
-    timestamp: float
-    actor: str  # token subject, or the socket peer as "uid=N gid=N pid=N"
-    via: str  # "tcp" | "socket" | "signal"
-    command: str
-    args: dict[str, Any]  # secrets already redacted
-    status: int  # HTTP status of the answer
-    outcome: str  # "ok" | "error"
-    detail: str | None
-
-
-class Store:
+class SqliteStore:
     def __init__(self, state_dir: Path, *, batch_max: int = 512, spool_threshold: int = 256 * 1024,
                  readers: int = 4, max_records: int = 100_000, missing_max_bytes: int = 8 * 1024 * 1024) -> None:
         self.state_dir = Path(state_dir)
@@ -142,7 +114,7 @@ class Store:
             await self._writer.stop()
             await self._readers.stop()
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> SqliteStore:
         await self.open()
         return self
 

@@ -12,7 +12,7 @@ import pytest
 from aigwd.config import load
 from aigwd.control import loghub
 from aigwd.daemon import Daemon, StartupError
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 from .conftest import free_port, write_config
 
@@ -40,7 +40,7 @@ async def test_stop_undoes_every_step(tmp_path: Path) -> None:
     await asyncio.wait_for(running, 30)
     assert await settled() == set()
     assert loghub._active is None and not (tmp_path / "control.sock").exists()
-    async with Store(cfg.state_dir) as store:  # closed cleanly: opens again
+    async with SqliteStore(cfg.state_dir) as store:  # closed cleanly: opens again
         assert await store.api_keys().all() == []
 
 
@@ -55,5 +55,5 @@ async def test_a_step_that_cannot_start_stops_the_ones_before(tmp_path: Path) ->
     assert not daemon.ready.is_set()
     assert await settled() == set()
     assert loghub._active is None
-    async with Store(cfg.state_dir) as store:
+    async with SqliteStore(cfg.state_dir) as store:
         assert await store.api_keys().all() == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 
-from aigwd.store import Store, db
+from aigwd.store import SqliteStore, db
 from tests.integration.conftest import Client, chat_backend
 
 
@@ -92,7 +92,7 @@ async def test_upgrade_gives_users_ids_and_old_requests_their_accounts(tmp_path:
                  "queued_at, deadline_at) VALUES ('r1', 'alice', 'c', 'b', 'm', 'chat', 'normal', 'completed', "
                  "?, ?)", (now, now))
     conn.close()
-    async with Store(state) as store:
+    async with SqliteStore(state) as store:
         (alice,) = await store.users()
         assert len(alice.id) == 32
         rec = await store.get_request("r1")

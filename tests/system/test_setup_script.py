@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from aigwd.auth.passwords import verify_password
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 from .conftest import REPO
 
@@ -30,7 +30,7 @@ def write_config(tmp_path: Path, extra: str = "") -> Path:
 
 def users(state: Path) -> list[tuple[str, str, str, str]]:
     async def read() -> list[tuple[str, str, str, str]]:
-        async with Store(state) as store:
+        async with SqliteStore(state) as store:
             return [(u.name, u.role, u.source, u.password_hash) for u in await store.users()]
     return asyncio.run(read())
 

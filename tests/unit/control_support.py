@@ -20,7 +20,7 @@ from aigwd.control.plane import ControlPlane
 from aigwd.errors import ApiError
 from aigwd.gateway import Gateway
 from aigwd.scheduling.ratelimit import RateLimiter
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 BASE = """
 [server]
@@ -108,7 +108,7 @@ class FakeManager(ModelManager):
 class Harness:
     path: Path
     cfg: Config
-    store: Store
+    store: SqliteStore
     services: Services
     plane: ControlPlane
     manager: FakeManager
@@ -127,7 +127,7 @@ async def harness_fixture(tmp_path: Path) -> AsyncIterator[Harness]:
     path = tmp_path / "aigw.toml"
     path.write_text(BASE.replace("{state}", str(tmp_path / "state")))
     cfg = config.load(path)
-    store = Store(cfg.state_dir)
+    store = SqliteStore(cfg.state_dir)
     await store.open()
     gateway = Gateway(cfg, store)
     tokens = TokenService(secrets.token_bytes(32), store.refresh_ledger())

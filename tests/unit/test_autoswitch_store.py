@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from aigwd import config
 from aigwd.config import ConfigError
-from aigwd.store import Store, db
+from aigwd.store import SqliteStore, Store, db
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "state")
+async def store(new_store: Callable[..., Store]) -> AsyncIterator[Store]:
+    s = new_store()
     await s.open()
     yield s
     await s.close()
@@ -32,9 +32,9 @@ async def test_record_read_and_purge_ocr_demand(store: Store) -> None:
 
 
 async def test_ocr_demand_survives_a_reopen(tmp_path: Path) -> None:
-    async with Store(tmp_path / "state") as s:
+    async with SqliteStore(tmp_path / "state") as s:
         await s.add_ocr_demand(1.5, "large")
-    async with Store(tmp_path / "state") as s:
+    async with SqliteStore(tmp_path / "state") as s:
         assert await s.ocr_demand(0.0) == [(1.5, "large")]
         rows = s.db_path
     conn = db.connect(rows)

@@ -93,3 +93,27 @@ def test_describe_lists_every_setting() -> None:
     text = config.describe()
     for name in ("listen", "max_waiting", "aging_s", "startup_timeout_s", "extra_body", "password_hash"):
         assert name in text
+
+
+def test_store_and_fleet_settings(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, BACKEND)
+    assert (cfg.store.url, cfg.store.password_file, cfg.fleet.node) == ("", "", "")
+    cfg = load_text(tmp_path, BACKEND + '[store]\nurl = "postgresql://aigw@db.internal:5433/aigw"\n'
+                                        'password_file = "/etc/aigw/pg"\n[fleet]\nnode = "gpu-2.rack1"\n')
+    assert cfg.store.url.endswith(":5433/aigw") and cfg.fleet.node == "gpu-2.rack1"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('[store]\nurl = "mysql://a@h:1/d"\n', "store.url: must start with postgresql://"),
+    ('[store]\nurl = "postgresql://h:5432/d"\n', "store.url: names no user"),
+    ('[store]\nurl = "postgresql://a@h:5432/"\n', "store.url: names no database"),
+    ('[store]\nurl = "postgresql://a@h:99999/d"\n', "store.url: "),
+    ('[store]\nurl = "postgresql://a:secret@h/d"\npassword_file = "/p"\n', "keep only password_file"),
+    ('[store]\npassword_file = "/p"\n', "only used with a PostgreSQL url"),
+    ('[fleet]\nnode = "no spaces"\n', "fleet.node: must be 1-64 characters"),
+])
+def test_store_and_fleet_settings_are_checked(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        load_text(tmp_path, BACKEND + text)
+    assert problem in str(err.value)
+    assert "secret" not in str(err.value)

@@ -31,6 +31,15 @@ def test_plan_splits_live_settings_from_restart_ones(harness: Harness) -> None:
     assert plan(old, old).applied == [] and plan(old, old).restart_needed == []
 
 
+def test_the_store_and_the_node_name_wait_for_a_restart(harness: Harness) -> None:
+    old = harness.cfg
+    new = dataclasses.replace(old, store=dataclasses.replace(old.store, url="postgresql://a@h:5432/d"),
+                              fleet=dataclasses.replace(old.fleet, node="gpu9"))
+    assert plan(old, new).restart_needed == ["store.url", "fleet.node"]
+    merged = merge(old, new)
+    assert merged.store.url == "" and merged.fleet.node == old.fleet.node
+
+
 async def test_reload_applies_limits_queues_and_users(harness: Harness) -> None:
     h = harness
     text = (BASE.replace("per_minute = 60\nburst = 10", "per_minute = 6\nburst = 1")

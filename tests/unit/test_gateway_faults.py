@@ -8,7 +8,7 @@ from aigwd.config import load
 from aigwd.gateway import Gateway
 from aigwd.headers import RequestHeaders
 from aigwd.priority import Priority
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 
 async def test_unexpected_error_in_the_upstream_call_fails_the_request(tmp_path: Path) -> None:
@@ -16,7 +16,7 @@ async def test_unexpected_error_in_the_upstream_call_fails_the_request(tmp_path:
     config.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n'
                       '[backends.gemma]\nkind = "chat"\nmodels = ["m"]\nport = 9\ncommand = ["true"]\n')
     cfg = load(config)
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         rt = gateway.backends["gemma"]
 

@@ -16,7 +16,7 @@ from aigwd.headers import RequestHeaders
 from aigwd.priority import Priority
 from aigwd.scheduling.fairqueue import Job
 from aigwd.service import Event, Events, Finished, ModeChanged, ModelService, ReadinessChanged, Submitted
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 from .fakeos import FakeLayer
 
@@ -125,7 +125,7 @@ async def test_supervision_starts_the_server_in_the_replicas_mode_and_learns_of_
                              'command = ["serve"]\nstart = "on-demand"\n')
     layer = FakeLayer()
     layer.healthy = True
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg_, store)
         supervisor = Supervisor(cfg_, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         try:

@@ -18,7 +18,7 @@ from aigwd.gateway import Gateway
 from aigwd.priority import Priority
 from aigwd.scheduling.fairqueue import Job
 from aigwd.service import Events, ModelService
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 from .fakeos import FakeLayer, FakeProcess
 
@@ -172,7 +172,7 @@ async def test_each_replica_runs_on_its_port_and_gpu_and_the_model_outlives_one_
     cfg = _config(tmp_path, "gpus = [0, 1]\nstart = \"manual\"\n")
     layer = PortLayer()
     layer.healthy = True
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         service = gateway.backends["gemma"]
@@ -337,7 +337,7 @@ async def test_a_backend_of_external_servers_only_is_checked_routed_and_reported
         return url in up
 
     layer.probe = probe  # type: ignore[method-assign]
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         service = gateway.backends["far"]

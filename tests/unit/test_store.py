@@ -1,4 +1,5 @@
-"""Store round trips, group commit, spooling, recovery after reopen, orphan sweep and purge."""
+"""Store round trips, group commit, recovery after reopen and purge, on SQLite and PostgreSQL; spooling,
+file modes and the orphan sweep, which only SQLite has."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import sqlite3
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aigwd.store import CrashRecord, MissingModelRecord, RequestRecord, Store, StoreError, db
+from aigwd.store import CrashRecord, MissingModelRecord, RequestRecord, SqliteStore, Store, StoreError, db
+
+NewStore = Callable[..., Store]
 
 
 def make_request(**overrides: Any) -> RequestRecord:
@@ -27,8 +30,16 @@ def make_request(**overrides: Any) -> RequestRecord:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "state", spool_threshold=1024)
+async def store(new_store: NewStore) -> AsyncIterator[Store]:
+    s = new_store(spool_threshold=1024)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "state", spool_threshold=1024)
     await s.open()
     yield s
     await s.close()
@@ -36,7 +47,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def test_open_creates_private_files(tmp_path: Path) -> None:
     state = tmp_path / "a" / "state"
-    s = Store(state)
+    s = SqliteStore(state)
     await s.open()
     try:
         assert (state / "spool").is_dir()
@@ -52,7 +63,7 @@ async def test_open_creates_private_files(tmp_path: Path) -> None:
 
 async def test_migrations_run_once(tmp_path: Path) -> None:
     for _ in range(2):
-        async with Store(tmp_path):
+        async with SqliteStore(tmp_path):
             pass
     conn = sqlite3.connect(tmp_path / "aigw.db")
     assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == db.SCHEMA_VERSION
@@ -166,48 +177,48 @@ async def test_group_commit_batches(store: Store) -> None:
     assert len(await store.unfinished()) == 200
 
 
-async def test_batch_max_bounds_a_batch(tmp_path: Path) -> None:
-    async with Store(tmp_path, batch_max=8) as s:
+async def test_batch_max_bounds_a_batch(new_store: NewStore) -> None:
+    async with new_store(batch_max=8) as s:
         before = s.commits
         await asyncio.gather(*(s.add_request(make_request(), b"{}") for _ in range(64)))
         assert s.commits - before >= 8
 
 
-async def test_spooling_above_threshold(store: Store) -> None:
+async def test_spooling_above_threshold(sqlite_store: SqliteStore) -> None:
     small, big = make_request(), make_request()
     body = b"x" * 5000
-    await store.add_request(small, b"y" * 1024)  # at the threshold: still inline
-    await store.add_request(big, body)
-    spool = store.state_dir / "spool"
+    await sqlite_store.add_request(small, b"y" * 1024)  # at the threshold: still inline
+    await sqlite_store.add_request(big, body)
+    spool = sqlite_store.state_dir / "spool"
     assert sorted(p.name for p in spool.iterdir()) == [f"{big.id}.json"]
     assert stat.S_IMODE((spool / f"{big.id}.json").stat().st_mode) == 0o600
-    assert await store.load_payload(big.id) == body
-    assert await store.load_payload(small.id) == b"y" * 1024
-    conn = sqlite3.connect(store.db_path)
+    assert await sqlite_store.load_payload(big.id) == body
+    assert await sqlite_store.load_payload(small.id) == b"y" * 1024
+    conn = sqlite3.connect(sqlite_store.db_path)
     row = conn.execute("SELECT payload, payload_path FROM requests WHERE id = ?", (big.id,)).fetchone()
     conn.close()
     assert row == (None, f"spool/{big.id}.json")
 
-    await store.finish(big.id, "completed", time.time(), b"{}", None)
+    await sqlite_store.finish(big.id, "completed", time.time(), b"{}", None)
     assert list(spool.iterdir()) == []
 
 
-async def test_missing_spool_file_is_a_store_error(store: Store) -> None:
+async def test_missing_spool_file_is_a_store_error(sqlite_store: SqliteStore) -> None:
     rec = make_request()
-    await store.add_request(rec, b"z" * 4096)
-    (store.state_dir / "spool" / f"{rec.id}.json").unlink()
+    await sqlite_store.add_request(rec, b"z" * 4096)
+    (sqlite_store.state_dir / "spool" / f"{rec.id}.json").unlink()
     with pytest.raises(StoreError):
-        await store.load_payload(rec.id)
+        await sqlite_store.load_payload(rec.id)
 
 
-async def test_unfinished_after_reopen(tmp_path: Path) -> None:
+async def test_unfinished_after_reopen(new_store: NewStore) -> None:
     recs = [make_request(queued_at=100.0 + i) for i in (3, 1, 2, 0)]
-    async with Store(tmp_path, spool_threshold=10) as s:
+    async with new_store(spool_threshold=10) as s:
         for r in recs:
             await s.add_request(r, b'{"big": "enough to spool"}')
         await s.mark_started(recs[1].id, 200.0, 1)
         await s.finish(recs[3].id, "failed", 201.0, None, "boom")
-    async with Store(tmp_path, spool_threshold=10) as s:
+    async with new_store(spool_threshold=10) as s:
         rows = await s.unfinished()
         assert [r.id for r in rows] == [recs[1].id, recs[2].id, recs[0].id]
         assert rows[0].status == "processing" and rows[0].attempts == 1
@@ -216,12 +227,12 @@ async def test_unfinished_after_reopen(tmp_path: Path) -> None:
 
 async def test_orphan_spool_files_removed_at_open(tmp_path: Path) -> None:
     rec = make_request()
-    async with Store(tmp_path, spool_threshold=10) as s:
+    async with SqliteStore(tmp_path, spool_threshold=10) as s:
         await s.add_request(rec, b"0123456789abc")
     spool = tmp_path / "spool"
     (spool / "orphan.json").write_bytes(b"{}")
     (spool / f"{uuid.uuid4()}.json.tmp").write_bytes(b"{")
-    async with Store(tmp_path, spool_threshold=10) as s:
+    async with SqliteStore(tmp_path, spool_threshold=10) as s:
         assert sorted(p.name for p in spool.iterdir()) == [f"{rec.id}.json"]
         assert await s.load_payload(rec.id) == b"0123456789abc"
 
@@ -253,8 +264,8 @@ async def test_purge_drops_expired_refresh_rows(store: Store) -> None:
     assert await ledger.revoked_families() == {"fam-live"}
 
 
-async def test_closed_store_refuses(tmp_path: Path) -> None:
-    s = Store(tmp_path)
+async def test_closed_store_refuses(new_store: NewStore) -> None:
+    s = new_store()
     with pytest.raises(StoreError):
         await s.add_request(make_request(), b"{}")
     await s.open()
@@ -265,20 +276,20 @@ async def test_closed_store_refuses(tmp_path: Path) -> None:
         await s.get_request("x")
 
 
-async def test_close_flushes_queued_writes(tmp_path: Path) -> None:
-    s = Store(tmp_path)
+async def test_close_flushes_queued_writes(new_store: NewStore) -> None:
+    s = new_store()
     await s.open()
     recs = [make_request() for _ in range(50)]
     pending = [asyncio.ensure_future(s.add_request(r, b"{}")) for r in recs]
     await asyncio.sleep(0)  # let every add enqueue before close
     await s.close()
     await asyncio.gather(*pending)
-    async with Store(tmp_path) as again:
+    async with new_store() as again:
         assert len(await again.unfinished()) == 50
 
 
-async def test_reopen_same_instance(tmp_path: Path) -> None:
-    s = Store(tmp_path)
+async def test_reopen_same_instance(new_store: NewStore) -> None:
+    s = new_store()
     await s.open()
     await s.add_request(make_request(), b"{}")
     await s.close()
@@ -290,8 +301,8 @@ async def test_reopen_same_instance(tmp_path: Path) -> None:
         await s.close()
 
 
-async def test_purge_keeps_only_the_newest_records(tmp_path: Path) -> None:
-    store = Store(tmp_path, max_records=5)
+async def test_purge_keeps_only_the_newest_records(new_store: NewStore) -> None:
+    store = new_store(max_records=5)
     await store.open()
     try:
         for i in range(12):
@@ -308,12 +319,13 @@ async def test_purge_keeps_only_the_newest_records(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_unfinished_requests_are_found_through_the_partial_index(store: Store) -> None:
+async def test_unfinished_requests_are_found_through_the_partial_index(sqlite_store: SqliteStore) -> None:
     from aigwd.store.store import _REQUEST_SELECT, _UNFINISHED
 
-    await store.add_request(make_request(), b"{}")
-    await store.add_finished(make_request(status="completed", finished_at=time.time(), result=b"{}", sync=True))
-    conn = sqlite3.connect(store.db_path)
+    await sqlite_store.add_request(make_request(), b"{}")
+    await sqlite_store.add_finished(make_request(status="completed", finished_at=time.time(), result=b"{}",
+                                                 sync=True))
+    conn = sqlite3.connect(sqlite_store.db_path)
     try:
         plan = conn.execute(f"EXPLAIN QUERY PLAN {_REQUEST_SELECT} WHERE status IN {_UNFINISHED} "
                             "ORDER BY queued_at, id").fetchall()
@@ -323,4 +335,4 @@ async def test_unfinished_requests_are_found_through_the_partial_index(store: St
         assert indexed == 1
     finally:
         conn.close()
-    assert len(await store.unfinished()) == 1
+    assert len(await sqlite_store.unfinished()) == 1

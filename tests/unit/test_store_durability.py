@@ -11,14 +11,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
     import asyncio, sys, time, uuid
     from pathlib import Path
-    from aigwd.store import RequestRecord, Store
+    from aigwd.store import RequestRecord, SqliteStore
 
     async def one(store):
         now = time.time()
@@ -29,7 +29,7 @@ CHILD = textwrap.dedent("""
         print(rec.id, flush=True)  # only after the write is durable
 
     async def main():
-        store = Store(Path(sys.argv[1]), spool_threshold=1 << 30)
+        store = SqliteStore(Path(sys.argv[1]), spool_threshold=1 << 30)
         await store.open()
         while True:  # keep writing until killed
             await asyncio.gather(*(one(store) for _ in range(25)))
@@ -63,7 +63,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     assert len(acknowledged) >= 300, err.decode()[-2000:]
 
     async def stored() -> set[str]:
-        async with Store(tmp_path) as store:
+        async with SqliteStore(tmp_path) as store:
             return {r.id for r in await store.unfinished()}
 
     ids = asyncio.run(stored())

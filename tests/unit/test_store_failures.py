@@ -1,4 +1,4 @@
-"""Store failure paths: a full disk fails the batch with StoreError and the writer keeps going."""
+"""SqliteStore failure paths: a full disk fails the batch with StoreError and the writer keeps going."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aigwd.store import RequestRecord, Store, StoreError
+from aigwd.store import RequestRecord, SqliteStore, StoreError
 from aigwd.store.writer import Txn
 
 
@@ -28,14 +28,14 @@ def make_request(**overrides: Any) -> RequestRecord:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path, spool_threshold=64 * 1024)
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path, spool_threshold=64 * 1024)
     await s.open()
     yield s
     await s.close()
 
 
-async def _set_max_pages(store: Store, pages: int) -> None:
+async def _set_max_pages(store: SqliteStore, pages: int) -> None:
     # max_page_count is clamped to the current size: asking for 1 freezes the file where it is.
     def op(txn: Txn) -> None:
         txn.conn.execute(f"PRAGMA max_page_count = {pages}")
@@ -43,12 +43,12 @@ async def _set_max_pages(store: Store, pages: int) -> None:
     await store._writer.submit(op)
 
 
-def _writer_alive(store: Store) -> bool:
+def _writer_alive(store: SqliteStore) -> bool:
     thread = store._writer._thread
     return thread is not None and thread.is_alive()
 
 
-def _spool_matches_rows(store: Store) -> bool:
+def _spool_matches_rows(store: SqliteStore) -> bool:
     conn = sqlite3.connect(store.db_path)
     rows = {r[0] for r in conn.execute("SELECT payload_path FROM requests WHERE payload_path IS NOT NULL")}
     conn.close()
@@ -56,7 +56,7 @@ def _spool_matches_rows(store: Store) -> bool:
     return rows == files
 
 
-async def test_database_full_fails_then_recovers(store: Store) -> None:
+async def test_database_full_fails_then_recovers(store: SqliteStore) -> None:
     await store.add_request(make_request(), b"{}")
     await _set_max_pages(store, 1)
     full = make_request()
@@ -72,7 +72,7 @@ async def test_database_full_fails_then_recovers(store: Store) -> None:
     assert await store.load_payload(again.id) == b"x" * 60_000
 
 
-async def test_full_database_with_many_writers_leaves_no_stray_spool_files(store: Store) -> None:
+async def test_full_database_with_many_writers_leaves_no_stray_spool_files(store: SqliteStore) -> None:
     await _set_max_pages(store, 1)
     recs = [make_request() for _ in range(300)]
     outcomes = await asyncio.gather(*(store.add_request(r, b"s" * 70_000) for r in recs),
@@ -85,7 +85,7 @@ async def test_full_database_with_many_writers_leaves_no_stray_spool_files(store
     assert _spool_matches_rows(store)
 
 
-async def test_spool_write_failure(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_spool_write_failure(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_space(request_id: str, data: bytes) -> str:
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -101,7 +101,7 @@ async def test_spool_write_failure(store: Store, monkeypatch: pytest.MonkeyPatch
     assert _writer_alive(store)
 
 
-async def test_one_failing_op_does_not_fail_its_batch(store: Store) -> None:
+async def test_one_failing_op_does_not_fail_its_batch(store: SqliteStore) -> None:
     dup = make_request()
     await store.add_request(dup, b"{}")
     others = [make_request() for _ in range(20)]
@@ -118,7 +118,7 @@ async def test_one_failing_op_does_not_fail_its_batch(store: Store) -> None:
     assert _spool_matches_rows(store)
 
 
-async def test_cancelled_waiter_is_ignored(store: Store) -> None:
+async def test_cancelled_waiter_is_ignored(store: SqliteStore) -> None:
     loop = asyncio.get_running_loop()
     problems: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, ctx: problems.append(ctx))
@@ -137,7 +137,7 @@ async def test_cancelled_waiter_is_ignored(store: Store) -> None:
         loop.set_exception_handler(None)
 
 
-async def test_unexpected_op_error_keeps_writer(store: Store) -> None:
+async def test_unexpected_op_error_keeps_writer(store: SqliteStore) -> None:
     def broken(txn: Txn) -> None:
         raise RuntimeError("bug")
 
@@ -151,4 +151,4 @@ async def test_open_failure_is_store_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreError):
-        await Store(blocker / "state").open()
+        await SqliteStore(blocker / "state").open()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aigwd.store import RequestRecord, Store, StoreError, db
+from aigwd.store import RequestRecord, SqliteStore, StoreError, db
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,12 +33,12 @@ def _queued() -> RequestRecord:
 async def test_state_dir_and_spool_are_0700(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        async with Store(tmp_path / "new" / "state"):
+        async with SqliteStore(tmp_path / "new" / "state"):
             pass
         looser = tmp_path / "old"
         looser.mkdir(mode=0o750)
         os.chmod(looser, 0o750)
-        async with Store(looser):
+        async with SqliteStore(looser):
             pass
     finally:
         os.umask(old)
@@ -52,7 +52,7 @@ def test_packaging_creates_the_state_dir_0700() -> None:
 
 
 async def _spooled_state(state: Path) -> Path:
-    async with Store(state, spool_threshold=10) as s:
+    async with SqliteStore(state, spool_threshold=10) as s:
         await s.add_request(_queued(), b"x" * 100)
     spooled = list((state / "spool").iterdir())
     assert len(spooled) == 1 and (state / db.MARKER_NAME).exists()
@@ -78,7 +78,7 @@ async def test_a_lost_database_is_refused_and_the_spool_kept(tmp_path: Path, los
         conn.execute("CREATE TABLE unrelated (x)")
         conn.close()
     with pytest.raises(StoreError) as exc:
-        await Store(state, spool_threshold=10).open()
+        await SqliteStore(state, spool_threshold=10).open()
     assert str(path) in str(exc.value) and db.MARKER_NAME in str(exc.value)
     assert body.exists()
 
@@ -88,7 +88,7 @@ async def test_a_first_start_writes_the_marker_and_removing_it_starts_afresh(tmp
     await _spooled_state(state)
     (state / "aigw.db").write_bytes(b"")
     (state / db.MARKER_NAME).unlink()
-    async with Store(state):
+    async with SqliteStore(state):
         pass
     assert (state / db.MARKER_NAME).exists()
 

@@ -1,25 +1,33 @@
-"""The missing-model log stays within its byte bound however many long names clients send."""
+"""The missing-model log stays within its byte bound however many long names clients send, on SQLite and
+on PostgreSQL, where the bound holds for every host of the fleet together."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+from collections.abc import Callable
+from typing import Any
 
-from aigwd.store import MissingModelRecord, Store
+from aigwd.store import MissingModelRecord, SqliteStore, Store
 
+NewStore = Callable[..., Store]
 MAX_MODEL_NAME, MAX_CLIENT_ID = 256, 64
-# What a row costs: its strings' bytes and about 32 for the id, the time and SQLite's record header.
-ROW_BYTES = ("length(CAST(model_name AS BLOB)) + length(CAST(client_id AS BLOB)) "
-             "+ length(CAST(coalesce(subject, '') AS BLOB)) + 32")
+# What a row costs: its strings' bytes and about 32 for the id, the time and the record header.
+SQLITE_ROW_BYTES = ("length(CAST(model_name AS BLOB)) + length(CAST(client_id AS BLOB)) "
+                    "+ length(CAST(coalesce(subject, '') AS BLOB)) + 32")
+PG_ROW_BYTES = "octet_length(model_name) + octet_length(client_id) + octet_length(coalesce(subject, '')) + 32"
 
 
 async def logged_bytes(store: Store) -> int:
-    return await store._readers.run(
-        lambda conn: int(conn.execute(f"SELECT COALESCE(SUM({ROW_BYTES}), 0) FROM missing_models").fetchone()[0]))
+    if isinstance(store, SqliteStore):
+        return await store._readers.run(lambda conn: int(conn.execute(
+            f"SELECT COALESCE(SUM({SQLITE_ROW_BYTES}), 0) FROM missing_models").fetchone()[0]))
+    pool: Any = store._pool  # type: ignore[attr-defined]
+    return int(await pool.fetchval(f"SELECT COALESCE(SUM({PG_ROW_BYTES}), 0) FROM missing_models"))
 
 
-async def test_many_distinct_long_names_stay_within_the_byte_bound(tmp_path: Path) -> None:
+async def test_many_distinct_long_names_stay_within_the_byte_bound(new_store: NewStore) -> None:
     bound = 64 * 1024
-    async with Store(tmp_path, missing_max_bytes=bound) as store:
+    async with new_store(missing_max_bytes=bound) as store:
         for i in range(2000):
             name = f"{i:06d}" + "é" * (MAX_MODEL_NAME - 6)  # two bytes a character: the bound counts bytes
             await store.add_missing_model(MissingModelRecord(name, "c" * MAX_CLIENT_ID, "alice", float(i)))
@@ -32,8 +40,8 @@ async def test_many_distinct_long_names_stay_within_the_byte_bound(tmp_path: Pat
         assert await logged_bytes(store) <= bound
 
 
-async def test_the_bound_can_change_while_running(tmp_path: Path) -> None:
-    async with Store(tmp_path, missing_max_bytes=1 << 20) as store:
+async def test_the_bound_can_change_while_running(new_store: NewStore) -> None:
+    async with new_store(missing_max_bytes=1 << 20) as store:
         for i in range(100):
             await store.add_missing_model(MissingModelRecord("m" * MAX_MODEL_NAME, "c", "s", float(i)))
         assert await logged_bytes(store) > 16 * 1024
@@ -41,3 +49,17 @@ async def test_the_bound_can_change_while_running(tmp_path: Path) -> None:
         await store.add_missing_model(MissingModelRecord("last", "c", "s", 100.0))
         assert await logged_bytes(store) <= 16 * 1024
         assert (await store.missing_models(1))[0].model_name == "last"
+
+
+async def test_the_bound_holds_for_two_hosts_on_one_database(pg_target: Any) -> None:
+    from aigwd.store.postgres import PostgresStore
+
+    bound = 32 * 1024
+    async with PostgresStore(pg_target, missing_max_bytes=bound) as a, \
+            PostgresStore(pg_target, missing_max_bytes=bound) as b:
+        async def flood(store: Store, tag: str) -> None:
+            for i in range(300):
+                await store.add_missing_model(MissingModelRecord(f"{tag}{i:04d}" + "x" * 200, "c", "s", float(i)))
+
+        await asyncio.gather(flood(a, "a"), flood(b, "b"))
+        assert await logged_bytes(a) <= bound

@@ -13,7 +13,7 @@ from aigwd.config import OcrConfig, load
 from aigwd.errors import ApiError
 from aigwd.gateway import Gateway
 from aigwd.scheduling.ocrmodes import HOUR_S, Decision, SwitchLedger, decide, weigh
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 from .fakeos import FakeLayer
 
@@ -125,7 +125,7 @@ async def test_past_the_bound_the_auto_switch_is_refused_and_an_admin_switch_is_
     cfg = load(config)
     layer = FakeLayer()
     layer.healthy = True
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         try:

@@ -1,0 +1,177 @@
+"""What the daemon asks of its store, whichever engine keeps it: SQLite in the state directory, or
+PostgreSQL shared by every host of a fleet. Both implementations answer each call the same way; the
+shared test suite runs against both.
+
+Writes resolve once durable (committed); a failure of the engine comes back as StoreError, which the
+daemon answers with 503.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol
+
+from ..auth.apikeys import ApiKey
+from ..auth.ledger import RefreshLedger
+from .records import AuditRecord, CrashRecord, MissingModelRecord, Position, RequestRecord, UserRecord
+
+
+class ApiKeyStore(Protocol):
+    async def add(self, key: ApiKey) -> None:
+        ...
+
+    async def revoke(self, key_id: str, at: float) -> bool:
+        """Mark a key revoked; False when there is no such key or it was revoked already."""
+        ...
+
+    async def all(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+        ...
+
+
+class Store(Protocol):
+    # Request bodies longer than this are not kept in the daemon's memory while queued: they are read
+    # back from the store when their request runs.
+    spool_threshold: int
+    # Newest missing-model and crash rows kept by purge_finished.
+    max_records: int
+
+    @property
+    def missing_max_bytes(self) -> int:
+        """Bytes the missing-model log may hold; settable at run time (a reload)."""
+        ...
+
+    @missing_max_bytes.setter
+    def missing_max_bytes(self, value: int) -> None:
+        ...
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far; each may hold many writes."""
+        ...
+
+    # --- life cycle --------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date; StoreError says why it cannot."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is queued and disconnect; safe to call twice, and open() may follow."""
+        ...
+
+    async def __aenter__(self) -> Store:
+        ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        ...
+
+    def refresh_ledger(self) -> RefreshLedger:
+        ...
+
+    def api_keys(self) -> ApiKeyStore:
+        ...
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    async def add_request(self, rec: RequestRecord, payload: bytes) -> None:
+        """Store a new request with its body; StoreError if its id is taken."""
+        ...
+
+    async def add_finished(self, rec: RequestRecord) -> None:
+        """Store a request that ran without a row of its own, already finished; replaces an earlier one."""
+        ...
+
+    async def mark_started(self, request_id: str, started_at: float, attempts: int,
+                           served_resolution: str | None = None) -> None:
+        """Only an unfinished request moves to processing."""
+        ...
+
+    async def finish(self, request_id: str, status: str, finished_at: float, result: bytes | None,
+                     error: str | None) -> None:
+        """Record the outcome and drop the body; StoreError for a status that is not final."""
+        ...
+
+    async def requeue(self, request_id: str, attempts: int) -> None:
+        """Only an unfinished request goes back to queued."""
+        ...
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        ...
+
+    async def load_payload(self, request_id: str) -> bytes:
+        """The body as stored by add_request; StoreError once the request finished or is gone."""
+        ...
+
+    async def unfinished(self) -> list[RequestRecord]:
+        """Queued or processing requests, oldest first."""
+        ...
+
+    async def purge_finished(self, older_than: float) -> int:
+        """Delete requests finished before `older_than` (returns how many), expired refresh tokens, and
+        revocations that guard nothing; keep the newest max_records crash, missing-model and audit rows."""
+        ...
+
+    # --- crashes and the missing-model log ---------------------------------------------------------
+
+    async def add_crash(self, rec: CrashRecord) -> int:
+        """Store a crash; returns its new id."""
+        ...
+
+    async def crashes(self, limit: int, before: Position | None = None) -> list[CrashRecord]:
+        """Newest first; `before`: the (timestamp, id) of the last row of the previous page."""
+        ...
+
+    async def add_missing_model(self, rec: MissingModelRecord) -> None:
+        """Log a request for an unserved model; the oldest rows go once the log passes its byte bound."""
+        ...
+
+    async def missing_models(self, limit: int, before: Position | None = None) -> list[MissingModelRecord]:
+        ...
+
+    async def missing_models_grouped(self, by: str, limit: int, offset: int = 0
+                                     ) -> list[tuple[str, int, float, float]]:
+        """(model or client id, count, first seen, last seen), most requested first; by: model | client."""
+        ...
+
+    # --- users and the admin audit trail -----------------------------------------------------------
+
+    async def users(self) -> list[UserRecord]:
+        """Every user, by name."""
+        ...
+
+    async def sync_config_users(self, users: list[tuple[str, str, str]]) -> None:
+        """Make the config file's (name, role, password hash) the rows with source 'config'."""
+        ...
+
+    async def add_user(self, rec: UserRecord) -> bool:
+        """False when the name is taken."""
+        ...
+
+    async def update_user(self, name: str, *, password_hash: str | None = None,
+                          disabled: bool | None = None) -> bool:
+        """False when there is no such user."""
+        ...
+
+    async def delete_user(self, name: str) -> bool:
+        ...
+
+    async def add_audit(self, rec: AuditRecord) -> int:
+        ...
+
+    async def audit(self, limit: int, before: Position | None = None) -> list[AuditRecord]:
+        """Newest first; `before`: the (timestamp, id) of the last row of the previous page."""
+        ...
+
+    # --- recorded OCR demand, for the auto-switch --------------------------------------------------
+
+    async def add_ocr_demand(self, ts: float, resolution: str) -> None:
+        ...
+
+    async def ocr_demand(self, since: float) -> list[tuple[float, str]]:
+        """(timestamp, resolution) of OCR requests at or after `since`, oldest first."""
+        ...
+
+    async def purge_ocr_demand(self, before: float) -> int:
+        ...

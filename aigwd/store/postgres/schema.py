@@ -1,0 +1,177 @@
+"""The PostgreSQL schema, its numbered migrations, and applying them once however many hosts start.
+
+Migrations run under a session advisory lock: hosts that start together queue on it, and each finds
+the schema as the one before it left it. The tables mirror the SQLite file's, with PostgreSQL's types:
+payloads and results as bytea (no spool files: every host must read every body), times as double
+precision, flags as boolean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from ..records import StoreError
+
+# Any constant both sides agree on: "aigw" in ASCII, the key of the advisory lock migrations take.
+MIGRATION_LOCK = 0x61696777
+
+_T = "DOUBLE PRECISION"
+# Each entry moves the schema one version up; append new ones, never edit applied ones.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"""CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            model TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            resolution TEXT,
+            status TEXT NOT NULL,
+            queued_at {_T} NOT NULL,
+            deadline_at {_T} NOT NULL,
+            started_at {_T},
+            finished_at {_T},
+            result BYTEA,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            served_resolution TEXT,
+            sync BOOLEAN NOT NULL DEFAULT false,
+            account TEXT,
+            payload BYTEA,
+            node TEXT NOT NULL
+        )""",
+        "CREATE INDEX requests_finished_at ON requests(finished_at)",
+        # Only unfinished requests are looked up by status; most rows are finished and skip the index.
+        "CREATE INDEX requests_unfinished ON requests(node, queued_at, id) WHERE status IN ('queued', 'processing')",
+        f"""CREATE TABLE missing_models (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            model_name TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            timestamp {_T} NOT NULL
+        )""",
+        "CREATE INDEX missing_models_timestamp ON missing_models(timestamp, id)",
+        # The log's size in bytes, kept exact by every host in the transaction that adds or trims rows:
+        # the byte bound then holds for the fleet, not per host.
+        """CREATE TABLE missing_models_bytes (
+            only_row BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
+            bytes BIGINT NOT NULL
+        )""",
+        "INSERT INTO missing_models_bytes (bytes) VALUES (0)",
+        f"""CREATE TABLE crashes (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            timestamp {_T} NOT NULL,
+            model TEXT NOT NULL,
+            error TEXT NOT NULL,
+            exit_code INTEGER,
+            signal INTEGER,
+            stderr_tail TEXT NOT NULL,
+            gpu_memory_mib {_T},
+            request_ids TEXT NOT NULL,
+            replica INTEGER
+        )""",
+        "CREATE INDEX crashes_timestamp ON crashes(timestamp, id)",
+        f"""CREATE TABLE refresh_tokens (
+            jti TEXT PRIMARY KEY,
+            family TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            expires_at {_T} NOT NULL,
+            used BOOLEAN NOT NULL DEFAULT false
+        )""",
+        "CREATE INDEX refresh_tokens_expires_at ON refresh_tokens(expires_at)",
+        "CREATE INDEX refresh_tokens_family ON refresh_tokens(family)",
+        "CREATE INDEX refresh_tokens_subject ON refresh_tokens(subject)",
+        f"CREATE TABLE revoked_families (family TEXT PRIMARY KEY, revoked_at {_T} NOT NULL)",
+        f"""CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            disabled BOOLEAN NOT NULL DEFAULT false,
+            source TEXT NOT NULL,
+            updated_at {_T} NOT NULL,
+            id TEXT NOT NULL UNIQUE
+        )""",
+        f"""CREATE TABLE audit (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            timestamp {_T} NOT NULL,
+            actor TEXT NOT NULL,
+            via TEXT NOT NULL,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX audit_timestamp ON audit(timestamp, id)",
+        f"""CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            key_hash TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL,
+            client_ids TEXT NOT NULL,
+            max_priority TEXT NOT NULL,
+            created_at {_T} NOT NULL,
+            revoked_at {_T},
+            hint TEXT NOT NULL,
+            account TEXT
+        )""",
+        f"CREATE TABLE ocr_demand (timestamp {_T} NOT NULL, resolution TEXT NOT NULL)",
+        "CREATE INDEX ocr_demand_timestamp ON ocr_demand(timestamp)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass
+class Found:
+    """What a database holds, as `aigwd --check` reports it."""
+    server_version: str
+    schema_version: int | None  # None: no aigw schema yet (created at start)
+    foreign_tables: list[str]
+
+    def problem(self) -> str | None:
+        if self.schema_version is None and self.foreign_tables:
+            shown = ", ".join(self.foreign_tables[:5]) + (", ..." if len(self.foreign_tables) > 5 else "")
+            return (f"the database holds tables aigw did not create ({shown}); point [store] url at an empty "
+                    "database or one aigw created")
+        if self.schema_version is not None and self.schema_version > SCHEMA_VERSION:
+            return (f"the database's schema version {self.schema_version} is newer than this aigwd knows "
+                    f"({SCHEMA_VERSION}): upgrade aigw on this host")
+        return None
+
+
+async def inspect(conn: asyncpg.Connection) -> Found:
+    """Read what is there; changes nothing."""
+    server = str(await conn.fetchval("SHOW server_version"))
+    tables = [str(r[0]) for r in await conn.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+        "AND table_type = 'BASE TABLE' ORDER BY table_name")]
+    version = None
+    if "schema_version" in tables:
+        version = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+    return Found(server, version, [t for t in tables if t != "schema_version"] if version is None else [])
+
+
+async def migrate(conn: asyncpg.Connection, where: str) -> int:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step, under the fleet-wide lock."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        found = await inspect(conn)
+        problem = found.problem()
+        if problem:
+            raise StoreError(f"PostgreSQL at {where}: {problem}")
+        version = found.schema_version or 0
+        if found.schema_version is None:
+            await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            async with conn.transaction():
+                for statement in MIGRATIONS[number - 1]:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return SCHEMA_VERSION

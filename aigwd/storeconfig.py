@@ -1,0 +1,91 @@
+"""The [store] and [fleet] settings: where the daemon keeps its state, and what this host is called.
+
+Kept apart from config.py, which holds the other sections, and loaded by it like them.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+SCHEMES = ("postgresql", "postgres")
+NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with a [store] url, or None; checked when the config file is loaded."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a URL ({exc}); the form is postgresql://USER@HOST:PORT/DB"
+    if parts.scheme not in SCHEMES:
+        return "must start with postgresql:// (the form is postgresql://USER@HOST:PORT/DB)"
+    if not parts.hostname:
+        return "names no host; the form is postgresql://USER@HOST:PORT/DB"
+    if not parts.username:
+        return "names no user; the form is postgresql://USER@HOST:PORT/DB"
+    if not parts.path.strip("/"):
+        return "names no database; the form is postgresql://USER@HOST:PORT/DB"
+    if port is not None and not 1 <= port <= 65535:
+        return "port must be 1-65535"
+    if parts.query or parts.fragment:
+        return "takes no ?options or #fragment"
+    return None
+
+
+def _opt(default: Any, help: str, check: Any = None) -> Any:
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def _url(v: Any) -> str | None:
+    if v == "":
+        return None
+    problem = url_problem(v)
+    return None if problem is None else f"{problem} (got {_redacted(v)!r})"
+
+
+def _redacted(url: str) -> str:
+    """A URL as messages may show it: any password replaced."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)[:200]
+
+
+def _node(v: Any) -> str | None:
+    return None if v == "" or NODE_RE.match(v) else "must be 1-64 characters of letters, digits, '.', '_' or '-'"
+
+
+def _readers(v: Any) -> str | None:
+    return None if 1 <= v <= 64 else "must be between 1 and 64"
+
+
+@dataclass
+class StoreConfig:
+    url: str = _opt("", "PostgreSQL database the daemon keeps its state in, postgresql://USER@HOST:PORT/DB: the "
+                        "base of running several hosts on one database. Empty: SQLite in server.state_dir. Keep "
+                        "the password out of the URL: use password_file.", _url)
+    password_file: str = _opt("", "File holding the PostgreSQL password (readable by the daemon only); read at "
+                                  "start. Empty: the URL's password, or none (trust, peer or .pgpass).")
+    connect_timeout_s: float = _opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
+                                    lambda v: None if v > 0 else "must be greater than 0")
+    readers: int = _opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
+
+
+@dataclass
+class FleetConfig:
+    node: str = _opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
+
+
+def node_name(fleet: FleetConfig) -> str:
+    return fleet.node or socket.gethostname()
+
+
+def store_problem(store: StoreConfig) -> str | None:
+    """A check across [store]'s keys, after each key passed its own."""
+    if store.password_file and not store.url:
+        return "password_file is set but url is empty: it is only used with a PostgreSQL url"
+    if store.password_file and re.search(r"://[^:/@]*:[^@]*@", store.url):
+        return "url holds a password and password_file is set: keep only password_file"
+    return None
