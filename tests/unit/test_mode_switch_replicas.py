@@ -11,7 +11,7 @@ from aigwd.backends.supervisor import Supervisor
 from aigwd.config import load
 from aigwd.errors import ApiError
 from aigwd.gateway import Gateway
-from aigwd.store import Store
+from aigwd.store import SqliteStore
 
 from .fakeos import FakeLayer
 
@@ -25,7 +25,7 @@ async def two(tmp_path: Path) -> AsyncIterator[tuple[Supervisor, Gateway]]:
     cfg = load(config)
     layer = FakeLayer()
     layer.healthy = True
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         try:

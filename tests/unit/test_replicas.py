@@ -200,7 +200,7 @@ async def test_a_rolling_restart_after_a_reload_moves_the_running_replicas_onto_
     cfg = _config(tmp_path, "replicas = 3\nstart = \"manual\"\n")
     layer = PortLayer()
     layer.healthy = True
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         service, servers = gateway.backends["gemma"], supervisor.servers["gemma"]
@@ -226,7 +226,7 @@ async def test_a_replica_that_does_not_come_up_on_the_new_command_stops_the_roll
     cfg = _config(tmp_path, "replicas = 2\nmax_start_failures = 1\n")
     layer = PortLayer()
     layer.healthy = True
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         servers = supervisor.servers["gemma"]
@@ -252,7 +252,7 @@ async def test_with_one_replica_the_rolling_restart_is_a_plain_restart(tmp_path:
     cfg = _config(tmp_path)
     layer = PortLayer()
     layer.healthy = True
-    async with Store(tmp_path / "state") as store:
+    async with SqliteStore(tmp_path / "state") as store:
         gateway = Gateway(cfg, store)
         supervisor = Supervisor(cfg, gateway.backends, gateway.events, store, layer=layer, action_wait_s=5)
         server = supervisor.servers["gemma"][0]

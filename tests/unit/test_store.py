@@ -152,7 +152,7 @@ async def test_crashes_recorded_before_replicas_read_back_without_one(tmp_path: 
     conn.execute("INSERT INTO crashes (timestamp, model, error, exit_code, signal, stderr_tail, gpu_memory_mib, "
                  "request_ids) VALUES (5.0, 'gemma', 'exited', 1, NULL, '', NULL, '[]')")
     conn.close()
-    async with Store(tmp_path) as store:
+    async with SqliteStore(tmp_path) as store:
         (old,) = await store.crashes(10)
         assert (old.model, old.replica) == ("gemma", None)
         await store.add_crash(CrashRecord(id=None, timestamp=6.0, model="gemma", error="killed", exit_code=None,

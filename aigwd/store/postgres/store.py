@@ -7,7 +7,6 @@ kept in the row (bytea) whatever their size, so any host can run any request: th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import socket
 import time
@@ -53,10 +52,7 @@ _FINISHED = "('" + "', '".join(FINISHED_STATUSES) + "')"
 _UNFINISHED = "('" + "', '".join(UNFINISHED_STATUSES) + "')"
 _USER_COLUMNS = "name, role, password_hash, disabled, source, updated_at, id"
 _AUDIT_COLUMNS = "id, timestamp, actor, via, command, args, status, outcome, detail"
-_CRASH_COLUMNS = (*CRASH_COLUMNS, "replica")
 _ROW_BYTES = f"octet_length(model_name) + octet_length(client_id) + octet_length(coalesce(subject, '')) + {32}"
-# Set by a newer CrashRecord that says which replica crashed; older ones have no such field.
-_CRASH_HAS_REPLICA = any(f.name == "replica" for f in dataclasses.fields(CrashRecord))
 
 
 def _before(position: Position | None, first: int) -> tuple[str, tuple[Any, ...]]:
@@ -71,11 +67,10 @@ def _crash_from_row(row: asyncpg.Record) -> CrashRecord:
         ids = json.loads(row["request_ids"]) if row["request_ids"] else []
     except ValueError:
         ids = []  # one unreadable row should not hide the rest of the crash list
-    extra: dict[str, Any] = {"replica": row["replica"]} if _CRASH_HAS_REPLICA else {}
     return CrashRecord(id=row["id"], timestamp=row["timestamp"], model=row["model"], error=row["error"],
                        exit_code=row["exit_code"], signal=row["signal"], stderr_tail=row["stderr_tail"],
                        gpu_memory_mib=row["gpu_memory_mib"],
-                       request_ids=[str(i) for i in ids] if isinstance(ids, list) else [], **extra)
+                       request_ids=[str(i) for i in ids] if isinstance(ids, list) else [], replica=row["replica"])
 
 
 class PostgresStore:
@@ -254,8 +249,8 @@ class PostgresStore:
     # --- crashes and the missing-model log -----------------------------------------------------
 
     async def add_crash(self, rec: CrashRecord) -> int:
-        values = (*crash_values(rec), getattr(rec, "replica", None))
-        columns = ", ".join(_CRASH_COLUMNS[1:])
+        values = crash_values(rec)
+        columns = ", ".join(CRASH_COLUMNS[1:])
         marks = ", ".join(f"${i + 1}" for i in range(len(values)))
 
         async def op(conn: asyncpg.Connection) -> int:
@@ -267,7 +262,7 @@ class PostgresStore:
         where, params = _before(before, 1)
 
         async def read(conn: asyncpg.Connection) -> list[CrashRecord]:
-            rows = await conn.fetch(f"SELECT {', '.join(_CRASH_COLUMNS)} FROM crashes {where}"
+            rows = await conn.fetch(f"SELECT {', '.join(CRASH_COLUMNS)} FROM crashes {where}"
                                     f"ORDER BY timestamp DESC, id DESC LIMIT ${len(params) + 1}",
                                     *params, max(0, limit))
             return [_crash_from_row(r) for r in rows]
