@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .bounds import MAX_MODEL_NAME, MAX_USERNAME
-from .storeconfig import FleetConfig, StoreConfig, store_problem
+from .storeconfig import FleetConfig, StoreConfig, serve_problem, store_problem
 
 try:
     import tomllib
@@ -594,6 +594,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
                 raise fail(f"{where}.port", f"port {port} is already used by {ports[port]}")
             ports[port] = name
         backends[name] = backend
+    problem = serve_problem(sections["fleet"], list(backends))
+    if problem:
+        raise fail("fleet", problem)
     return Config(path=path, users=users, backends=backends, overrides=dict(overrides or {}), **sections)
 
 

@@ -23,6 +23,7 @@ from .backends.supervisor import Supervisor
 from .config import Config, parse_listen
 from .control.loghub import publish_backend_line
 from .control.plane import ControlPlane
+from .fleet.queuehost import FleetQueue
 from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.placement import ReplicaView
@@ -80,6 +81,7 @@ class Daemon:
         self.bound: tuple[str, int] | None = None
         self.notifier = Notifier()
         self.switcher: AutoSwitcher | None = None
+        self.fleet: FleetQueue | None = None
 
     async def run(self) -> None:
         """Each step starts its part and, on the way out, stops it: the steps stop in reverse order."""
@@ -165,6 +167,14 @@ class Daemon:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
             self.switcher = self._auto_switcher(gateway, supervisor, store)
+            if cfg.store.url:
+                from .store.postgres import PostgresStore
+
+                assert isinstance(store, PostgresStore)
+                # Fleet mode: /api requests go to the shared queue; leases still held are given back last.
+                self.fleet = FleetQueue(cfg, store, gateway)
+                gateway.fleet = self.fleet
+                stack.push_async_callback(self.fleet.close)
             # The servers are stopped after the queue tasks are cancelled.
             stack.push_async_callback(supervisor.close)
             stack.push_async_callback(gateway.close)
@@ -183,6 +193,8 @@ class Daemon:
             await plane.start()
             stack.callback(plane.hub.detach)
             await gateway.recover()
+            if self.fleet is not None:
+                await self.fleet.start()
             yield _Parts(services, gateway, supervisor, plane)
 
     @contextlib.asynccontextmanager
@@ -247,6 +259,8 @@ class Daemon:
     def _use_config(self, cfg: Config) -> None:
         """A reload applied a new configuration; the drain and the maintenance loop read it here."""
         self.cfg = cfg
+        if self.fleet is not None:
+            self.fleet.cfg = cfg
         if self.switcher is not None:
             self.switcher.reconfigure(cfg.auto_switch)
 

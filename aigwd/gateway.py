@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import logs
 from .backends.upstream import UpstreamError, UpstreamStatus
@@ -55,6 +56,31 @@ class Live:
     # error answer of the backend to pass on unchanged.
     chunks: ChunkStream | None = None
     upstream_error: tuple[int, bytes] | None = None
+    # Fleet mode: the token of this host's lease on it in the shared queue; its outcome is written fenced.
+    lease: int | None = None
+
+
+class SharedQueue(Protocol):
+    """The fleet's queue as the gateway uses it (aigwd/fleet/queuehost.py): /api requests go there instead
+    of the local queue, and the requests this host claims from it come back through `run_claimed`."""
+
+    async def submit(self, rt: ModelService, rec: RequestRecord, payload: bytes) -> str | int:
+        """"ok", "full", or the subject's count of waiting requests when its share is full."""
+        ...
+
+    async def finish(self, live: Live) -> bool:
+        """Write the outcome under the lease; False when the lease was lost and nothing was written."""
+        ...
+
+    async def wait(self, request_id: str, timeout_s: float) -> None:
+        ...
+
+    async def cancel(self, request_id: str) -> RequestRecord | None:
+        ...
+
+    @property
+    def node(self) -> str:
+        ...
 
 
 class Gateway:
@@ -65,10 +91,15 @@ class Gateway:
         self.model_index = cfg.model_index()
         # What the served models announce (accepted, finished, ready, mode): supervision listens.
         self.events = Events()
-        # One per configured backend: its queue, its servers and their modes, its readiness.
+        # One per configured backend: its queue, its servers and their modes, its readiness. A backend a
+        # host of a fleet does not serve ([fleet] serve) has no server here: other hosts run its requests.
         self.backends: dict[str, ModelService] = {
-            name: ModelService(cfg, bcfg, self.events, runner=self._run, on_timeout=self._timed_out,
-                               fail=self._fail) for name, bcfg in cfg.backends.items()}
+            name: ModelService(cfg, bcfg if not cfg.store.url or cfg.fleet.serves(name)
+                               else dataclasses.replace(bcfg, command=[], external=[]), self.events,
+                               runner=self._run, on_timeout=self._timed_out, fail=self._fail)
+            for name, bcfg in cfg.backends.items()}
+        # Fleet mode ([store] url): set by the daemon; None keeps every request on this host.
+        self.fleet: SharedQueue | None = None
         self.metrics = Metrics()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -79,7 +110,9 @@ class Gateway:
         """The backend serving `model`, or 404 (recorded as a missing model)."""
         name = self.model_index.get(model)
         rt = self.backends.get(name) if name else None
-        if rt is None or not rt.accepting():
+        # In a fleet any host serving the model may run it: a configured model is taken unless stopped here.
+        shared = self.fleet is not None and rt is not None and not rt.stopped_by_admin
+        if rt is None or not (shared or rt.accepting()):
             self._background(self.store.add_missing_model(
                 MissingModelRecord(model_name=model, client_id=client_id, subject=subject,
                                    timestamp=time.time())))
@@ -102,6 +135,13 @@ class Gateway:
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
             queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync, account=account)
         live = Live(rec, payload)
+        if self.fleet is not None:
+            if not (sync or stream):
+                return await self._submit_shared(rt, live, payload)
+            if not rt.replicas:
+                raise ApiError(503, f"Model {model} is not served on this host ({self.fleet.node}): requests held "
+                                    "on the connection (/v1) run on a host that serves their model; send them "
+                                    "there, or use /api/chat and GET /api/requests/{id}", {"Retry-After": "5"})
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.
             live.chunks = ChunkStream(STREAM_BUFFER_CHUNKS)
@@ -112,15 +152,10 @@ class Gateway:
             rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
         except ShareFull as exc:
             del self.live[rec.id]
-            self.metrics.rejected(rt.cfg.name, 503)
-            raise ApiError(503, f"Your share of the queue of {rt.cfg.name} is full: subject {subject} already "
-                                f"has {exc.held} requests waiting, the most one subject may hold "
-                                f"(queue.subject_share of max_waiting); retry when some have finished",
-                           {"Retry-After": "5"}) from None
+            raise self._refused(rt, subject, exc.held) from None
         except QueueFull:
             del self.live[rec.id]
-            self.metrics.rejected(rt.cfg.name, 503)
-            raise ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"}) from None
+            raise self._refused(rt, subject, None) from None
         try:
             if sync and len(payload) <= self.store.spool_threshold:
                 # Its client holds the connection and a restart could only fail it: the row is written
@@ -131,18 +166,73 @@ class Gateway:
         except StoreError as exc:
             rt.queues.cancel(rec.id)
             self.live.pop(rec.id, None)
-            logs.event("request_not_stored", request_id=rec.id, reason=str(exc))
-            raise ApiError(503, "Cannot store the request right now; please try again later",
-                           {"Retry-After": "5"}) from None
+            raise self._not_stored(rec.id, exc) from None
         if len(payload) > self.store.spool_threshold:
             live.payload = None  # on disk now; do not hold large bodies in memory while queued
-        rt.submitted()
-        if rt.cfg.kind == "ocr" and resolution:
-            # The demand history the auto-switch learns its weekly pattern from.
-            self._background(self.store.add_ocr_demand(now_wall, resolution))
-        logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=client_id, model=model,
-                   backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
+        self._accepted(rt, rec)
         return live
+
+    async def _submit_shared(self, rt: ModelService, live: Live, payload: bytes) -> Live:
+        """Fleet mode: stored in the shared queue (the bound counted fleet-wide); any host serving it runs it."""
+        assert self.fleet is not None
+        rec = live.record
+        try:
+            outcome = await self.fleet.submit(rt, rec, payload)
+        except StoreError as exc:
+            raise self._not_stored(rec.id, exc) from None
+        if outcome != "ok":
+            raise self._refused(rt, rec.subject, None if outcome == "full" else int(outcome))
+        self._accepted(rt, rec)
+        return live
+
+    def _refused(self, rt: ModelService, subject: str, held: int | None) -> ApiError:
+        """The 503 of a full queue (held None) or of a subject holding its share of it."""
+        self.metrics.rejected(rt.cfg.name, 503)
+        if held is None:
+            return ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"})
+        return ApiError(503, f"Your share of the queue of {rt.cfg.name} is full: subject {subject} already has "
+                             f"{held} requests waiting, the most one subject may hold (queue.subject_share of "
+                             "max_waiting); retry when some have finished", {"Retry-After": "5"})
+
+    @staticmethod
+    def _not_stored(request_id: str, exc: StoreError) -> ApiError:
+        logs.event("request_not_stored", request_id=request_id, reason=str(exc))
+        return ApiError(503, "Cannot store the request right now; please try again later", {"Retry-After": "5"})
+
+    def _accepted(self, rt: ModelService, rec: RequestRecord) -> None:
+        rt.submitted()
+        if rt.cfg.kind == "ocr" and rec.resolution:
+            # The demand history the auto-switch learns its weekly pattern from.
+            self._background(self.store.add_ocr_demand(rec.queued_at, rec.resolution))
+        logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=rec.client_id, model=rec.model,
+                   backend=rt.cfg.name, priority=rec.priority, resolution=rec.resolution)
+
+    def run_claimed(self, rt: ModelService, live: Live) -> None:
+        """Fleet mode: run a request this host leased from the shared queue, on this host's replicas; it
+        takes a free slot at once (the claim took no more than there were). QueueFull when closing."""
+        rec = live.record
+        now_wall, now_mono = time.time(), time.monotonic()
+        rec.attempts -= 1  # the claim counted this run; _run_on counts it again as it starts
+        job = Job(id=rec.id, client_id=rec.client_id, priority=Priority.parse(rec.priority),
+                  enqueued_at=now_mono - max(0.0, now_wall - rec.queued_at),
+                  deadline=now_mono + (rec.deadline_at - now_wall), data=live, subject=rec.subject)
+        self.live[rec.id] = live
+        try:
+            rt.queues.submit(job, rec.resolution, force=True)
+        except QueueFull:
+            del self.live[rec.id]
+            raise
+
+    def abandon(self, request_id: str) -> bool:
+        """Fleet mode: this host lost the lease (the request was cancelled elsewhere, or another host took it
+        after the lease lapsed): cut it off without writing anything; False when it was not here."""
+        live = self.live.pop(request_id, None)
+        if live is None:
+            return False
+        rt = self.backends.get(live.record.backend)
+        if rt is not None:
+            rt.queues.cancel(request_id)  # aborts the model server's call
+        return True
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -165,7 +255,7 @@ class Gateway:
         live.started.set()
         rec.attempts += 1
         rec.served_resolution = replica.mode if rt.cfg.kind == "ocr" else None
-        if live.has_row:
+        if live.has_row and live.lease is None:  # a claim from the shared queue recorded its start itself
             self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
         try:
             payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
@@ -276,7 +366,11 @@ class Gateway:
     async def _save(self, live: Live) -> None:
         rec = live.record
         try:
-            if live.has_row:
+            if live.lease is not None and self.fleet is not None:
+                if not await self.fleet.finish(live):
+                    logs.event("result_fenced", request_id=rec.id, outcome=rec.status,
+                               reason="this host's lease was lost; the outcome was not written")
+            elif live.has_row:
                 await self.store.finish(rec.id, rec.status, rec.finished_at or time.time(), rec.result,
                                         rec.error)
             else:
@@ -293,7 +387,8 @@ class Gateway:
     async def lookup(self, request_id: str) -> tuple[RequestRecord, int | None] | None:
         """The record and, while queued, its 1-based position in its queue."""
         live = self.live.get(request_id)
-        if live is not None:
+        # A leased request's outcome counts once written: until then the shared row answers.
+        if live is not None and not (live.lease is not None and live.record.status in FINAL_STATUSES):
             rec = live.record
             position = None
             if rec.status == "queued" and rec.backend in self.backends:
@@ -304,6 +399,9 @@ class Gateway:
 
     async def wait(self, request_id: str, timeout_s: float) -> None:
         live = self.live.get(request_id)
+        if timeout_s > 0 and self.fleet is not None and (live is None or live.lease is not None):
+            await self.fleet.wait(request_id, timeout_s)  # wherever it runs, until its outcome is written
+            return
         if live is None or timeout_s <= 0:
             return
         try:
@@ -314,6 +412,8 @@ class Gateway:
     async def cancel(self, request_id: str) -> RequestRecord | None:
         """Cancel a queued or processing request; None when it is not live (already finished)."""
         live = self.live.get(request_id)
+        if live is None and self.fleet is not None:
+            return await self.fleet.cancel(request_id)  # queued, or running on another host
         if live is None or live.record.status in FINAL_STATUSES:
             return None
         rt = self.backends[live.record.backend]

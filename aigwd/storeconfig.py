@@ -73,13 +73,49 @@ class StoreConfig:
     readers: int = _opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
 
 
+def _lease(v: Any) -> str | None:
+    return None if 1 <= v <= 300 else "must be between 1 and 300 seconds"
+
+
+def _poll(v: Any) -> str | None:
+    return None if 0.1 <= v <= 60 else "must be between 0.1 and 60 seconds"
+
+
+def _serve(v: Any) -> str | None:
+    if len(v) > 256:
+        return "may list at most 256 backends"
+    return None if all(n == "*" or NODE_RE.match(n) for n in v) else "must list backend names, or \"*\" for all"
+
+
 @dataclass
 class FleetConfig:
     node: str = _opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
+    lease_s: float = _opt(5.0, "With [store] url: a request a host runs is leased to it for this long and renewed "
+                               "while it runs; a host that dies stops renewing, and its requests run elsewhere "
+                               "once the lease has run out.", _lease)
+    serve: list[str] = field(default_factory=lambda: ["*"], metadata={
+        "check": _serve,
+        "help": "With [store] url: the backends whose model servers this host runs and takes queued work for; "
+                "\"*\": all configured. The others are only accepted here and run by the hosts that serve "
+                "them; [] serves none."})
+    poll_s: float = _opt(2.0, "With [store] url: how often a host looks for queued work and finished requests "
+                              "when no notification came (notifications wake it at once; this is the safety net).",
+                         _poll)
+
+    def serves(self, backend: str) -> bool:
+        return "*" in self.serve or backend in self.serve
 
 
 def node_name(fleet: FleetConfig) -> str:
     return fleet.node or socket.gethostname()
+
+
+def serve_problem(fleet: FleetConfig, backends: list[str]) -> str | None:
+    """[fleet] serve must name configured backends."""
+    unknown = [n for n in fleet.serve if n != "*" and n not in backends]
+    if unknown:
+        return f"serve names {', '.join(unknown)}, not configured in [backends]; known: {', '.join(backends) or 'none'}"
+    return None
 
 
 def store_problem(store: StoreConfig) -> str | None:

@@ -77,8 +77,8 @@ class PostgresStore:
     def __init__(self, target: PgTarget, *, node: str = "", batch_max: int = 512, spool_threshold: int = 256 * 1024,
                  readers: int = 4, max_records: int = 100_000, missing_max_bytes: int = 8 * 1024 * 1024) -> None:
         self.target = target
-        # The host that accepted a request runs it, and only it picks it up again after a restart: until
-        # requests are claimed from one shared queue, two hosts must never both run one.
+        # The host that accepted a request held on a connection (/v1) runs it; queued /api requests are
+        # leased from the shared queue instead (aigwd/fleet/queue.py).
         self.node = node or socket.gethostname()
         self.max_records = max_records
         self.missing_max_bytes = missing_max_bytes  # read by each add, so a reload takes effect at once
@@ -147,6 +147,14 @@ class PostgresStore:
     async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True) -> T:
         result: T = await self._writer.submit(fn, urgent=urgent)
         return result
+
+    async def transact(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True) -> T:
+        """Run fn(conn) in the next group commit; for the fleet queue's own statements."""
+        return await self._write(fn, urgent=urgent)
+
+    async def query(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run fn(conn) on a pooled read connection."""
+        return await self._read(fn)
 
     def refresh_ledger(self) -> PgRefreshLedger:
         return PgRefreshLedger(self._writer, self._read)
@@ -220,8 +228,9 @@ class PostgresStore:
     async def unfinished(self) -> list[RequestRecord]:
         """This host's queued or processing requests, oldest first."""
         async def read(conn: asyncpg.Connection) -> list[RequestRecord]:
+            # Rows of the shared queue are not this host's: the fleet queue leases them (aigwd/fleet).
             rows = await conn.fetch(f"{_REQUEST_SELECT} WHERE status IN {_UNFINISHED} AND node = $1 "
-                                    "ORDER BY queued_at, id", self.node)
+                                    "AND NOT fleet ORDER BY queued_at, id", self.node)
             return [request_from_row(tuple(r)) for r in rows]
 
         return await self._read(read)
