@@ -272,7 +272,8 @@ class Daemon:
         service = gateway.backends[name]
 
         def current_mode() -> str | None:
-            return service.mode if service.replicas[0].running and not supervisor.switching(name) else None
+            running = bool(service.replicas) and service.replicas[0].running
+            return service.mode if running and not supervisor.switching(name) else None
 
         async def switch(mode: str) -> object:
             return await supervisor.switch_backend(name, mode, graceful=True, by="auto-switch")

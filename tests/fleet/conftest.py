@@ -45,3 +45,7 @@ async def put(queue: SharedQueue, *recs: RequestRecord, max_waiting: int = 1000,
         admitted = await queue.submit(rec, b'{"model": "gemma-3-4b-it"}', max_waiting=max_waiting,
                                       subject_cap=subject_cap)
         assert admitted.outcome == "ok", admitted
+
+
+# The integration tier's HTTP session, for the tests that start hosts.
+from tests.integration.conftest import session  # noqa: E402, F401
