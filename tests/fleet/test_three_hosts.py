@@ -136,7 +136,7 @@ async def test_hosts_share_one_queue_and_a_killed_hosts_work_runs_elsewhere(
     taken_back = [r for r in final.values() if r["requeued_at"] is not None]
     assert taken_back, "host-b held requests when it was killed: they must have been requeued"
     for r in taken_back:
-        assert list(r["nodes"])[0] == "host-b" and r["claimed_by"] == "host-a", r
+        assert r["nodes"][0] == "host-b" and r["claimed_by"] == "host-a", r
         # The lease had been renewed until the kill, and the lapsed lease was taken back within a second.
         assert r["lapsed_lease_until"] <= killed_at + LEASE_S, (r, killed_at)
         assert 0 <= r["requeued_at"] - r["lapsed_lease_until"] <= 1.0, r
