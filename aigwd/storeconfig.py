@@ -71,6 +71,12 @@ class StoreConfig:
     connect_timeout_s: float = _opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
                                     lambda v: None if v > 0 else "must be greater than 0")
     readers: int = _opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
+    synchronous_commit: bool = _opt(True, "true: a write returns once PostgreSQL has flushed it to disk. false: "
+                                          "once it is committed, the flush following within a fraction of a "
+                                          "second (PostgreSQL's synchronous_commit = off, the level of the SQLite "
+                                          "store's WAL): a crash of aigwd or of PostgreSQL loses nothing, a power "
+                                          "cut of the database host may lose the last commits; each request's "
+                                          "path is several milliseconds faster on slow disks.")
 
 
 def _lease(v: Any) -> str | None:

@@ -69,7 +69,8 @@ class PgServer:
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
 
-    def start(self) -> None:
+    def start(self, *, durable: bool = False) -> None:
+        """durable: keep PostgreSQL's fsync and synchronous commits (for benchmarks that claim durability)."""
         bindir = bin_dir()
         assert bindir is not None
         self.password_file.write_text(PASSWORD + "\n")
@@ -82,8 +83,8 @@ class PgServer:
                   "--auth-host=scram-sha-256", f"--pwfile={self.password_file}", "-E", "UTF8", "--no-locale",
                   "--no-sync", owner=True)
         # fsync off: tests need speed, not durability across power loss.
-        options = (f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        fast = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        options = f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} {fast}-c max_connections=200"
         self._run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.root / "log"), "-w",
                   "start", owner=True)
         self.started = True

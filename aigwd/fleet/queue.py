@@ -33,6 +33,8 @@ _CLAIM_COLUMNS = ("id", "subject", "client_id", "backend", "model", "kind", "pri
 # the subject its clients take turns the same way: the subject with least in flight goes next, as a rotation
 # would send it. A request that waited aging_s moves up a class (behind the class's own requests, as a single
 # host's aged lane), and one that waited a full aging_s more after reaching high is overdue: it goes first.
+# The first candidates in that order are then locked one by one by primary key, skipping those another host
+# is claiming at the same moment (four times the claim, plus 64, are looked at).
 _CLAIM = f"""
 WITH clock AS (SELECT {_NOW} AS now),
 running AS (
@@ -60,18 +62,29 @@ ranked AS (
     SELECT k.*, k.subject_load + row_number() OVER (PARTITION BY k.cls, k.aged, k.subject
                ORDER BY k.client_turn, k.queued_at, k.id) AS turn
     FROM classed k),
+candidates AS (
+    SELECT array_agg(id ORDER BY place) AS ids FROM (
+        SELECT id, row_number() OVER (ORDER BY overdue DESC, CASE WHEN overdue THEN queued_at END, cls DESC, aged,
+                                      turn, client_turn, queued_at, id) AS place
+        FROM ranked ORDER BY place LIMIT $3 * 4 + 64) t),
 picked AS (
-    SELECT r.id FROM requests r JOIN ranked k ON k.id = r.id
+    SELECT r.id FROM unnest((SELECT ids FROM candidates)) WITH ORDINALITY AS c(id, place)
+    JOIN requests r ON r.id = c.id
     WHERE r.fleet AND r.status = 'queued'
-    ORDER BY k.overdue DESC, CASE WHEN k.overdue THEN k.queued_at END, k.cls DESC, k.aged, k.turn,
-             k.client_turn, k.queued_at, k.id
-    LIMIT $3 FOR UPDATE OF r SKIP LOCKED)
+    ORDER BY c.place LIMIT $3 FOR UPDATE OF r SKIP LOCKED)
 UPDATE requests r SET status = 'processing', claimed_by = $2, started_at = (SELECT now FROM clock),
     lease_until = (SELECT now FROM clock) + $4, lease_token = r.lease_token + 1, attempts = r.attempts + 1,
     nodes = array_append(r.nodes, $2::text)
 FROM picked WHERE r.id = picked.id
 RETURNING {', '.join(f'r.{c}' for c in _CLAIM_COLUMNS)},
     CASE WHEN octet_length(r.payload) <= $7 THEN r.payload END AS payload
+"""
+
+# The submitting host leases a new request to itself (its first lease: token 1).
+_TAKE = f"""
+UPDATE requests SET status = 'processing', claimed_by = $2, started_at = {_NOW}, lease_until = {_NOW} + $3,
+    lease_token = 1, attempts = 1, nodes = ARRAY[$2::text]
+WHERE id = $1 RETURNING started_at
 """
 
 _RENEW = f"""
@@ -154,9 +167,12 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Admitted:
-    """What the waiting bound said: ok, or full (the model's max_waiting), or share (the subject's)."""
+    """What the waiting bound said: ok, or full (the model's max_waiting), or share (the subject's); `claimed`:
+    the lease token when the submitting host took the request itself at once."""
     outcome: str
     held: int = 0
+    claimed: int | None = None
+    started_at: float | None = None
 
 
 class SharedQueue:
@@ -164,9 +180,13 @@ class SharedQueue:
         self.store = store
         self.node = node
 
-    async def submit(self, rec: RequestRecord, payload: bytes, *, max_waiting: int, subject_cap: int) -> Admitted:
+    async def submit(self, rec: RequestRecord, payload: bytes, *, max_waiting: int, subject_cap: int,
+                     claim_lease_s: float | None = None) -> Admitted:
         """Store a request in the queue, within the model's waiting bound and the subject's share of it,
-        counted over the whole fleet; the hosts serving its model are notified when it commits."""
+        counted over the whole fleet; the hosts serving its model are notified when it commits.
+
+        claim_lease_s: this host has a free slot for it; when nothing of its model waits anywhere (a single
+        host would start it at once too) it is stored already leased to this host, saving a claim."""
         values = request_values(rec)
 
         async def op(conn: asyncpg.Connection) -> Admitted:
@@ -180,6 +200,9 @@ class SharedQueue:
             if mine >= subject_cap:
                 return Admitted("share", int(mine))
             await conn.execute(_INSERT, *values, payload, self.node)
+            if claim_lease_s is not None and total == 0:
+                started_at = await conn.fetchval(_TAKE, rec.id, self.node, claim_lease_s)
+                return Admitted("ok", claimed=1, started_at=float(started_at))
             await conn.execute(f"SELECT pg_notify('{QUEUE_CHANNEL}', $1)", rec.backend)
             return Admitted("ok")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from ..store.postgres import PostgresStore
 from ..store.postgres.writer import CONNECTION_ERRORS
 from ..store.records import RequestRecord, StoreError
 from ..storeconfig import node_name
-from .queue import DONE_CHANNEL, QUEUE_CHANNEL, SharedQueue
+from .queue import DONE_CHANNEL, QUEUE_CHANNEL, Claimed, SharedQueue
 
 REAP_EVERY_S = 0.5  # a lapsed lease is taken back within this (and a commit) of lapsing
 LISTEN_BACKOFF_MAX_S = 10.0
@@ -109,12 +110,20 @@ class FleetQueue:
     # --- the gateway's side --------------------------------------------------------------------
 
     async def submit(self, rt: ModelService, rec: RequestRecord, payload: bytes) -> str | int:
+        free = rt.queues.queue_for(rec.resolution).free_slots() if rt.replicas else 0
         admitted = await self.queue.submit(rec, payload, max_waiting=rt.queues.max_waiting,
-                                           subject_cap=rt.queues.subject_cap())
-        if admitted.outcome == "ok":
+                                           subject_cap=rt.queues.subject_cap(),
+                                           claim_lease_s=self.lease_s if free > 0 else None)
+        if admitted.outcome != "ok":
+            return "full" if admitted.outcome == "full" else admitted.held
+        if admitted.claimed is not None:
+            # Leased to this host as it was stored: it runs here now, as a single host would start it.
+            claimed = dataclasses.replace(rec, status="processing", started_at=admitted.started_at, attempts=1)
+            self._run(rt, [Claimed(claimed, admitted.claimed, payload if len(payload) <= self.store.spool_threshold
+                                   else None)])
+        else:
             self.wake(rt.name)  # this host may serve it: no need to wait for the notification's round trip
-            return "ok"
-        return "full" if admitted.outcome == "full" else admitted.held
+        return "ok"
 
     async def finish(self, live: Live) -> bool:
         rec = live.record
@@ -123,6 +132,8 @@ class FleetQueue:
                                           rec.result, rec.error, rec.served_resolution)
         if self.held.get(rec.id) == live.lease:
             del self.held[rec.id]
+        if written:  # waiters here need not wait for the notification's round trip
+            self._on_done(None, 0, DONE_CHANNEL, rec.id)
         return written
 
     async def wait(self, request_id: str, timeout_s: float) -> None:
@@ -130,12 +141,17 @@ class FleetQueue:
         event = asyncio.Event()
         self._waiters.setdefault(request_id, set()).add(event)
         deadline = time.monotonic() + timeout_s
+        live = self.gateway.live.get(request_id)
+        # Running here and not ended: its outcome is written (and notified) after this registration.
+        local = live is not None and live.lease is not None and live.record.status not in FINAL_STATUSES
         try:
             while True:
-                # Read after listening: an end written before this read is seen here, one after it notifies.
-                rec = await self.store.get_request(request_id)
-                if rec is None or rec.status in FINAL_STATUSES:
-                    return
+                if not local:
+                    # Read after listening: an end written before this read is seen here, one after notifies.
+                    rec = await self.store.get_request(request_id)
+                    if rec is None or rec.status in FINAL_STATUSES:
+                        return
+                local = False
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
@@ -193,7 +209,7 @@ class FleetQueue:
             if got == 0 or got < asked:
                 return total
 
-    def _run(self, rt: ModelService, claimed: list[Any]) -> None:
+    def _run(self, rt: ModelService, claimed: list[Claimed]) -> None:
         refused: dict[str, int] = {}
         for item in claimed:
             live = Live(item.record, item.payload, lease=item.token)

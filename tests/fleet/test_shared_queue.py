@@ -214,3 +214,18 @@ async def test_hosts_are_notified_of_new_work_and_of_ends(pg_store: PostgresStor
         assert await asyncio.wait_for(heard.get(), 5) == (DONE_CHANNEL, rec.id)
     finally:
         await conn.close()
+
+
+async def test_the_submitting_host_takes_a_request_itself_only_when_nothing_waits(pg_store: PostgresStore) -> None:
+    a, b = queues(pg_store, "host-a", "host-b")
+    first, second = request(), request()
+    taken = await a.submit(first, b"{}", max_waiting=10, subject_cap=10, claim_lease_s=5.0)
+    assert taken.outcome == "ok" and taken.claimed == 1
+    r = await row(pg_store, first.id)
+    assert (r["status"], r["claimed_by"], r["attempts"], list(r["nodes"])) == ("processing", "host-a", 1, ["host-a"])
+    assert await a.renew({first.id: 1}, 5.0) == {first.id}
+    await put(b, second)  # waits: the next submission may not jump ahead of it
+    third = request()
+    waits = await a.submit(third, b"{}", max_waiting=10, subject_cap=10, claim_lease_s=5.0)
+    assert waits.claimed is None and (await row(pg_store, third.id))["status"] == "queued"
+    assert sorted(await claim_ids(b, 5)) == sorted([second.id, third.id])
