@@ -19,13 +19,11 @@ from typing import Any
 import asyncpg
 
 from ..store.postgres import PostgresStore
-from ..store.records import REQUEST_COLUMNS, RequestRecord, request_values
+from ..store.records import REQUEST_COLUMNS, RequestRecord
 
 QUEUE_CHANNEL = "aigw_queue"  # payload: the backend that has new work
 DONE_CHANNEL = "aigw_done"  # payload: the id of a request that ended
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
-_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload, node, fleet) "
-           f"VALUES ({', '.join(f'${i + 1}' for i in range(len(REQUEST_COLUMNS) + 2))}, true)")
 _CLAIM_COLUMNS = ("id", "subject", "client_id", "backend", "model", "kind", "priority", "resolution", "queued_at",
                   "deadline_at", "started_at", "attempts", "sync", "account", "lease_token")
 
@@ -80,11 +78,26 @@ RETURNING {', '.join(f'r.{c}' for c in _CLAIM_COLUMNS)},
     CASE WHEN octet_length(r.payload) <= $7 THEN r.payload END AS payload
 """
 
-# The submitting host leases a new request to itself (its first lease: token 1).
-_TAKE = f"""
-UPDATE requests SET status = 'processing', claimed_by = $2, started_at = {_NOW}, lease_until = {_NOW} + $3,
-    lease_token = 1, attempts = 1, nodes = ARRAY[$2::text]
-WHERE id = $1 RETURNING started_at
+# A new request, stored if the model's waiting requests ($15) and the subject's ($16) leave room; leased at
+# once to the submitting host (its first lease: token 1) when it asked ($17, the lease) and nothing waits.
+_SUBMIT = f"""
+WITH counts AS (
+    SELECT count(*) AS total, count(*) FILTER (WHERE subject = $2) AS mine FROM requests
+    WHERE fleet AND status = 'queued' AND backend = $4),
+taken AS (SELECT $17::float8 IS NOT NULL AND total = 0 AS yes, {_NOW} AS now FROM counts),
+added AS (
+    INSERT INTO requests (id, subject, client_id, backend, model, kind, priority, resolution, status, queued_at,
+        deadline_at, sync, account, payload, node, fleet, attempts, claimed_by, started_at, lease_until,
+        lease_token, nodes)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN t.yes THEN 'processing' ELSE 'queued' END, $9, $10, $11,
+        $12, $13, $14::text, true, CASE WHEN t.yes THEN 1 ELSE 0 END, CASE WHEN t.yes THEN $14::text END,
+        CASE WHEN t.yes THEN t.now END, CASE WHEN t.yes THEN t.now + $17::float8 END,
+        CASE WHEN t.yes THEN 1 ELSE 0 END, CASE WHEN t.yes THEN ARRAY[$14::text] ELSE '{{}}'::text[] END
+    FROM counts c, taken t WHERE c.total < $15 AND c.mine < $16
+    RETURNING status, started_at)
+SELECT c.total, c.mine, a.status, a.started_at,
+    CASE WHEN a.status = 'queued' THEN pg_notify('{QUEUE_CHANNEL}', $4) END AS notified
+FROM counts c LEFT JOIN added a ON true
 """
 
 _RENEW = f"""
@@ -187,23 +200,19 @@ class SharedQueue:
 
         claim_lease_s: this host has a free slot for it; when nothing of its model waits anywhere (a single
         host would start it at once too) it is stored already leased to this host, saving a claim."""
-        values = request_values(rec)
+        values = (rec.id, rec.subject, rec.client_id, rec.backend, rec.model, rec.kind, rec.priority,
+                  rec.resolution, rec.queued_at, rec.deadline_at, rec.sync, rec.account, payload, self.node,
+                  max_waiting, subject_cap, claim_lease_s)
 
         async def op(conn: asyncpg.Connection) -> Admitted:
-            # One lock per model orders the hosts' checks, so two hosts cannot both take the last place.
+            # One lock per model orders the hosts' checks, so two hosts cannot both take the last place; the
+            # count runs in the next statement, whose snapshot sees what the lock's last holder committed.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('aigw-queue:' || $1, 0))", rec.backend)
-            total, mine = await conn.fetchrow(
-                "SELECT count(*), count(*) FILTER (WHERE subject = $2) FROM requests "
-                "WHERE fleet AND status = 'queued' AND backend = $1", rec.backend, rec.subject)
-            if total >= max_waiting:
-                return Admitted("full", int(total))
-            if mine >= subject_cap:
-                return Admitted("share", int(mine))
-            await conn.execute(_INSERT, *values, payload, self.node)
-            if claim_lease_s is not None and total == 0:
-                started_at = await conn.fetchval(_TAKE, rec.id, self.node, claim_lease_s)
+            total, mine, status, started_at, _ = await conn.fetchrow(_SUBMIT, *values)
+            if status is None:
+                return Admitted("full", int(total)) if total >= max_waiting else Admitted("share", int(mine))
+            if status == "processing":
                 return Admitted("ok", claimed=1, started_at=float(started_at))
-            await conn.execute(f"SELECT pg_notify('{QUEUE_CHANNEL}', $1)", rec.backend)
             return Admitted("ok")
 
         result: Admitted = await self.store.transact(op)
