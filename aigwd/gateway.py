@@ -78,6 +78,9 @@ class SharedQueue(Protocol):
     async def cancel(self, request_id: str) -> RequestRecord | None:
         ...
 
+    async def slot_freed(self, backend: str) -> None:
+        ...
+
     @property
     def node(self) -> str:
         ...
@@ -247,6 +250,8 @@ class Gateway:
             return await self._run_on(rt, replica, job)
         finally:
             rt.release(replica, rec.id)
+            if self.fleet is not None:  # its slot frees as this task ends: time to claim more
+                self._background(self.fleet.slot_freed(rec.backend))
 
     async def _run_on(self, rt: ModelService, replica: Replica, job: Job) -> str:
         live: Live = job.data

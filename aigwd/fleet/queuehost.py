@@ -25,7 +25,7 @@ from .. import logs
 from ..config import Config
 from ..gateway import FINAL_STATUSES, MAX_ATTEMPTS, Gateway, Live
 from ..scheduling.modelqueue import QueueFull
-from ..service import Event, Finished, ModeChanged, ModelService, ReadinessChanged
+from ..service import Event, ModeChanged, ModelService, ReadinessChanged
 from ..store.postgres import PostgresStore
 from ..store.postgres.writer import CONNECTION_ERRORS
 from ..store.records import RequestRecord, StoreError
@@ -168,6 +168,11 @@ class FleetQueue:
     async def cancel(self, request_id: str) -> RequestRecord | None:
         return await self.queue.cancel(request_id, "cancelled by the client")
 
+    async def slot_freed(self, backend: str) -> None:
+        # Runs once the job's task has ended (its done callbacks, which free the slot, run first).
+        await asyncio.sleep(0)
+        self.wake(backend)
+
     def wake(self, backend: str) -> None:
         event = self._wake.get(backend)
         if event is not None:
@@ -176,8 +181,8 @@ class FleetQueue:
     # --- claiming ------------------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        # A slot freed, a replica became ready or changed mode: there may be room for more work.
-        if isinstance(event, Finished | ReadinessChanged | ModeChanged):
+        # A replica became ready or changed mode: there may be room for more work.
+        if isinstance(event, ReadinessChanged | ModeChanged):
             self.wake(event.model)
 
     async def _claimer(self, rt: ModelService) -> None:

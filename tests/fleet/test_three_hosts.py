@@ -37,7 +37,10 @@ def hosts(pg_target: PgTarget, tmp_path: Path) -> Iterator[dict[str, Daemon]]:
             port = free_port()
             sections: dict[str, dict[str, Any]] = {
                 "store": {"url": pg_target.url, "password_file": pg_target.password_file},
-                "fleet": {"node": node, "lease_s": LEASE_S, "serve": [] if node == "host-c" else ["*"]},
+                # A poll far longer than the test: claims and answers must come from notifications and
+                # freed slots, not from the safety net.
+                "fleet": {"node": node, "lease_s": LEASE_S, "serve": [] if node == "host-c" else ["*"],
+                          "poll_s": 60},
                 "auth": {"secret_file": str(secret)}, "gpu": {"enabled": False},
                 "queue": {"max_concurrent": 2, "subject_share": 1.0},
                 "rate_limit": {"per_minute": 60000, "burst": 1000, "subject_per_minute": 60000,
