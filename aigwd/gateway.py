@@ -284,7 +284,7 @@ class Gateway:
                 # server resumes it once restarted. Otherwise the retry would hit the same dead server.
                 rt.replica_ready(replica.index, False)
                 rec.status, rec.started_at = "queued", None
-                if live.has_row:
+                if live.has_row and live.lease is None:  # a leased one keeps its lease for the retry here
                     self._background(self.store.requeue(rec.id, rec.attempts))
                 logs.event("request_requeued", request_id=rec.id, reason=str(exc))
                 return REQUEUED
