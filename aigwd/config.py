@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .bounds import MAX_MODEL_NAME, MAX_USERNAME
+from .pdf.settings import PdfConfig
 
 try:
     import tomllib
@@ -417,6 +418,7 @@ class Config:
     # Server settings given on the command line; a reload applies them again over the file.
     overrides: dict[str, str] = field(default_factory=dict)
     auto_switch: AutoSwitchConfig = field(default_factory=AutoSwitchConfig)
+    pdf: PdfConfig = field(default_factory=PdfConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -433,6 +435,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
+    "pdf": PdfConfig,
 }
 
 

@@ -1,0 +1,107 @@
+"""A PDF sent to the OCR model through /api/ocr and /v1/chat/completions: every page OCR'd, in order, as its
+own job; progress while it runs; a stream that delivers page after page; a cancel that stops the rest."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from tests.integration.conftest import Client, async_wait_until, ocr_backend
+from tests.pdfs import SEPARATOR, body, make_pdf, widths_of
+
+WIDTHS = [200, 230, 260, 290, 320]  # points; 144 dpi doubles them in pixels
+PIXELS = [2 * w for w in WIDTHS]
+
+
+def check_pages(answer: dict[str, Any]) -> None:
+    """Every page present, in order, in both the joined text and `pages`; usage summed at the top."""
+    content = answer["choices"][0]["message"]["content"]
+    texts = content.split(SEPARATOR)
+    assert [widths_of(t) for t in texts] == [[w] for w in PIXELS], content
+    pages = answer["pages"]
+    assert [p["page"] for p in pages] == [1, 2, 3, 4, 5]
+    assert all(p["status"] == "completed" for p in pages), pages
+    assert [p["content"] for p in pages] == texts
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert answer["usage"][key] == sum(p["usage"][key] for p in pages) > 0
+
+
+async def stats(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    async with session.get(f"http://127.0.0.1:{port}/standin/stats") as resp:
+        return dict(await resp.json())
+
+
+async def test_pdf_pages_in_order_through_both_routes(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend()
+    # Several pages of the document at once on the server: they still come back in order.
+    d = make_daemon([backend], sections={"pdf": {"pages_in_flight": 3}})
+    client = Client(session, d.url)
+    await client.login()
+    pdf = make_pdf(WIDTHS)
+
+    status, accepted, _ = await client.call("POST", "/api/ocr", json_body=body(pdf))
+    assert status == 202, accepted
+    assert accepted["pages_total"] == 5
+    done = await client.finished(accepted["request_id"])
+    assert done["status"] == "completed", done
+    check_pages(done["result"])
+
+    status, answer, headers = await client.call("POST", "/v1/chat/completions", json_body=body(pdf))
+    assert status == 200, answer
+    assert answer["object"] == "chat.completion" and "x-request-id" in {k.lower() for k in headers}
+    check_pages(answer)
+    assert (await stats(session, backend.port))["received"] == 10  # a job per page, nothing more
+
+
+async def test_pdf_stream_delivers_pages_in_order(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend()
+    d = make_daemon([backend])
+    client = Client(session, d.url)
+    await client.login()
+    request = body(make_pdf(WIDTHS), stream=True, stream_options={"include_usage": True})
+    events: list[Any] = []
+    async with session.post(d.url + "/v1/chat/completions", json=request, headers=client.headers()) as resp:
+        assert resp.status == 200, await resp.text()
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                data = line[6:].strip()
+                events.append(data.decode() if data == b"[DONE]" else json.loads(data))
+    assert events[-1] == "[DONE]"
+    pages = [e for e in events[:-1] if e.get("page")]
+    assert [e["page"]["page"] for e in pages] == [1, 2, 3, 4, 5]
+    texts = [e["choices"][0]["delta"]["content"] for e in pages]
+    assert all(t.startswith(SEPARATOR) for t in texts[1:]) and not texts[0].startswith(SEPARATOR)
+    assert [widths_of(t) for t in texts] == [[w] for w in PIXELS]
+    assert events[-3]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert events[-2]["usage"]["total_tokens"] == sum(e["page"]["usage"]["total_tokens"] for e in pages)
+
+
+async def test_cancel_stops_the_remaining_pages(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend("--hang", max_concurrent=1)
+    d = make_daemon([backend])
+    client = Client(session, d.url)
+    await client.login()
+    status, accepted, _ = await client.call("POST", "/api/ocr", json_body=body(make_pdf(WIDTHS)))
+    assert status == 202, accepted
+    request_id = accepted["request_id"]
+
+    async def first_page_running() -> dict[str, Any] | None:
+        view = await client.result(request_id, wait=0)
+        return view if view["status"] == "processing" else None
+
+    view = await async_wait_until(first_page_running, what="the first page to run")
+    assert (view["pages_done"], view["pages_total"]) == (0, 5)  # progress: pages done of total
+    assert (await stats(session, backend.port))["in_flight"] == 1
+    status, cancelled, _ = await client.call("DELETE", f"/api/requests/{request_id}")
+    assert status == 200 and cancelled["status"] == "cancelled", cancelled
+
+    async def aborted() -> bool:
+        return (await stats(session, backend.port))["aborted"] == 1
+
+    await async_wait_until(aborted, what="the running page's upstream call to be aborted")
+    status, queue, _ = await client.call("GET", "/admin/queue/deepseek")
+    assert status == 200 and queue["processing"] == 0 and queue["waiting"] == 0, queue
+    assert (await stats(session, backend.port))["received"] == 1  # no later page was ever sent
+    assert (await client.result(request_id, wait=0))["status"] == "cancelled"
