@@ -13,13 +13,14 @@ OCR_MODEL = "deepseek-ai/DeepSeek-OCR"
 SEPARATOR = "\n\n<--- Page Split --->\n\n"
 
 
-def make_pdf(widths: list[int], height: int = 300) -> bytes:
-    """One page per width, `width` x `height` points (Pillow at 72 dpi: a pixel is a point), each page
-    showing its number. Rendered at 144 dpi a page is twice as wide in pixels: the stand-in's echo of the
-    image's width tells the pages apart."""
+def make_pdf(widths: list[int], height: int | list[int] = 300) -> bytes:
+    """One page per width, `width` x `height` points (Pillow at 72 dpi: a pixel is a point; `height` one for
+    all pages or one per page), each page showing its number. Rendered at 144 dpi a page is twice as wide in
+    pixels: the stand-in's echo of the image's width tells the pages apart."""
+    heights = height if isinstance(height, list) else [height] * len(widths)
     pages = []
-    for number, width in enumerate(widths, start=1):
-        image = Image.new("RGB", (width, height), "white")
+    for number, (width, page_height) in enumerate(zip(widths, heights, strict=True), start=1):
+        image = Image.new("RGB", (width, page_height), "white")
         ImageDraw.Draw(image).text((20, 20), f"Page {number}", fill="black")
         pages.append(image)
     out = io.BytesIO()

@@ -105,3 +105,22 @@ async def test_cancel_stops_the_remaining_pages(make_daemon, session: aiohttp.Cl
     assert status == 200 and queue["processing"] == 0 and queue["waiting"] == 0, queue
     assert (await stats(session, backend.port))["received"] == 1  # no later page was ever sent
     assert (await client.result(request_id, wait=0))["status"] == "cancelled"
+
+
+async def test_a_failed_page_does_not_fail_the_others(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend()
+    # Page 2 is 8000 x 8000 pixels at 144 dpi: within the image bounds set here, but its bitmap alone is
+    # 192 MB, past what a render process may hold, so it fails; pages 1 and 3 are read.
+    d = make_daemon([backend], sections={"pdf": {"worker_memory_mib": 256},
+                                         "ocr": {"max_image_pixels": 100_000_000}})
+    client = Client(session, d.url)
+    await client.login()
+    pdf = make_pdf([200, 4000, 260], height=[300, 4000, 300])
+    status, answer, _ = await client.call("POST", "/v1/chat/completions", json_body=body(pdf))
+    assert status == 200, answer
+    pages_out = answer["pages"]
+    assert [p["status"] for p in pages_out] == ["completed", "failed", "completed"], pages_out
+    assert pages_out[1]["content"] is None and "render" in pages_out[1]["error"], pages_out[1]
+    texts = answer["choices"][0]["message"]["content"].split(SEPARATOR)
+    assert [widths_of(t) for t in texts] == [[400], [], [520]]
+    assert answer["usage"]["total_tokens"] == sum(p["usage"]["total_tokens"] for p in (pages_out[0], pages_out[2]))
