@@ -4,11 +4,12 @@ own job; progress while it runs; a stream that delivers page after page; a cance
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import aiohttp
 
-from tests.integration.conftest import Client, async_wait_until, ocr_backend
+from tests.integration.conftest import Client, async_wait_until, gone, ocr_backend, wait_until
 from tests.pdfs import SEPARATOR, body, make_pdf, widths_of
 
 WIDTHS = [200, 230, 260, 290, 320]  # points; 144 dpi doubles them in pixels
@@ -124,3 +125,29 @@ async def test_a_failed_page_does_not_fail_the_others(make_daemon, session: aioh
     texts = answer["choices"][0]["message"]["content"].split(SEPARATOR)
     assert [widths_of(t) for t in texts] == [[400], [], [520]]
     assert answer["usage"]["total_tokens"] == sum(p["usage"]["total_tokens"] for p in (pages_out[0], pages_out[2]))
+
+
+async def test_a_pdf_request_survives_a_sigkill_of_the_daemon(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend("--latency", "0.5", max_concurrent=1)
+    d = make_daemon([backend])
+    client = Client(session, d.url)
+    await client.login()
+    status, accepted, _ = await client.call("POST", "/api/ocr", json_body=body(make_pdf(WIDTHS)))
+    assert status == 202, accepted
+    request_id = accepted["request_id"]
+
+    async def processing() -> bool:
+        return (await client.result(request_id, wait=0))["status"] == "processing"
+
+    await async_wait_until(processing, what="the PDF's first page to run")
+    kids = d.children()  # the model server and the PDF's render process
+    assert any("aigwd.pdf.worker" in " ".join(k.cmdline()) for k in kids)
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    wait_until(lambda: all(gone(k) for k in kids), 10, "the children to follow the killed daemon")
+
+    d.start()
+    await client.login()
+    done = await client.finished(request_id, timeout=60)
+    assert done["status"] == "completed", done
+    check_pages(done["result"])
