@@ -25,7 +25,7 @@ from .config import RESOLUTIONS, Config
 from .errors import ApiError
 from .headers import RequestHeaders
 from .metrics import Metrics
-from .pdf.document import PageJob, Prepared
+from .pdf.document import Document, PageJob, Prepared
 from .pdf.documents import Documents
 from .priority import Priority
 from .scheduling.backendqueues import ShareFull
@@ -58,7 +58,7 @@ class Live:
     chunks: ChunkStream | None = None
     upstream_error: tuple[int, bytes] | None = None
     # A PDF: its pages run as jobs of their own (aigwd/pdf/documents.py); the request itself is not queued.
-    document: Any = None
+    document: Document | None = None
 
 
 class Gateway:

@@ -107,7 +107,8 @@ async def _stream_to(request: web.Request, resp: web.StreamResponse, services: S
             chunk = await chunks.get()
         else:
             # Queued: say where it stands as SSE comments, which every client ignores.
-            position = rt.queues.position(live.record.id)
+            position = rt.queues.position(live.record.id) if live.document is None else \
+                services.gateway.documents.position(live.record.id, rt)  # a PDF: its first waiting page
             if position is not None:
                 await resp.write(f": queued position={position}\n\n".encode())
             try:
