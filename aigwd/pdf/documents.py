@@ -136,8 +136,9 @@ class Documents:
             status, error = doc.status()
             logs.event("pdf_finished", logging.DEBUG, request_id=doc.request_id, pages=doc.total,
                        **doc.progress())
-            await self.gw._finish(live, status, result=doc.result() if status == "completed" else None,
-                                  error=error)
+            # Shielded: a cancel landing now must not cut the finished request's save short.
+            await asyncio.shield(self.gw._finish(live, status, result=doc.result() if status == "completed"
+                                                 else None, error=error))
         except asyncio.CancelledError:
             raise
         except Exception:
