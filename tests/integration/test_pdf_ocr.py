@@ -3,17 +3,19 @@ own job; progress while it runs; a stream that delivers page after page; a cance
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 from typing import Any
 
 import aiohttp
 
-from tests.integration.conftest import Client, async_wait_until, gone, ocr_backend, wait_until
+from tests.integration.conftest import REPO, Client, async_wait_until, gone, ocr_backend, wait_until
 from tests.pdfs import SEPARATOR, body, make_pdf, widths_of
 
 WIDTHS = [200, 230, 260, 290, 320]  # points; 144 dpi doubles them in pixels
 PIXELS = [2 * w for w in WIDTHS]
+PNG = (REPO / "examples" / "document.png").read_bytes()
 
 
 def check_pages(answer: dict[str, Any]) -> None:
@@ -151,3 +153,43 @@ async def test_a_pdf_request_survives_a_sigkill_of_the_daemon(make_daemon, sessi
     done = await client.finished(request_id, timeout=60)
     assert done["status"] == "completed", done
     check_pages(done["result"])
+
+
+async def test_pages_keep_the_request_priority_and_resolution(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend(max_concurrent=1)
+    # strict, and no switch made for demand: requests for tiny wait until an admin switches the server.
+    d = make_daemon([backend], sections={"ocr": {"policy": "strict", "max_mismatch_wait_s": 3600,
+                                                 "switch_min_demand": 100}})
+    client = Client(session, d.url)
+    await client.login()
+    low = client.headers("scanner", **{"X-Priority": "low", "X-Resolution": "tiny"})
+    status, accepted, _ = await client.call("POST", "/api/ocr", json_body=body(make_pdf(WIDTHS[:3])), headers=low)
+    assert status == 202 and accepted["resolution"] == "tiny", accepted
+
+    async def waiting(n: int) -> bool:
+        _, queue, _ = await client.call("GET", "/admin/queue/deepseek")
+        return bool(queue["waiting"] == n)
+
+    await async_wait_until(lambda: waiting(2), what="the PDF's first two pages to wait for tiny")
+    assert (await client.result(accepted["request_id"], wait=0))["position"] == 1
+    image = base64.b64encode(PNG).decode()  # 96 x 32
+    high = client.headers("desk", **{"X-Priority": "high", "X-Resolution": "tiny"})
+    status, urgent, _ = await client.call("POST", "/api/ocr", json_body=body_of(image), headers=high)
+    assert status == 202, urgent
+    await async_wait_until(lambda: waiting(3), what="the urgent image to wait as well")
+    status, switched, _ = await client.call("POST", "/admin/ocr/resolution?resolution=tiny")
+    assert status == 200, switched
+
+    done = await client.finished(accepted["request_id"])
+    assert done["status"] == "completed" and done["served_resolution"] == "tiny", done
+    assert all('"ocr_mode": "tiny"' in p["content"] for p in done["result"]["pages"])
+    assert (await client.finished(urgent["request_id"]))["status"] == "completed"
+    # The high image went first although the low PDF's pages were queued before it; then the pages in order.
+    recent = (await stats(session, backend.port))["recent"]
+    assert [r["image"]["width"] for r in recent] == [96, *PIXELS[:3]]
+
+
+def body_of(png_base64: str) -> dict[str, Any]:
+    return {"model": "deepseek-ai/DeepSeek-OCR", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_base64}},
+        {"type": "text", "text": "Free OCR."}]}]}
