@@ -39,7 +39,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     admission = await admit(request, None)
     stream = bool(admission.body.get("stream"))
     submitting = admission.submit(services, sync=True, stream=stream)
-    if len(admission.raw) <= services.gateway.store.spool_threshold:
+    small = len(admission.raw) <= services.gateway.store.spool_threshold
+    del admission  # its body (a PDF's may be tens of MiB) is not held while the request runs
+    if small:
         live = await submitting  # stored once finished: nothing to wait on, so no cancel can land inside
     else:
         # Its body is written to the store first; a client gone meanwhile must not leave it half accepted.

@@ -130,10 +130,10 @@ class Documents:
                     await self._next_page(live, doc, job, rt)
                     continue
                 await doc.changed.wait()
-            if live.chunks is not None:
+            status, error = doc.status()
+            if live.chunks is not None and status == "completed":  # else the route ends it with the error
                 for chunk in doc.closing_chunks():
                     await live.chunks.put(chunk)
-            status, error = doc.status()
             logs.event("pdf_finished", logging.DEBUG, request_id=doc.request_id, pages=doc.total,
                        **doc.progress())
             # Shielded: a cancel landing now must not cut the finished request's save short.

@@ -193,3 +193,25 @@ def body_of(png_base64: str) -> dict[str, Any]:
     return {"model": "deepseek-ai/DeepSeek-OCR", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_base64}},
         {"type": "text", "text": "Free OCR."}]}]}
+
+
+async def test_a_pdf_with_no_page_read_fails_with_the_reason(make_daemon, session: aiohttp.ClientSession) -> None:
+    d = make_daemon([ocr_backend("--fail-status", "500")])
+    client = Client(session, d.url)
+    await client.login()
+    pdf = make_pdf(WIDTHS[:2])
+    status, accepted, _ = await client.call("POST", "/api/ocr", json_body=body(pdf))
+    assert status == 202, accepted
+    done = await client.finished(accepted["request_id"])
+    assert done["status"] == "failed" and "result" not in done, done
+    assert done["error"].startswith("no page of the PDF could be read; page 1: backend deepseek answered 500")
+    events: list[Any] = []
+    async with session.post(d.url + "/v1/chat/completions", json=body(pdf, stream=True),
+                            headers=client.headers()) as resp:
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                events.append(line[6:].strip())
+    pages = [json.loads(e)["page"] for e in events[:2]]
+    assert [(p["page"], p["status"]) for p in pages] == [(1, "failed"), (2, "failed")]
+    assert b"[DONE]" not in events  # the stream ends with the error instead
+    assert "no page of the PDF could be read" in json.loads(events[-1])["error"]["message"]
