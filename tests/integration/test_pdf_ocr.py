@@ -3,7 +3,9 @@ own job; progress while it runs; a stream that delivers page after page; a cance
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import signal
 from typing import Any
@@ -215,3 +217,29 @@ async def test_a_pdf_with_no_page_read_fails_with_the_reason(make_daemon, sessio
     assert [(p["page"], p["status"]) for p in pages] == [(1, "failed"), (2, "failed")]
     assert b"[DONE]" not in events  # the stream ends with the error instead
     assert "no page of the PDF could be read" in json.loads(events[-1])["error"]["message"]
+
+
+async def test_a_v1_client_going_away_cancels_its_pdf(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend("--hang", max_concurrent=1)
+    d = make_daemon([backend], sections={"pdf": {"max_documents": 1}})
+    client = Client(session, d.url)
+    await client.login()
+    request = asyncio.ensure_future(client.call("POST", "/v1/chat/completions", json_body=body(make_pdf(WIDTHS))))
+
+    async def page_running() -> bool:
+        return (await stats(session, backend.port))["in_flight"] == 1
+
+    await async_wait_until(page_running, what="the first page to reach the server")
+    request.cancel()  # the connection closes
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+
+    async def all_stopped() -> bool:
+        _, queue, _ = await client.call("GET", "/admin/queue/deepseek")
+        return bool(queue["processing"] == 0 and queue["waiting"] == 0
+                    and (await stats(session, backend.port))["aborted"] == 1)
+
+    await async_wait_until(all_stopped, what="its pages to be cancelled and the running one aborted")
+    assert (await stats(session, backend.port))["received"] == 1
+    status, answer, _ = await client.call("POST", "/api/ocr", json_body=body(make_pdf([200])))
+    assert status == 202, answer  # its place among pdf.max_documents is free again
