@@ -11,6 +11,7 @@ import pytest
 
 from aigwd import config
 from aigwd.api import validation
+from aigwd.control import reload
 from aigwd.errors import ApiError
 from aigwd.images import sniff
 from aigwd.pdf import bounds
@@ -181,3 +182,14 @@ def test_pdf_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match=r"pdf\.dpi: must be between 36 and 600"):
         config.load(path)
     assert "[pdf]" in config.describe() and "max_rendered_mib" in config.describe()
+
+
+def test_pdf_settings_apply_on_reload(tmp_path: Path) -> None:
+    path = tmp_path / "aigw.toml"
+    path.write_text("[pdf]\nmax_pages = 20\n")
+    old = config.load(path)
+    path.write_text("[pdf]\nmax_pages = 30\n")
+    new = config.load(path)
+    result = reload.plan(old, new)
+    assert result.applied == ["pdf.max_pages"] and not result.restart_needed
+    assert reload.merge(old, new).pdf.max_pages == 30
