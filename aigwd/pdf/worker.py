@@ -26,16 +26,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def png(width: int, height: int, rows: bytes, stride: int) -> bytes:
-    """An RGB PNG of `height` rows of `stride` bytes (the first width * 3 of each are the pixels)."""
+def png(width: int, height: int, rows: bytes | memoryview, stride: int) -> bytes:
+    """An RGB PNG of `height` rows of `stride` bytes (the first width * 3 of each are the pixels). Compressed
+    row by row, so the bitmap is never copied whole."""
     line = width * 3
-    raw = b"".join(b"\x00" + rows[y * stride:y * stride + line] for y in range(height))
+    deflate = zlib.compressobj(6)
+    parts = []
+    for y in range(height):
+        parts.append(deflate.compress(b"\x00"))  # filter type None
+        parts.append(deflate.compress(rows[y * stride:y * stride + line]))
+    parts.append(deflate.flush())
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts))
             + chunk(b"IEND", b""))
 
 
@@ -68,7 +74,7 @@ def _render(doc: Any, index: int, dpi: int) -> tuple[dict[str, Any], bytes | Non
         bitmap = page.render(scale=dpi / 72, rev_byteorder=True, may_draw_forms=False)
         if bitmap.n_channels != 3:
             return {"error": f"rendered with {bitmap.n_channels} channels, not RGB"}, None
-        data = png(bitmap.width, bitmap.height, bytes(bitmap.buffer), bitmap.stride)
+        data = png(bitmap.width, bitmap.height, memoryview(bitmap.buffer).cast("B"), bitmap.stride)
         return {"width": bitmap.width, "height": bitmap.height}, data
     finally:
         page.close()

@@ -114,13 +114,13 @@ async def test_cancel_stops_the_remaining_pages(make_daemon, session: aiohttp.Cl
 
 async def test_a_failed_page_does_not_fail_the_others(make_daemon, session: aiohttp.ClientSession) -> None:
     backend = ocr_backend()
-    # Page 2 is 8000 x 8000 pixels at 144 dpi: within the image bounds set here, but its bitmap alone is
-    # 192 MB, past what a render process may hold, so it fails; pages 1 and 3 are read.
+    # Page 2 is 10000 x 10000 pixels at 144 dpi: within the image bounds set here, but its bitmap alone is
+    # 300 MB, past what a render process may hold, so it fails; pages 1 and 3 are read.
     d = make_daemon([backend], sections={"pdf": {"worker_memory_mib": 256},
                                          "ocr": {"max_image_pixels": 100_000_000}})
     client = Client(session, d.url)
     await client.login()
-    pdf = make_pdf([200, 4000, 260], height=[300, 4000, 300])
+    pdf = make_pdf([200, 5000, 260], height=[300, 5000, 300])
     status, answer, _ = await client.call("POST", "/v1/chat/completions", json_body=body(pdf))
     assert status == 200, answer
     pages_out = answer["pages"]
