@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .bounds import MAX_MODEL_NAME, MAX_USERNAME
+from .pdf.settings import PdfConfig
 from .storeconfig import FleetConfig, StoreConfig, store_problem
 
 try:
@@ -420,6 +421,7 @@ class Config:
     auto_switch: AutoSwitchConfig = field(default_factory=AutoSwitchConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    pdf: PdfConfig = field(default_factory=PdfConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -437,6 +439,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
     "store": StoreConfig, "fleet": FleetConfig,
+    "pdf": PdfConfig,
 }
 
 
