@@ -6,15 +6,17 @@ module imports nothing from the config schema.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from ..configfields import opt
 
 
 def _opt(default: Any, help: str, low: float, high: float) -> Any:
     def check(v: Any) -> str | None:
         return None if low <= v <= high else f"must be between {low:g} and {high:g}"
 
-    return field(default=default, metadata={"help": help, "check": check})
+    return opt(default, help, check)
 
 
 @dataclass
