@@ -11,7 +11,8 @@ so it holds the stand-in's own pacing drift too: the direct path shows how much 
 CPU per chunk is the proxy process's user+system CPU over the run divided by the chunks delivered.
 aigw (one process) and the bare proxy run on the gateway core; the stand-in and this client, one aiohttp
 session without a connection limit, on the others. Paths run in turn in each round, in a shuffled order.
-A run at the default size writes its section of bench/RESULTS.md (between its own markers).
+A run at the default size writes its section of bench/RESULTS.md, --results FILE at any size: one section
+per number of streams, between its own markers (<!-- generated: streams-500 -->), the rest of the file kept.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from .tools import machine
 
 MODEL = "streams"
 PATHS = ("direct", "aigw", "bare")
-SECTION = "streams"
 DEFAULTS = {"streams": 500, "rate": 50.0, "seconds": 10.0}
 
 
@@ -186,8 +186,9 @@ def measure(name: str, url: str, headers: dict[str, str], a: argparse.Namespace,
         row["standin_us_per_chunk"] = cpu["standin"] * 1e6 / got.tokens
     print(f"bench.streams: {name}: {got.completed}/{a.streams} streams, {got.tokens}/{row['chunks_expected']} "
           f"chunks, lag p50 {row['lag_p50_ms']:.1f} p99 {row['lag_p99_ms']:.1f} max {row['lag_max_ms']:.1f} ms, "
-          f"gap p99 {row['gap_p99_ms']:.1f} ms, proxy {row.get('proxy_us_per_chunk', float('nan')):.1f} us/chunk, "
-          f"client {row['cores']['client']:.2f} cores, stand-in {row['cores']['standin']:.2f} cores"
+          f"gap p99 {row['gap_p99_ms']:.1f} ms, "
+          + (f"proxy {row['proxy_us_per_chunk']:.1f} us/chunk, " if "proxy_us_per_chunk" in row else "")
+          + f"client {row['cores']['client']:.2f} cores, stand-in {row['cores']['standin']:.2f} cores"
           + (f", failures {got.failures}" if got.failures else ""), flush=True)
     return row
 
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.out).write_text(json.dumps(res, indent=1, default=str) + "\n")
     results = Path(a.results) if a.results else (stack.REPO / "bench" / "RESULTS.md" if default_size(a) else None)
     if results is not None:
-        sections.write(results, SECTION, streams_report.render(res))
+        sections.write(results, f"streams-{a.streams}", streams_report.render(res))
         print(f"bench.streams: wrote its section of {results}", flush=True)
     for f, v, g, ok in res["goals"]:
         print(f"bench.streams: {f}: {v} (goal {g}): {'-' if ok is None else 'pass' if ok else 'MISS'}", flush=True)

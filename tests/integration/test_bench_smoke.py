@@ -87,6 +87,6 @@ def test_streams_small_run_reports_every_path(tmp_path: Path) -> None:
     assert rows["aigw"]["proxy_us_per_chunk"] > 0 and rows["bare"]["proxy_us_per_chunk"] > 0
     assert figures["summary"]["cpu_ratio"] > 0
     text = results.read_text()
-    assert text.startswith(HAND_WRITTEN) and sections.start_marker("streams") in text
+    assert text.startswith(HAND_WRITTEN) and sections.start_marker("streams-20") in text
     assert "CPU per relayed chunk, aigw / bare proxy" in text
     assert _descendants() <= before
