@@ -1,18 +1,23 @@
 """Many long streams at a model's token rate through one aigw core, against the bare aiohttp proxy and
-the stand-in directly: are all delivered on time, and what does each relayed chunk cost the proxy?
+the upstream directly: are all delivered on time, and what does each relayed chunk cost the proxy?
 
     .venv/bin/python -m bench.streams [--streams 500] [--rate 50] [--seconds 10] [--rounds 2]
-                                      [--paths direct,aigw,bare] [--results FILE] [--out FILE.json]
+                                      [--upstream standin|ticker] [--paths direct,aigw,bare]
+                                      [--results FILE] [--out FILE.json]
 
-One stand-in sends --seconds x --rate tokens per stream, one SSE chunk per token, paced at --rate
-tokens/s (its --tokens-per-second). The streams start spread over --ramp seconds and all run at once.
-Each chunk's lag is its arrival minus when it was due (the request's send time + i / rate for token i),
-so it holds the stand-in's own pacing drift too: the direct path shows how much of it is the stand-in.
-CPU per chunk is the proxy process's user+system CPU over the run divided by the chunks delivered.
-aigw (one process) and the bare proxy run on the gateway core; the stand-in and this client, one aiohttp
-session without a connection limit, on the others. Paths run in turn in each round, in a shuffled order.
-A run at the default size writes its section of bench/RESULTS.md, --results FILE at any size: one section
-per number of streams, between its own markers (<!-- generated: streams-500 -->), the rest of the file kept.
+The upstream sends --seconds x --rate tokens per stream, one SSE chunk per token, at --rate tokens/s:
+the stand-in (`--tokens-per-second`, a sleep per token, so its own lateness adds up over a stream), or
+bench/ticker.py (one step for all streams every 1/rate s on a fixed schedule, each chunk stamped with
+when it was due and when it was written). The streams start spread over --ramp seconds and all run at
+once. Each chunk's lag is its arrival minus when it was due (the ticker's stamp; with the stand-in, the
+request's send time + i / rate for token i, its pacing drift included): the direct path shows how much
+of it is the upstream and the client. With the ticker, the relay time (arrival minus the write stamp) is
+reported too. CPU per chunk is the proxy process's user+system CPU over the run divided by the chunks
+delivered. aigw (one process) and the bare proxy run on the gateway core; the upstream and this client,
+one aiohttp session without a connection limit, on the others. Paths run in turn in each round, in a
+shuffled order. A run at the default size writes its section of bench/RESULTS.md, --results FILE at
+any size: one section per number of streams and upstream, between its own markers
+(<!-- generated: streams-500 -->, <!-- generated: streams-500-ticker -->), the rest of the file kept.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=DEFAULTS["seconds"], help="length of each stream")
     p.add_argument("--ramp", type=float, default=1.0, help="the streams' starts are spread over this long")
     p.add_argument("--rounds", type=int, default=2, help="rounds of every path, each in a shuffled order")
+    p.add_argument("--upstream", choices=("standin", "ticker"), default="standin",
+                   help="the stand-in (a sleep per token) or bench/ticker.py (a fixed schedule, stamped chunks)")
     p.add_argument("--paths", default=",".join(PATHS), help="comma list of: " + ",".join(PATHS))
     p.add_argument("--work-dir", default=str(stack.REPO / "bench" / ".work"))
     p.add_argument("--results", default="", help="Markdown file whose streams section to write (default: "
@@ -72,6 +79,8 @@ class Collected:
     """What the client saw on one path in one round."""
 
     lags: list[float] = field(default_factory=list)  # every token chunk: arrival - due, s
+    relays: list[float] = field(default_factory=list)  # stamped chunks: arrival - written by the upstream, s
+    late: list[float] = field(default_factory=list)  # stamped chunks: written - due (the upstream's own), s
     gaps: list[float] = field(default_factory=list)  # between a stream's consecutive token chunks, s
     final_lags: list[float] = field(default_factory=list)  # each stream's last token
     tokens: int = 0
@@ -82,42 +91,60 @@ class Collected:
         self.failures[why] = self.failures.get(why, 0) + 1
 
 
+STAMPED = b'data: {"due": '
+
+
+def stamps(event: bytes) -> tuple[float, float]:
+    """(due, written) from a ticker chunk: 'data: {"due": D, "sent": S, ...'."""
+    comma = event.index(b",", len(STAMPED))
+    start = event.index(b'"sent": ', comma) + 8
+    return float(event[len(STAMPED):comma]), float(event[start:event.index(b",", start)])
+
+
 async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
                      rate: float, expected: int, out: Collected) -> None:
     """POST one streamed chat and time each token chunk against its schedule."""
-    sent = time.perf_counter()
+    sent = time.monotonic()  # the ticker's stamps are on this clock
     data_events = tokens = 0
     done = False
     last: float | None = None
     lag = 0.0
     buf = b""
-    async with session.post(url, data=body, headers=headers) as resp:
-        if resp.status != 200:
-            out.fail(f"status {resp.status}")
-            await resp.read()
-            return
-        async for piece in resp.content.iter_any():
-            now = time.perf_counter()
-            buf += piece
-            *events, buf = buf.split(b"\n\n")
-            for event in events:
-                if not event.startswith(b"data: "):
-                    continue  # an SSE comment (aigw's queue position) or a blank
-                if event == b"data: [DONE]":
-                    done = True
-                    continue
-                data_events += 1
-                if data_events == 1:
-                    continue  # the role chunk, sent at once
-                tokens += 1
-                lag = now - (sent + tokens / rate)
-                out.lags.append(lag)
-                if last is not None:
-                    out.gaps.append(now - last)
-                last = now
-    out.tokens += tokens
-    if tokens:
-        out.final_lags.append(lag)
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            if resp.status != 200:
+                out.fail(f"status {resp.status}")
+                await resp.read()
+                return
+            async for piece in resp.content.iter_any():
+                now = time.monotonic()
+                buf += piece
+                *events, buf = buf.split(b"\n\n")
+                for event in events:
+                    if not event.startswith(b"data: "):
+                        continue  # an SSE comment (aigw's queue position) or a blank
+                    if event == b"data: [DONE]":
+                        done = True
+                        continue
+                    data_events += 1
+                    if data_events == 1:
+                        continue  # the role chunk, sent at once
+                    tokens += 1
+                    if event.startswith(STAMPED):
+                        due, written = stamps(event)
+                        out.relays.append(now - written)
+                        out.late.append(written - due)
+                    else:
+                        due = sent + tokens / rate
+                    lag = now - due
+                    out.lags.append(lag)
+                    if last is not None:
+                        out.gaps.append(now - last)
+                    last = now
+    finally:  # what arrived counts, also from a stream cut short
+        out.tokens += tokens
+        if tokens:
+            out.final_lags.append(lag)
     if done and tokens == expected:
         out.completed += 1
     else:
@@ -174,6 +201,8 @@ def measure(name: str, url: str, headers: dict[str, str], a: argparse.Namespace,
         "chunks_expected": a.streams * expected, "failures": got.failures, "wall_s": wall,
         "lag_p50_ms": pct(got.lags, 50) * ms, "lag_p99_ms": pct(got.lags, 99) * ms,
         "lag_max_ms": max(got.lags) * ms if got.lags else float("nan"),
+        "relay_p50_ms": pct(got.relays, 50) * ms, "relay_p99_ms": pct(got.relays, 99) * ms,
+        "upstream_late_p99_ms": pct(got.late, 99) * ms,
         "final_lag_p50_ms": pct(got.final_lags, 50) * ms, "final_lag_p99_ms": pct(got.final_lags, 99) * ms,
         "gap_p50_ms": pct(got.gaps, 50) * ms, "gap_p99_ms": pct(got.gaps, 99) * ms,
         "cpu_s": cpu, "cores": {k: v / wall for k, v in cpu.items()},
@@ -187,8 +216,9 @@ def measure(name: str, url: str, headers: dict[str, str], a: argparse.Namespace,
     print(f"bench.streams: {name}: {got.completed}/{a.streams} streams, {got.tokens}/{row['chunks_expected']} "
           f"chunks, lag p50 {row['lag_p50_ms']:.1f} p99 {row['lag_p99_ms']:.1f} max {row['lag_max_ms']:.1f} ms, "
           f"gap p99 {row['gap_p99_ms']:.1f} ms, "
+          + (f"relay p50 {row['relay_p50_ms']:.1f} p99 {row['relay_p99_ms']:.1f} ms, " if got.relays else "")
           + (f"proxy {row['proxy_us_per_chunk']:.1f} us/chunk, " if "proxy_us_per_chunk" in row else "")
-          + f"client {row['cores']['client']:.2f} cores, stand-in {row['cores']['standin']:.2f} cores"
+          + f"client {row['cores']['client']:.2f} cores, upstream {row['cores']['standin']:.2f} cores"
           + (f", failures {got.failures}" if got.failures else ""), flush=True)
     return row
 
@@ -198,8 +228,14 @@ def run(a: argparse.Namespace, procs: Procs, rundir: Path, cores: tuple[list[int
     """The stand-in, aigw and the bare proxy started once; every selected path in each round."""
     gateway_cores, load_cores = cores
     paths = [x for x in a.paths.split(",") if x]
-    standin, up = stack.start_standin(procs, "standin-streams", MODEL, load_cores, "--reply-tokens",
-                                      str(tokens_per_stream(a)), "--tokens-per-second", str(a.rate))
+    if a.upstream == "ticker":
+        up = free_port()
+        standin = procs.start("ticker", [sys.executable, str(stack.REPO / "bench" / "ticker.py"), "--host", stack.HOST,
+                                         "--port", str(up), "--rate", str(a.rate), "--tokens",
+                                         str(tokens_per_stream(a))], cores=load_cores, cwd=stack.REPO, stop_timeout=5)
+    else:
+        standin, up = stack.start_standin(procs, "standin-streams", MODEL, load_cores, "--reply-tokens",
+                                          str(tokens_per_stream(a)), "--tokens-per-second", str(a.rate))
     wait_http(f"http://{stack.HOST}:{up}/health", 30, standin)
     chat = "/v1/chat/completions"
     targets: dict[str, tuple[str, dict[str, str], Proc | None]] = {
@@ -226,8 +262,8 @@ def run(a: argparse.Namespace, procs: Procs, rundir: Path, cores: tuple[list[int
             url, headers, proxy = targets[name]
             rows.append({"round": r + 1, **measure(name, url, headers, a, proxy, standin)})
             settle(proxy or standin, 0.5)
-    settings = {"streams": a.streams, "rate": a.rate, "seconds": a.seconds, "tokens": tokens_per_stream(a),
-                "ramp": a.ramp, "rounds": a.rounds, "paths": paths}
+    settings = {"streams": a.streams, "upstream": a.upstream, "rate": a.rate, "seconds": a.seconds,
+                "tokens": tokens_per_stream(a), "ramp": a.ramp, "rounds": a.rounds, "paths": paths}
     return {"settings": settings, "rows": rows, "summary": summarize(rows)}
 
 
@@ -246,6 +282,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "lag_p99_ms_max": max(r["lag_p99_ms"] for r in mine),
             "final_lag_p99_ms_max": max(r["final_lag_p99_ms"] for r in mine),
             "gap_p99_ms_max": max(r["gap_p99_ms"] for r in mine),
+            "relay_p99_ms_max": max(r["relay_p99_ms"] for r in mine),
             "client_cores_max": max(r["cores"]["client"] for r in mine),
             "proxy_us_per_chunk": proxy_cpu * 1e6 / chunks if chunks and name != "direct" else None,
         }
@@ -263,6 +300,10 @@ def meta(a: argparse.Namespace, layout: str, argv: list[str], started: float, lo
     return {"date": m["date"], "seconds": time.monotonic() - started, "commit": m["commit"],
             "command": " ".join([".venv/bin/python -m bench.streams", *argv]), "cores": m["cores"],
             "layout": layout, "loadavg_start": load0, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def section_name(a: argparse.Namespace) -> str:
+    return f"streams-{a.streams}" + ("-ticker" if a.upstream == "ticker" else "")
 
 
 def default_size(a: argparse.Namespace) -> bool:
@@ -295,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.out).write_text(json.dumps(res, indent=1, default=str) + "\n")
     results = Path(a.results) if a.results else (stack.REPO / "bench" / "RESULTS.md" if default_size(a) else None)
     if results is not None:
-        sections.write(results, f"streams-{a.streams}", streams_report.render(res))
+        sections.write(results, section_name(a), streams_report.render(res))
         print(f"bench.streams: wrote its section of {results}", flush=True)
     for f, v, g, ok in res["goals"]:
         print(f"bench.streams: {f}: {v} (goal {g}): {'-' if ok is None else 'pass' if ok else 'MISS'}", flush=True)

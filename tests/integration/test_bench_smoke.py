@@ -66,13 +66,14 @@ def test_a_rewritten_section_keeps_what_is_around_it() -> None:
         sections.replace(f"{start}\nfigures with no end", "bench", "x")
 
 
-def test_streams_small_run_reports_every_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("upstream", ["standin", "ticker"])
+def test_streams_small_run_reports_every_path(tmp_path: Path, upstream: str) -> None:
     before = _descendants()
     results, out = tmp_path / "RESULTS.md", tmp_path / "streams.json"
     results.write_text(HAND_WRITTEN)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.streams", "--streams", "20", "--seconds", "2", "--rounds", "1",
-         "--work-dir", str(tmp_path), "--results", str(results), "--out", str(out)],
+         "--upstream", upstream, "--work-dir", str(tmp_path), "--results", str(results), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     figures = json.loads(out.read_text())
@@ -81,12 +82,15 @@ def test_streams_small_run_reports_every_path(tmp_path: Path) -> None:
     for path, row in rows.items():
         assert row["completed"] == 20 and row["chunks"] == row["chunks_expected"] == 20 * 100, (path, row)
         for key in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "final_lag_p99_ms", "gap_p99_ms",
-                    "client_us_per_chunk"):
+                    "client_us_per_chunk", "relay_p99_ms"):
             assert isinstance(row[key], float), (path, key)
+        # Only the ticker stamps its chunks with when it wrote them (nan, not a number, otherwise).
+        assert (row["relay_p99_ms"] == row["relay_p99_ms"]) == (upstream == "ticker"), (path, row)
         assert set(row["cores"]) == ({"standin", "client"} | ({"proxy"} if path != "direct" else set()))
     assert rows["aigw"]["proxy_us_per_chunk"] > 0 and rows["bare"]["proxy_us_per_chunk"] > 0
     assert figures["summary"]["cpu_ratio"] > 0
     text = results.read_text()
-    assert text.startswith(HAND_WRITTEN) and sections.start_marker("streams-20") in text
+    section = "streams-20" + ("-ticker" if upstream == "ticker" else "")
+    assert text.startswith(HAND_WRITTEN) and sections.start_marker(section) in text
     assert "CPU per relayed chunk, aigw / bare proxy" in text
     assert _descendants() <= before
