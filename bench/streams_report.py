@@ -40,6 +40,10 @@ def goals(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             out.append(("chunk lag p99 through aigw minus direct (falling behind)",
                         f"{added:.1f} ms; not judged: direct was {direct / 1000:.1f} s behind",
                         f"<= {bound:g} ms ({BEHIND_TOKENS} tokens)", None))
+    ends = {n: s[n]["final_lag_p99_ms_max"] for n in ("direct", "aigw", "bare") if n in s}
+    if ends:  # lag that grows over a stream shows at its end: the stream did not keep the rate
+        out.append(("last chunk's lag p99, the end of each stream (worst rounds)",
+                    ", ".join(f"{n} {v:.1f} ms" for n, v in ends.items()), "(reference)", None))
     relays = {n: s[n]["relay_p99_ms_max"] for n in ("direct", "aigw", "bare") if n in s}
     if relays and all(v == v for v in relays.values()):  # stamped chunks (the ticker): nan otherwise
         out.append(("relay time p99, the upstream's write to the client (worst rounds)",
