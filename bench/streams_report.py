@@ -91,7 +91,7 @@ def how(settings: dict[str, Any]) -> str:
     source = ("`bench/ticker.py` (one step for every stream each 1/rate s on a fixed schedule; each chunk "
               "stamped with when it was due and when it was written)" if ticker else
               f"one stand-in (`--tokens-per-second {rate:g}`, a sleep per token)")
-    due = ("the ticker's due stamp" if ticker else f"the request's send time + i / {rate:g} s for token i, "
+    due = ("the ticker's due stamp" if ticker else f"(the request's send time + i / {rate:g} s) for token i, "
            "so the stand-in's own pacing drift is in it")
     return (f"Each stream: {settings['tokens']} tokens, one SSE chunk each, from {source}; starts spread over "
             f"{settings['ramp']:g} s; lag = arrival - {due}; the direct path shows what the upstream and the "
