@@ -287,6 +287,23 @@ class OcrConfig:
                                                 "for the rest of the hour.", _fraction)
 
 
+@dataclass
+class BatchConfig:
+    max_file_mib: float = _opt(100.0, "Largest file accepted on POST /v1/files, MiB (streamed to disk, never held in "
+                                      "memory); larger gets 413.", _positive)
+    max_files_per_subject: int = _opt(100, "Uploaded files one subject may keep; one more gets 400 until some are "
+                                           "deleted.", _positive)
+    max_lines: int = _opt(50_000, "Lines (requests) one batch's input file may hold; more fails the batch at "
+                                  "validation.", _positive)
+    max_open_per_subject: int = _opt(4, "Batches of one subject not yet ended (validating, in progress, "
+                                        "finalizing, cancelling); one more gets 429.", _positive)
+    max_queued_lines: int = _opt(4, "Lines of one batch in the queues at once: the rest are fed in as these "
+                                    "finish, so a batch never fills max_waiting.", _positive)
+    window_s: float = _opt(86400.0, "The deadline of a batch's completion_window \"24h\", in seconds (lower only "
+                                    "to test expiry); lines not run by then end as expired.", _positive)
+    upload_timeout_s: float = _opt(600.0, "A file upload not received in this many seconds gets 408.", _positive)
+
+
 def _at_least_one(v: Any) -> str | None:
     return None if v >= 1 else "must be 1 or more"
 
@@ -417,6 +434,7 @@ class Config:
     # Server settings given on the command line; a reload applies them again over the file.
     overrides: dict[str, str] = field(default_factory=dict)
     auto_switch: AutoSwitchConfig = field(default_factory=AutoSwitchConfig)
+    batches: BatchConfig = field(default_factory=BatchConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -433,6 +451,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
+    "batches": BatchConfig,
 }
 
 

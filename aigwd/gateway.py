@@ -55,6 +55,10 @@ class Live:
     # error answer of the backend to pass on unchanged.
     chunks: ChunkStream | None = None
     upstream_error: tuple[int, bytes] | None = None
+    # Background work (a batch line): lowest class, never aged, and it gives its waiting place up to an
+    # interactive request that would otherwise be refused (yielded: its batch feeds it in again later).
+    background: bool = False
+    yielded: bool = False
 
 
 class Gateway:
@@ -92,7 +96,8 @@ class Gateway:
         return rt
 
     async def submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
-                     payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None) -> Live:
+                     payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None,
+                     background: bool = False) -> Live:
         """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once."""
         client_id, priority, resolution = headers.client_id, headers.priority, headers.resolution
         now_wall, now_mono = time.time(), time.monotonic()
@@ -101,15 +106,15 @@ class Gateway:
             id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=rt.cfg.name, model=model,
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
             queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync, account=account)
-        live = Live(rec, payload)
+        live = Live(rec, payload, background=background)
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.
             live.chunks = ChunkStream(STREAM_BUFFER_CHUNKS)
         job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
-                  deadline=now_mono + timeout, data=live, subject=subject)
+                  deadline=now_mono + timeout, data=live, subject=subject, ages=not background)
         self.live[rec.id] = live
         try:
-            rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
+            self._enqueue(rt, job, resolution)
         except ShareFull as exc:
             del self.live[rec.id]
             self.metrics.rejected(rt.cfg.name, 503)
@@ -143,6 +148,30 @@ class Gateway:
         logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=client_id, model=model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
         return live
+
+    def _enqueue(self, rt: ModelService, job: Job, resolution: str | None) -> None:
+        """Reserve the slot at once, so the bound holds while the request is stored. An interactive request
+        that finds the waiting room (or its subject's share of it) full takes the place of a waiting batch
+        line instead of being refused: batches only ever use room nobody else asks for."""
+        try:
+            rt.queues.submit(job, resolution)
+        except QueueFull as exc:
+            live: Live = job.data
+            if live.background or not self._yield_place(rt, job.subject if isinstance(exc, ShareFull) else None):
+                raise
+            rt.queues.submit(job, resolution)
+
+    def _yield_place(self, rt: ModelService, subject: str | None) -> bool:
+        """Take one waiting batch line of this backend (of `subject`, when given) out of its queue."""
+        for live in self.live.values():
+            rec = live.record
+            if (live.background and rec.status == "queued" and rec.backend == rt.cfg.name
+                    and (subject is None or rec.subject == subject) and rt.queues.cancel(rec.id) == "queued"):
+                live.yielded = True
+                self._background(self._finish(live, "cancelled", error="gave its waiting place to an "
+                                                                       "interactive request"))
+                return True
+        return False
 
     # --- running ---------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 RESTART_SERVER = ("listen", "state_dir", "control_socket", "control_group", "max_body_mib")
 LIVE_BACKEND = ("max_concurrent", "max_waiting")
-LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch")
+LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch", "batches")
 # Fixed at start: the queue layout follows the OCR policy; the GPU monitor is built once.
 RESTART_KEYS = frozenset({"ocr.policy"})
 RESTART_SECTIONS = ("gpu",)

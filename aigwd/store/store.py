@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import logs
 from . import db
+from .batches import BatchTable
 from .keys import ApiKeyTable
 from .ledger import SqliteRefreshLedger
 from .missing import MissingLogBound, row_bytes
@@ -174,6 +175,9 @@ class Store:
 
     def api_keys(self) -> ApiKeyTable:
         return ApiKeyTable(self._writer, self._readers)
+
+    def batches(self) -> BatchTable:
+        return BatchTable(self._writer, self._readers)
 
     # --- writes --------------------------------------------------------------------------------
 
