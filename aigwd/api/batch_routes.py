@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..batches import BatchRunner
 from ..batches.files import TooLarge, new_file_id
@@ -101,7 +102,7 @@ async def upload_file(request: web.Request) -> web.Response:
     except ApiError:
         await runner.files.remove(file_id)
         raise
-    except ValueError as exc:  # aiohttp's word on a malformed multipart body
+    except (ValueError, HttpProcessingError) as exc:  # aiohttp's word on a malformed multipart body
         await runner.files.remove(file_id)
         raise bad_request(f"Malformed multipart body: {str(exc)[:200]}") from None
     if purpose != "batch" or size is None:

@@ -122,3 +122,18 @@ async def test_too_many_lines_fail_at_validation(make_daemon, session) -> None:
     batch = await ended(client, batch["id"])
     assert batch["status"] == "failed"
     assert [(e["code"], e["line"]) for e in batch["errors"]["data"]] == [("too_many_requests", 4)]
+
+
+async def test_malformed_multipart_is_a_400(make_daemon, session) -> None:
+    d = make_daemon([chat_backend()])
+    client = Client(session, d.url)
+    await client.login("alice", "alice-pw")
+    boundary = "b0undary"
+    for head in (b'form-data; name="a\x03b"', b"form-data; name=purpose\r\nBroken header line"):
+        body = (b"--" + boundary.encode() + b"\r\nContent-Disposition: " + head + b"\r\n\r\nbatch\r\n--"
+                + boundary.encode() + b"--\r\n")
+        status, answer, _ = await client.call(
+            "POST", "/v1/files", data=body,
+            headers={**client.headers(None), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert status == 400 and "multipart" in answer["error"]["message"], answer
+    assert not [p for p in (d.state_dir / "files").iterdir()]
