@@ -104,7 +104,7 @@ async def interactive(s: aiohttp.ClientSession, url: str, token: str, rate: floa
     return latencies
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
