@@ -291,8 +291,9 @@ class OcrConfig:
 class BatchConfig:
     max_file_mib: float = _opt(100.0, "Largest file accepted on POST /v1/files, MiB (streamed to disk, never held in "
                                       "memory); larger gets 413.", _positive)
-    max_files_per_subject: int = _opt(100, "Uploaded files one subject may keep; one more gets 400 until some are "
-                                           "deleted.", _positive)
+    max_files_per_subject: int = _opt(100, "Files one subject may keep, uploaded and written by its batches (two "
+                                           "each); past it uploads and batches get 400 until some are deleted.",
+                                      _positive)
     max_lines: int = _opt(50_000, "Lines (requests) one batch's input file may hold; more fails the batch at "
                                   "validation.", _positive)
     max_open_per_subject: int = _opt(4, "Batches of one subject not yet ended (validating, in progress, "

@@ -69,9 +69,7 @@ async def _own_file(request: web.Request, runner: BatchRunner) -> FileRecord:
 async def upload_file(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
-    if await runner.table.count_files(claims.uid, "batch") >= cfg.max_files_per_subject:
-        raise bad_request(f"You already keep {cfg.max_files_per_subject} files, the most one subject may "
-                          "(batches.max_files_per_subject); delete some with DELETE /v1/files/{file_id}")
+    _check_room(await runner.table.count_files(claims.uid), 1, cfg.max_files_per_subject)
     if not request.content_type.startswith("multipart/form-data"):
         raise bad_request("Send the file as multipart/form-data with the fields purpose=batch and file")
     file_id, limit = new_file_id(), int(cfg.max_file_mib * 1024 * 1024)
@@ -112,6 +110,14 @@ async def upload_file(request: web.Request) -> web.Response:
                      "batch", size, time.time())
     await runner.table.add_file(rec)
     return web.json_response(file_object(rec))
+
+
+def _check_room(kept: int, more: int, most: int) -> None:
+    """Disk is bounded per subject: its uploads and its batches' result files count together."""
+    if kept + more > most:
+        what = "this upload" if more == 1 else "a batch, with its two result files,"
+        raise bad_request(f"You keep {kept} files; {what} would pass {most}, the most one subject may "
+                          "(batches.max_files_per_subject); delete some with DELETE /v1/files/{file_id}")
 
 
 async def _small_field(part: BodyPartReader) -> bytes:
@@ -198,6 +204,7 @@ async def create_batch(request: web.Request) -> web.Response:
     if source.purpose != "batch":
         raise bad_request(f"File {source.id} has purpose {source.purpose}; a batch reads a file uploaded with "
                           "purpose batch")
+    _check_room(await runner.table.count_files(claims.uid), 2, cfg.max_files_per_subject)
     if await runner.table.count_open(claims.uid) >= cfg.max_open_per_subject:
         raise ApiError(429, f"You already have {cfg.max_open_per_subject} batches that have not ended, the most "
                             "one subject may (batches.max_open_per_subject); wait for one to end or cancel one",

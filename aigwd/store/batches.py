@@ -124,10 +124,10 @@ class BatchTable:
 
         return await self._readers.run(read)
 
-    async def count_files(self, account: str, purpose: str) -> int:
+    async def count_files(self, account: str) -> int:
+        """Files an account keeps, uploaded and written by its batches."""
         def read(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT COUNT(*) FROM batch_files WHERE account = ? AND purpose = ?",
-                               (account, purpose)).fetchone()
+            row = conn.execute("SELECT COUNT(*) FROM batch_files WHERE account = ?", (account,)).fetchone()
             return int(row[0])
 
         return await self._readers.run(read)
