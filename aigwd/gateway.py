@@ -304,6 +304,11 @@ class Gateway:
 
     async def _save(self, live: Live) -> None:
         rec = live.record
+        if live.background and not live.has_row:
+            # A batch line: its result goes to its batch's output or error file; a row would hold it twice.
+            live.saved = True
+            self.live.pop(rec.id, None)
+            return
         try:
             if live.has_row:
                 await self.store.finish(rec.id, rec.status, rec.finished_at or time.time(), rec.result,

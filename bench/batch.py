@@ -1,7 +1,7 @@
 """What a running batch costs interactive requests: their latency with and without a 1,000-line batch, sent
 through the official openai client, against the real daemon and a stand-in that models a GPU's batching.
 
-    .venv/bin/python -m bench.batch [--lines 1000] [--rate 20] [--seconds 15] [--src DIR]
+    .venv/bin/python -m bench.batch [--lines 1000] [--rate 20] [--seconds 15] [--queued 4] [--src DIR]
 
 The stand-in answers 16 tokens at 200 tokens/s (80 ms), each token 2% slower per other request in its
 running batch (--batch-slowdown 0.02), with 16 slots (max_concurrent). Interactive requests go to
@@ -36,7 +36,7 @@ STANDIN = ["--tokens-per-second", "200", "--reply-tokens", "16", "--batch-slowdo
 
 
 @contextlib.contextmanager
-def daemon(src: Path) -> Iterator[str]:
+def daemon(src: Path, queued: int) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         d, port, backend_port = Path(tmp), free_port(), free_port()
         command = ["{python}", "-m", "aigwd.standin", "--host", "{host}", "--port", "{port}", "--model", MODEL,
@@ -46,6 +46,7 @@ def daemon(src: Path) -> Iterator[str]:
             f'control_socket = "{d / "control.sock"}"\n'
             "[rate_limit]\nper_minute = 100000\nburst = 1000\nsubject_per_minute = 100000\nsubject_burst = 1000\n"
             "[queue]\nmax_concurrent = 16\nmax_waiting = 200\n"
+            f"[batches]\nmax_queued_lines = {queued}\n"
             '[[users]]\nname = "alice"\npassword = "alice-pw"\nrole = "user"\n'
             '[[users]]\nname = "bob"\npassword = "bob-pw"\nrole = "user"\n'
             f'[backends.gemma]\nkind = "chat"\nmodels = ["{MODEL}"]\nport = {backend_port}\n'
@@ -113,8 +114,8 @@ def summary(name: str, lat: list[float]) -> dict[str, Any]:
             "p99_ms": round(pct(lat, 99) * 1000, 1)}
 
 
-async def run(src: Path, lines: int, rate: float, seconds: float) -> dict[str, Any]:
-    with daemon(src) as url:
+async def run(src: Path, lines: int, rate: float, seconds: float, queued: int) -> dict[str, Any]:
+    with daemon(src, queued) as url:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
             alice = await login(s, url, "alice", "alice-pw")
             bob = await login(s, url, "bob", "bob-pw")
@@ -157,9 +158,10 @@ def main() -> None:
     p.add_argument("--lines", type=int, default=1000)
     p.add_argument("--rate", type=float, default=20.0, help="interactive requests per second")
     p.add_argument("--seconds", type=float, default=15.0, help="length of each measured window")
+    p.add_argument("--queued", type=int, default=4, help="batches.max_queued_lines")
     p.add_argument("--src", type=Path, default=REPO, help="source tree whose aigwd runs")
     a = p.parse_args()
-    result = asyncio.run(run(a.src, a.lines, a.rate, a.seconds))
+    result = asyncio.run(run(a.src, a.lines, a.rate, a.seconds, a.queued))
     for key in ("alone", "with_batch"):
         r = result[key]
         print(f"{r['name']:38s} n={r['n']:4d}  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms")

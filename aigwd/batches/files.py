@@ -85,19 +85,28 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 async def lines(path: Path, max_line: int) -> AsyncIterator[tuple[int, bytes]]:
-    """(1-based line number, line without its newline) of a file, read off the loop; a line longer than
-    `max_line` comes back cut to max_line + 1 bytes (the caller refuses it), the rest of it skipped."""
+    """(1-based line number, line without its newline) of a file, read off the loop a block of lines at a
+    time; a line longer than `max_line` comes back cut to max_line + 1 bytes (the caller refuses it), the
+    rest of it skipped."""
     fh = await asyncio.to_thread(open, path, "rb")
     try:
         number = 0
-        while True:
-            line = await asyncio.to_thread(_read_line, fh, max_line)
-            if line is None:
-                return
-            number += 1
-            yield number, line
+        while block := await asyncio.to_thread(_read_block, fh, max_line):
+            for line in block:
+                number += 1
+                yield number, line
     finally:
         fh.close()
+
+
+def _read_block(fh: Any, max_line: int) -> list[bytes]:
+    """Lines up to about CHUNK bytes in all (at least one line, unless the file has ended)."""
+    block: list[bytes] = []
+    size = 0
+    while size < CHUNK and (line := _read_line(fh, max_line)) is not None:
+        block.append(line)
+        size += len(line) + 1
+    return block
 
 
 def _read_line(fh: Any, max_line: int) -> bytes | None:

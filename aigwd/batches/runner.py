@@ -32,6 +32,9 @@ from .files import FileStore, ResultFile
 LineSubmitter = Callable[[bytes, str, str, str], Awaitable[Live]]
 # A line refused for want of room (503) tries again after this long.
 RETRY_S = 1.0
+# A running batch's counts are written at most this often (the files are the record; the counts are
+# rebuilt from them at a restart).
+SAVE_EVERY_S = 0.5
 _FAILURE_STATUS = {"timeout": 504, "cancelled": 499, "failed": 502}
 _END_FIELD = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at",
               "failed": "failed_at"}
@@ -297,6 +300,8 @@ class BatchRunner:
         run.dirty = True
         if run.saver is None or run.saver.done():
             run.saver = asyncio.ensure_future(self._saver(run))
+            self._tasks.add(run.saver)
+            run.saver.add_done_callback(self._tasks.discard)
 
     async def _saver(self, run: _Run) -> None:
         while run.dirty:
@@ -305,6 +310,9 @@ class BatchRunner:
                 await self.table.save_batch(run.rec)
             except StoreError as exc:  # the counts are rebuilt from the files at the next start
                 logs.event("batch_store_failed", batch_id=run.rec.id, reason=str(exc))
+            if run.dirty and run.stop is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.stopped.wait(), SAVE_EVERY_S)
 
     async def _flush(self, run: _Run) -> None:
         if run.saver is not None:
