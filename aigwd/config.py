@@ -298,7 +298,7 @@ class BatchConfig:
                                   "validation.", _positive)
     max_open_per_subject: int = _opt(4, "Batches of one subject not yet ended (validating, in progress, "
                                         "finalizing, cancelling); one more gets 429.", _positive)
-    max_queued_lines: int = _opt(4, "Lines of one batch in the queues at once: the rest are fed in as these "
+    max_queued_lines: int = _opt(2, "Lines of one batch in the queues at once: the rest are fed in as these "
                                     "finish, so a batch never fills max_waiting.", _positive)
     window_s: float = _opt(86400.0, "The deadline of a batch's completion_window \"24h\", in seconds (lower only "
                                     "to test expiry); lines not run by then end as expired.", _positive)

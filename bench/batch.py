@@ -1,7 +1,7 @@
 """What a running batch costs interactive requests: their latency with and without a 1,000-line batch, sent
 through the official openai client, against the real daemon and a stand-in that models a GPU's batching.
 
-    .venv/bin/python -m bench.batch [--lines 1000] [--rate 20] [--seconds 15] [--queued 4] [--src DIR]
+    .venv/bin/python -m bench.batch [--lines 1000] [--rate 20] [--seconds 15] [--queued 2] [--src DIR]
 
 The stand-in answers 16 tokens at 200 tokens/s (80 ms), each token 2% slower per other request in its
 running batch (--batch-slowdown 0.02), with 16 slots (max_concurrent). Interactive requests go to
@@ -158,7 +158,7 @@ def main() -> None:
     p.add_argument("--lines", type=int, default=1000)
     p.add_argument("--rate", type=float, default=20.0, help="interactive requests per second")
     p.add_argument("--seconds", type=float, default=15.0, help="length of each measured window")
-    p.add_argument("--queued", type=int, default=4, help="batches.max_queued_lines")
+    p.add_argument("--queued", type=int, default=2, help="batches.max_queued_lines (its default is 2)")
     p.add_argument("--src", type=Path, default=REPO, help="source tree whose aigwd runs")
     a = p.parse_args()
     result = asyncio.run(run(a.src, a.lines, a.rate, a.seconds, a.queued))
