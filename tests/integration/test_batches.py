@@ -17,6 +17,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from .conftest import REPO, Client, async_wait_until, chat_backend, ocr_backend
+from .control_helpers import aigwctl
 
 PNG = (REPO / "examples" / "document.png").read_bytes()
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -108,6 +109,8 @@ async def test_batch_completes_through_the_openai_client(make_daemon, session: a
     assert 'aigw_batch_lines_total{outcome="completed"} 14.0' in text
     status, rows, _ = await admin.call("GET", "/admin/batches")
     assert status == 200 and rows[0]["id"] == batch_id and rows[0]["progress"] == "14/14 (100%)"
+    shown = await asyncio.to_thread(aigwctl, d, "batches")
+    assert shown.returncode == 0 and batch_id in shown.stdout and "14/14 (100%)" in shown.stdout, shown
     deleted = await api.files.delete(batch.input_file_id)
     assert deleted.deleted
     with pytest.raises(openai.NotFoundError):
