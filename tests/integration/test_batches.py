@@ -233,3 +233,20 @@ async def test_interactive_requests_take_the_place_of_batch_lines(make_daemon, s
         assert (await client.finished(body["request_id"]))["status"] == "completed"
     batch = await ended(api, batch_id, timeout=90)
     assert batch.status == "completed" and batch.request_counts.completed == 20
+
+
+async def test_batches_of_two_subjects_share_the_capacity(make_daemon, session) -> None:
+    # One slot: the batches' lines take turns on it, subject by subject, rather than first come first served.
+    d = make_daemon([chat_backend("--latency", "0.1", max_concurrent=1)],
+                    sections={"batches": {"max_queued_lines": 2}})
+    alice, bob = Client(session, d.url), Client(session, d.url)
+    await alice.login("alice", "alice-pw")
+    await bob.login("bob", "bob-pw")
+    api_a, api_b = oai(d.url, alice.token), oai(d.url, bob.token)
+    first = await start_batch(api_a, [chat_line(f"a-{i}") for i in range(12)])
+    second = await start_batch(api_b, [chat_line(f"b-{i}") for i in range(12)])
+    done_first = await ended(api_a, first)
+    assert done_first.status == "completed"
+    # When the first batch has ended, the second has had about as many turns (FIFO would leave it near 0).
+    assert (await api_b.batches.retrieve(second)).request_counts.completed >= 6
+    assert (await ended(api_b, second)).status == "completed"
