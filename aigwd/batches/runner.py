@@ -167,6 +167,9 @@ class BatchRunner:
                 await self._end(run, "failed", [{"code": "file_error", "message": "cannot read or write the "
                                                  f"batch's files: {exc.strerror or exc}", "param": None,
                                                  "line": None}])
+        except Exception:
+            # A fault of the gateway itself: logged; the batch stays as it is on disk and resumes at the next start.
+            _log.exception("batch %s stopped inside the gateway", rec.id)
         finally:
             timer.cancel()
             self._close_files(run)
@@ -243,7 +246,8 @@ class BatchRunner:
                 continue  # gave its place to interactive work, or waited a whole queue deadline: in line again
             if r.status == "cancelled" and run.stop:
                 return  # the sweep writes it as cancelled or expired
-            self._record(run, custom_id, _outcome(custom_id, live), ok=r.status == "completed")
+            line = _outcome(custom_id, live)
+            self._record(run, custom_id, line, ok=line["response"]["status_code"] == 200)
             return
 
     def _record(self, run: _Run, custom_id: str, line: dict[str, Any], *, ok: bool, outcome: str = "") -> None:
@@ -338,7 +342,11 @@ def _outcome(custom_id: str, live: Live) -> dict[str, Any]:
     """The result line of a finished request: the model server's answer, or why there is none."""
     r = live.record
     if r.status == "completed" and r.result is not None:
-        return shapes.answered(custom_id, 200, r.id, json.loads(r.result))
+        try:
+            return shapes.answered(custom_id, 200, r.id, json.loads(r.result))
+        except ValueError:  # framed as JSON but not: the server's failure, as the gateway counts it
+            return shapes.answered(custom_id, 502, r.id, shapes.error_body(502, "the model server answered "
+                                                                                "something that is not JSON"))
     if live.upstream_error is not None:
         status, raw = live.upstream_error
         try:
