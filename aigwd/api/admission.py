@@ -11,7 +11,7 @@ gateway, which applies the waiting bound and the subject's share of it. The Open
 from __future__ import annotations
 
 import math
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -77,6 +77,7 @@ class Admission:
     headers: RequestHeaders
     subject: str
     account: str  # the account id that owns the request (a user's id, or an API key's account)
+    pdf: bool = False  # the image slot holds a PDF: opened by open_document before the gateway takes it
     document: Prepared | None = None  # a PDF, opened and within its bounds: its pages are OCR'd one by one
 
     def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
@@ -96,15 +97,23 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     rate_limit(request, services, parsed.client_id)
     await read_body(request)
     raw = await request.read()
+    admission = check_body(services, raw, parsed, request.headers, kind, admin=request[ROLE] == "admin",
+                           subject=claims.sub, account=claims.uid)
+    return await open_document(services, admission, stream=kind is None and bool(admission.body.get("stream")))
+
+
+def check_body(services: Services, raw: bytes, parsed: RequestHeaders, headers: Mapping[str, str],
+               kind: str | None, *, admin: bool, subject: str, account: str) -> Admission:
+    """The body's checks and the choice of backend: the same for a request on a route and a batch line."""
     body = validation.parse_json(raw)
     openai = kind is None
     model = validation.chat_body(body, allow_stream=openai)
-    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
+    validation.forwarded_fields(body, admin=admin)
     if kind is None:
         name = services.gateway.model_index.get(model)
         kind = services.cfg.backends[name].kind if name else "chat"
         if kind == "ocr":
-            parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
+            parsed = with_resolution(parsed, headers, services.cfg.ocr.default_resolution)
     pdf = False
     if kind == "ocr":
         ocr = services.cfg.ocr
@@ -112,13 +121,37 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     elif validation.image_parts(body):
         raise bad_request(f"Model {model} takes text only; images go to the OCR model" if openai
                           else "Images go to /api/ocr; /api/chat takes text messages")
-    rt = services.gateway.backend_for(model, kind, parsed.client_id, claims.sub)
+    rt = services.gateway.backend_for(model, kind, parsed.client_id, subject)
     validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
-    document = None
-    if pdf:
-        data = pdf_of(body)
-        assert data is not None  # checked above
-        # Opened in its own render process, off the event loop; 400 or 413 when it cannot or may not be.
-        document = await services.gateway.documents.prepare(data, body, stream=openai and bool(body.get("stream")))
-    return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=claims.sub,
-                     account=claims.uid, document=document)
+    return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=subject,
+                     account=account, pdf=pdf)
+
+
+async def open_document(services: Services, admission: Admission, *, stream: bool) -> Admission:
+    """A PDF's pages, opened in its own render process off the event loop; 400 or 413 when it cannot or may
+    not be. Anything else passes as it is."""
+    if not admission.pdf:
+        return admission
+    data = pdf_of(admission.body)
+    assert data is not None  # checked by check_body
+    document = await services.gateway.documents.prepare(data, admission.body, stream=stream)
+    return replace(admission, document=document)
+
+
+def batch_line_submitter(services: Services) -> Callable[[bytes, str, str, str], Awaitable[Live]]:
+    """How a batch line enters: the checks of /v1/chat/completions (no rate limit: a batch feeds a bounded
+    number of lines at a time), then the gateway at the lowest class, as background work."""
+
+    async def submit(raw: bytes, subject: str, account: str, client_id: str) -> Live:
+        parsed = RequestHeaders(client_id, Priority.LOW)
+        admission = check_body(services, raw, parsed, {}, None, admin=False, subject=subject, account=account)
+        if admission.body.get("stream"):
+            raise bad_request("stream is not available in a batch; its answers go to the output file")
+        if admission.pdf:
+            raise bad_request("a PDF is not available in a batch line; send its pages as images, or the PDF "
+                              "to /v1/chat/completions")
+        return await services.gateway.submit(admission.backend, subject=subject, headers=admission.headers,
+                                             model=admission.model, payload=raw, sync=True, account=account,
+                                             background=True)
+
+    return submit

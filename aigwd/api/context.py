@@ -20,6 +20,7 @@ from ..gpu import GpuMonitor
 from ..scheduling.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from ..batches import BatchRunner
     from ..control.plane import ControlPlane
 
 
@@ -38,6 +39,8 @@ class Services:
     manager: ModelManager | None = None
     # The admin commands; set by the daemon, served on /admin/* and on the control socket.
     control: ControlPlane | None = None
+    # The OpenAI Batch API's runner; set by the daemon.
+    batches: BatchRunner | None = None
 
 
 SERVICES = web.AppKey("services", Services)

@@ -37,6 +37,7 @@ from ..records import (
     request_values,
 )
 from . import schema
+from .batches import PgBatchTable
 from .connect import PgTarget
 from .tables import PgApiKeyTable, PgRefreshLedger, affected
 from .writer import CONNECTION_ERRORS, PgWriter
@@ -153,6 +154,9 @@ class PostgresStore:
 
     def api_keys(self) -> PgApiKeyTable:
         return PgApiKeyTable(self._writer, self._read)
+
+    def batches(self) -> PgBatchTable:
+        return PgBatchTable(self._writer, self._read, self.node)
 
     # --- requests ------------------------------------------------------------------------------
 
