@@ -42,7 +42,9 @@ async def token(request: web.Request) -> web.Response:
     fields = await _fields(request)
     username, password = _text(fields, "username", MAX_USERNAME), _text(fields, "password", MAX_PASSWORD)
     auth = services.cfg.auth
-    throttle, address = services.login_throttle or request.app[THROTTLE], client_address(request)
+    # Not `or`: a throttle with no entries has length 0.
+    throttle = services.login_throttle if services.login_throttle is not None else request.app[THROTTLE]
+    address = client_address(request)
     throttle.configure(per_user=auth.login_attempts_per_user, per_address=auth.login_attempts_per_address,
                        in_flight=auth.login_checks_in_flight_per_address, max_s=auth.login_lockout_max_s)
     try:
