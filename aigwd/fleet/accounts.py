@@ -56,6 +56,7 @@ class AccountSync:
         self.listening = asyncio.Event()  # set while a LISTEN connection is up and the reload after it done
         self.applied = 0  # notifications applied, and full reloads done: for tests and figures
         self.full_reloads = 0
+        self.server_pid = 0  # the listening connection's PostgreSQL backend
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -98,6 +99,7 @@ class AccountSync:
                 pending.put_nowait("")  # too many to apply one by one: reload everything instead
 
         await conn.add_listener(ACCOUNTS_CHANNEL, heard)
+        self.server_pid = conn.get_server_pid()
         await self.reload_all(conn)  # what changed while nobody listened
         self.listening.set()
         next_full = time.monotonic() + self.full_reload_s

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import asyncpg
 
@@ -70,13 +70,21 @@ class FleetRateLimiter(RateLimiter):
     def __init__(self, pool: asyncpg.Pool, rate_per_minute: float, burst: int, *, max_keys: int = 100_000,
                  clock: Callable[[], float] = time.monotonic, db_time: Callable[[], float | None] = lambda: None
                  ) -> None:
+        self._held: OrderedDict[str, float] = OrderedDict()  # leased tokens not yet spent, by bucket key
+        # When a shared bucket that refused may hold a token again: other hosts only take tokens, so until
+        # then this host refuses without asking (a client hammering past its limit costs no round trips).
+        self._dry: OrderedDict[str, float] = OrderedDict()
+        self._max_local = max_keys
         super().__init__(rate_per_minute, burst, max_keys=max_keys, clock=clock)
         self._pool = pool
         self._db_time = db_time  # None: the server's clock
-        self._max_local = max_keys
-        self._held: OrderedDict[str, float] = OrderedDict()  # leased tokens not yet spent, by bucket key
         self._local_until = 0.0
         self.leases = 0  # round trips taken, for the figures
+
+    def reconfigure(self, rate_per_minute: float, burst: int, per_client: Mapping[str, Limit] | None, *,
+                    subject: Limit | None = None, per_subject: Mapping[str, Limit] | None = None) -> None:
+        super().reconfigure(rate_per_minute, burst, per_client, subject=subject, per_subject=per_subject)
+        self._dry.clear()  # a higher rate refills sooner than a refusal under the old one said
 
     def _buckets_of(self, subject: str, client_id: str) -> list[tuple[str, str, Limit]]:
         buckets = [("client", f"c{_SEP}{subject}{_SEP}{client_id}", self._client_limit((subject, client_id)))]
@@ -92,8 +100,13 @@ class FleetRateLimiter(RateLimiter):
         # its own: then lease again, a few times at most.
         for _ in range(3):
             waits: list[tuple[float, str]] = []
+            now = self._clock()
             for scope, key, limit in buckets:
                 if self._held.get(key, 0.0) >= 1.0:
+                    continue
+                dry_until = self._dry.get(key, 0.0)
+                if dry_until > now:
+                    waits.append((dry_until - now, scope))
                     continue
                 try:
                     granted, left = await self._lease(key, limit)
@@ -105,7 +118,9 @@ class FleetRateLimiter(RateLimiter):
                 if granted > 0:
                     self._hold(key, granted)
                 else:
-                    waits.append(((1.0 - left) / (limit[0] / 60.0), scope))
+                    wait = (1.0 - left) / (limit[0] / 60.0)
+                    self._remember_dry(key, now + wait)
+                    waits.append((wait, scope))
             if waits:
                 return max(waits)  # both must allow: the longer wait is the one that counts
             if all(self._held.get(key, 0.0) >= 1.0 for _, key, _ in buckets):
@@ -119,6 +134,12 @@ class FleetRateLimiter(RateLimiter):
         self._held.move_to_end(key)
         while len(self._held) > self._max_local:
             self._held.popitem(last=False)  # its tokens go unspent: the fleet admits less, never more
+
+    def _remember_dry(self, key: str, until: float) -> None:
+        self._dry[key] = until
+        self._dry.move_to_end(key)
+        while len(self._dry) > self._max_local:
+            self._dry.popitem(last=False)  # forgetting only costs a round trip
 
     async def _lease(self, key: str, limit: Limit) -> tuple[int, float]:
         rate, burst = limit

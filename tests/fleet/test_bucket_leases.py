@@ -35,7 +35,7 @@ async def pool(pg_target: PgTarget) -> AsyncIterator[asyncpg.Pool]:
 
 def limiter(pool: asyncpg.Pool, clock: DbClock, per_minute: float, burst: int, **subject: object
             ) -> FleetRateLimiter:
-    rl = FleetRateLimiter(pool, per_minute, burst, db_time=clock)
+    rl = FleetRateLimiter(pool, per_minute, burst, db_time=clock, clock=clock)  # host and server clocks agree
     if subject:
         rl.reconfigure(per_minute, burst, None, subject=subject["limit"])  # type: ignore[arg-type]
     return rl
@@ -75,6 +75,24 @@ async def test_a_refusal_says_how_long_until_the_fleet_bucket_refills(pool: asyn
     assert (await b.take("alice", "app"))[0] == pytest.approx(0.5)
     clock.t += 0.5
     assert (await b.take("alice", "app"))[0] == 0
+
+
+async def test_a_client_past_its_limit_costs_no_round_trips_until_the_refill(pool: asyncpg.Pool) -> None:
+    clock = DbClock()
+    rl = limiter(pool, clock, 60, 2)
+    assert [(await rl.take("alice", "app"))[0] for _ in range(2)] == [0, 0]
+    assert (await rl.take("alice", "app"))[0] == pytest.approx(1.0)
+    leases = rl.leases
+    for _ in range(100):
+        assert (await rl.take("alice", "app"))[0] == pytest.approx(1.0)
+    assert rl.leases == leases
+    clock.t += 1.0
+    assert (await rl.take("alice", "app"))[0] == 0 and rl.leases == leases + 1
+    # A reload that raises the limit is not held back by a refusal under the old one.
+    assert (await rl.take("alice", "app"))[0] > 0
+    rl.reconfigure(6000, 2, None)
+    clock.t += 0.01
+    assert (await rl.take("alice", "app"))[0] == 0
 
 
 async def test_the_subject_bucket_holds_for_all_its_clients_across_hosts(pool: asyncpg.Pool) -> None:
