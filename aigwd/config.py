@@ -216,8 +216,8 @@ class SubjectLimit:
 
 @dataclass
 class RateLimitConfig:
-    per_minute: float = _opt(60.0, "Sustained submissions per minute per (token subject, client ID).",
-                             _positive)
+    per_minute: float = _opt(60.0, "Sustained submissions per minute per (token subject, client ID); with "
+                                   "[store] url, across all hosts of the fleet together.", _positive)
     burst: int = _opt(10, "Submissions allowed at once before the sustained rate applies.", _positive)
     clients: dict[str, ClientLimit] = _opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
     subject_per_minute: float = _opt(120.0, "Sustained submissions per minute per token subject (a user, or "

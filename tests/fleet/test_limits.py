@@ -24,8 +24,6 @@ async def test_a_rate_limit_holds_across_three_hosts(start_fleet: Callable[..., 
     assert set(statuses) <= {202, 429}, answers
     admitted = statuses.count(202)
     assert 10 <= admitted <= 11, statuses  # one host alone lets 10 through: three would have let 30
-    # Every host refused some: the limit is the fleet's, not one host's used up.
-    assert all(429 in statuses[i::3] for i in range(3)), statuses
     refused = next(body for status, body in answers if status == 429)
     assert "Rate limit exceeded for client app" in refused["detail"]
 
