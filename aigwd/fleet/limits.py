@@ -16,6 +16,7 @@ for a few seconds before it tries again, rather than refuse or stall every submi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -74,6 +75,7 @@ class FleetRateLimiter(RateLimiter):
         # When a shared bucket that refused may hold a token again: other hosts only take tokens, so until
         # then this host refuses without asking (a client hammering past its limit costs no round trips).
         self._dry: OrderedDict[str, float] = OrderedDict()
+        self._leasing: dict[str, asyncio.Future[None]] = {}  # the lease in flight, by bucket key
         self._max_local = max_keys
         super().__init__(rate_per_minute, burst, max_keys=max_keys, clock=clock)
         self._pool = pool
@@ -93,33 +95,22 @@ class FleetRateLimiter(RateLimiter):
         return buckets
 
     async def take(self, subject: str, client_id: str) -> tuple[float, str]:
-        if self._clock() < self._local_until:
-            return self.admit(subject, client_id)
         buckets = self._buckets_of(subject, client_id)
-        # Another request of this host may spend the tokens a lease brought in while this one waits for
-        # its own: then lease again, a few times at most.
+        # Another request of this host may spend the tokens a lease brought in while this one waits on the
+        # other bucket: then look again, a few times at most.
         for _ in range(3):
+            if self._clock() < self._local_until:
+                return self.admit(subject, client_id)
             waits: list[tuple[float, str]] = []
-            now = self._clock()
             for scope, key, limit in buckets:
-                if self._held.get(key, 0.0) >= 1.0:
-                    continue
-                dry_until = self._dry.get(key, 0.0)
-                if dry_until > now:
-                    waits.append((dry_until - now, scope))
-                    continue
                 try:
-                    granted, left = await self._lease(key, limit)
+                    wait = await self._top_up(key, limit)
                 except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                     self._local_until = self._clock() + LOCAL_FOR_S
                     logs.event("rate_limit_local", reason=f"{type(exc).__name__}: {exc}"[:300],
                                for_s=LOCAL_FOR_S)
                     return self.admit(subject, client_id)
-                if granted > 0:
-                    self._hold(key, granted)
-                else:
-                    wait = (1.0 - left) / (limit[0] / 60.0)
-                    self._remember_dry(key, now + wait)
+                if wait > 0:
                     waits.append((wait, scope))
             if waits:
                 return max(waits)  # both must allow: the longer wait is the one that counts
@@ -128,6 +119,34 @@ class FleetRateLimiter(RateLimiter):
                     self._held[key] -= 1.0
                 return 0.0, ""
         return 1.0, buckets[0][0]
+
+    async def _top_up(self, key: str, limit: Limit) -> float:
+        """0.0 once this host holds a token of the bucket, else seconds until the shared bucket has one.
+        One lease per bucket at a time: requests arriving meanwhile wait for it rather than lease too."""
+        for _ in range(5):
+            if self._held.get(key, 0.0) >= 1.0:
+                return 0.0
+            now = self._clock()
+            dry_until = self._dry.get(key, 0.0)
+            if dry_until > now:
+                return dry_until - now
+            flight = self._leasing.get(key)
+            if flight is not None:
+                await asyncio.shield(flight)
+                continue
+            flight = self._leasing[key] = asyncio.get_running_loop().create_future()
+            try:
+                granted, left = await self._lease(key, limit)
+            finally:
+                del self._leasing[key]
+                flight.set_result(None)
+            if granted > 0:
+                self._hold(key, granted)
+                return 0.0
+            wait = (1.0 - left) / (limit[0] / 60.0)
+            self._remember_dry(key, now + wait)
+            return wait
+        return 0.0 if self._held.get(key, 0.0) >= 1.0 else 1.0
 
     def _hold(self, key: str, tokens: int) -> None:
         self._held[key] = self._held.get(key, 0.0) + tokens

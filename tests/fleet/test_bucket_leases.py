@@ -3,6 +3,7 @@ one database stand for two hosts. The database's clock is set by the test (db_ti
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -63,6 +64,15 @@ async def test_two_hosts_together_admit_the_burst_and_then_the_refill(pool: asyn
         again += wait == 0
     assert again == 10
     assert sum(h.leases for h in hosts) < 60 + 40  # leases of 10: fewer round trips than requests
+
+
+async def test_concurrent_requests_on_three_hosts_share_one_lease_each(pool: asyncpg.Pool) -> None:
+    clock = DbClock()
+    hosts = [limiter(pool, clock, 600, 20) for _ in range(3)]
+    answers = await asyncio.gather(*(hosts[i % 3].take("alice", "app") for i in range(90)))
+    assert sum(wait == 0 for wait, _ in answers) == 20
+    # Requests arriving while a host's lease is in flight wait for it instead of leasing too.
+    assert sum(h.leases for h in hosts) <= 3 * 3
 
 
 async def test_a_refusal_says_how_long_until_the_fleet_bucket_refills(pool: asyncpg.Pool) -> None:
