@@ -9,7 +9,9 @@ import aiohttp
 
 from tests.integration.conftest import async_wait_until
 
-from .conftest import Client, Daemon
+from .hosts import Client, Daemon, session, start_fleet
+
+__all__ = ["session", "start_fleet"]  # fixtures
 
 
 async def _status(client: Client, token: str, path: str = "/v1/models") -> int:

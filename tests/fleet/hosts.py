@@ -1,5 +1,6 @@
 """Several aigwd hosts on one PostgreSQL: real processes on free loopback ports, each with its own
-directory and stand-in model server, sharing one database and one token signing secret."""
+directory and stand-in model server, sharing one database and one token signing secret. Test modules
+import the start_fleet and session fixtures from here."""
 
 from __future__ import annotations
 
