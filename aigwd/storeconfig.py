@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from .configfields import opt
 
 SCHEMES = ("postgresql", "postgres")
 NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -37,10 +39,6 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def _opt(default: Any, help: str, check: Any = None) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
-
-
 def _url(v: Any) -> str | None:
     if v == "":
         return None
@@ -63,19 +61,19 @@ def _readers(v: Any) -> str | None:
 
 @dataclass
 class StoreConfig:
-    url: str = _opt("", "PostgreSQL database the daemon keeps its state in, postgresql://USER@HOST:PORT/DB: the "
+    url: str = opt("", "PostgreSQL database the daemon keeps its state in, postgresql://USER@HOST:PORT/DB: the "
                         "base of running several hosts on one database. Empty: SQLite in server.state_dir. Keep "
                         "the password out of the URL: use password_file.", _url)
-    password_file: str = _opt("", "File holding the PostgreSQL password (readable by the daemon only); read at "
+    password_file: str = opt("", "File holding the PostgreSQL password (readable by the daemon only); read at "
                                   "start. Empty: the URL's password, or none (trust, peer or .pgpass).")
-    connect_timeout_s: float = _opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
+    connect_timeout_s: float = opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
                                     lambda v: None if v > 0 else "must be greater than 0")
-    readers: int = _opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
+    readers: int = opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
 
 
 @dataclass
 class FleetConfig:
-    node: str = _opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
+    node: str = opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
 
 
 def node_name(fleet: FleetConfig) -> str:
