@@ -204,8 +204,8 @@ class SubjectLimit:
 
 @dataclass
 class RateLimitConfig:
-    per_minute: float = opt(60.0, "Sustained submissions per minute per (token subject, client ID).",
-                             positive)
+    per_minute: float = opt(60.0, "Sustained submissions per minute per (token subject, client ID); with "
+                                  "[store] url, across all hosts of the fleet together.", positive)
     burst: int = opt(10, "Submissions allowed at once before the sustained rate applies.", positive)
     clients: dict[str, ClientLimit] = opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
     subject_per_minute: float = opt(120.0, "Sustained submissions per minute per token subject (a user, or "

@@ -184,6 +184,12 @@ class Daemon:
                 plane.reloader.reload, lambda: self._status_line(gateway))
             await plane.start()
             stack.callback(plane.hub.detach)
+            if cfg.store.url:  # limits, logins and account changes held in common with the other hosts
+                from .fleet.clientstate import shared_client_state
+                from .store.postgres import PostgresStore
+
+                assert isinstance(store, PostgresStore)
+                await stack.enter_async_context(shared_client_state(store, services))
             await gateway.recover()
             # Batches resume after the requests: their lines queue behind what was accepted before.
             batches = BatchRunner(gateway, store.batches(), FileStore(cfg.state_dir), batch_line_submitter(services))

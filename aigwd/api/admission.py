@@ -51,9 +51,9 @@ def with_resolution(parsed: RequestHeaders, headers: Mapping[str, str], default:
     return replace(parsed, resolution=validation.resolution(headers, default))
 
 
-def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
+async def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
     subject = request[CLAIMS].sub
-    wait, scope = services.limiter.admit(subject, client_id)
+    wait, scope = await services.limiter.take(subject, client_id)
     if wait > 0:
         services.gateway.metrics.rejected("-", 429)
         retry = max(1, math.ceil(wait))
@@ -94,7 +94,7 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     parsed = read_headers(request.headers, request.get(API_KEY))
     if kind == "ocr":
         parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
-    rate_limit(request, services, parsed.client_id)
+    await rate_limit(request, services, parsed.client_id)
     await read_body(request)
     raw = await request.read()
     admission = check_body(services, raw, parsed, request.headers, kind, admin=request[ROLE] == "admin",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..auth.apikeys import ApiKeyDirectory
+from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenService
 from ..auth.users import UserDirectory
 from ..autoswitch import AutoSwitcher
@@ -41,6 +42,8 @@ class Services:
     control: ControlPlane | None = None
     # The OpenAI Batch API's runner; set by the daemon.
     batches: BatchRunner | None = None
+    # Counts failed logins in the shared store (fleet mode); None: the login route's own, in memory.
+    login_throttle: LoginThrottle | None = None
 
 
 SERVICES = web.AppKey("services", Services)

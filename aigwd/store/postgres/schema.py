@@ -164,6 +164,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_account ON batches(node, account, created_at)",
         "CREATE INDEX batches_status ON batches(status)",
     ),
+    (  # 3: fleet-wide rate limits and login throttling
+        # Fleet-wide rate limits: one token bucket per key, leased out to hosts in small batches. per_s and
+        # burst are the limits last used, so full buckets (which carry no state) can be purged.
+        f"""CREATE TABLE rate_buckets (
+            key TEXT PRIMARY KEY,
+            tokens {_T} NOT NULL,
+            updated {_T} NOT NULL,
+            per_s {_T} NOT NULL,
+            burst {_T} NOT NULL,
+            granted INTEGER NOT NULL
+        )""",
+        # Fleet-wide login throttling: the failed-check counters of every host.
+        f"""CREATE TABLE login_failures (
+            key TEXT PRIMARY KEY,
+            charges INTEGER NOT NULL,
+            locked_until {_T} NOT NULL,
+            last {_T} NOT NULL
+        )""",
+        "CREATE INDEX login_failures_last ON login_failures(last)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
