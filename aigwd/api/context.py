@@ -21,6 +21,8 @@ from ..scheduling.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ..control.plane import ControlPlane
+    from ..fleet.forward import Forwarder
+    from ..fleet.registry import FleetRegistry
 
 
 @dataclass(eq=False)
@@ -38,6 +40,9 @@ class Services:
     manager: ModelManager | None = None
     # The admin commands; set by the daemon, served on /admin/* and on the control socket.
     control: ControlPlane | None = None
+    # Fleet mode ([store] url): the registry of hosts, and the forwarding of admin actions to them.
+    fleet: FleetRegistry | None = None
+    forwarder: Forwarder | None = None
 
 
 SERVICES = web.AppKey("services", Services)

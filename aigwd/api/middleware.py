@@ -15,7 +15,8 @@ from ..errors import ApiError
 from .context import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json"})
+# /fleet/v1/command takes no token: it checks the fleet secret itself (api/fleet_routes.py).
+PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json", "/fleet/v1/command"})
 # Submissions read their body themselves, after the rate limit: a limited client's body is never read.
 SUBMISSION_PATHS = frozenset({"/api/chat", "/api/ocr", "/v1/chat/completions"})
 CLAIMS = web.RequestKey("claims", Claims)

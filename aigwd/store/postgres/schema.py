@@ -121,6 +121,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE TABLE ocr_demand (timestamp {_T} NOT NULL, resolution TEXT NOT NULL)",
         "CREATE INDEX ocr_demand_timestamp ON ocr_demand(timestamp)",
     ),
+    (
+        # The fleet's registry: one row per host name, written by its heartbeat (times by the database's
+        # clock, so hosts with skewed clocks still agree on who is live).
+        f"""CREATE TABLE fleet_hosts (
+            node TEXT PRIMARY KEY,
+            instance TEXT NOT NULL,
+            address TEXT NOT NULL,
+            hostname TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_at {_T} NOT NULL,
+            heartbeat_at {_T} NOT NULL,
+            stopped_at {_T},
+            models TEXT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
