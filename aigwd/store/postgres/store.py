@@ -136,13 +136,19 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StoreError("store is not open")
-        try:
-            async with pool.acquire() as conn:
-                return await fn(conn)
-        except StoreError:
-            raise
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError, ValueError) as exc:
-            raise StoreError(str(exc) or type(exc).__name__) from exc
+        for attempt in (1, 2):
+            try:
+                async with pool.acquire() as conn:
+                    return await fn(conn)
+            except StoreError:
+                raise
+            except CONNECTION_ERRORS as exc:
+                if attempt == 1:
+                    continue  # a pooled connection cut by a server restart: the pool opens a new one
+                raise StoreError(str(exc) or type(exc).__name__) from exc
+            except (asyncpg.PostgresError, ValueError) as exc:
+                raise StoreError(str(exc) or type(exc).__name__) from exc
+        raise AssertionError("unreachable")
 
     async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True,
                      keep: bool = False) -> T:

@@ -39,8 +39,9 @@ STOP_WAIT_S = 5.0
 
 Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 # What a lost or unusable connection raises, as opposed to an error of one write.
+# InternalClientError: the connection's protocol is left mid-operation (cut while a statement ran).
 CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                     asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
+                     asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.InternalClientError)
 
 
 @dataclass(slots=True)
@@ -177,13 +178,18 @@ class PgWriter:
         return batch, False
 
     async def _run_guarded(self, batch: list[_Item]) -> None:
-        delay = RETRY_MIN_S
+        delay, retried_at_once = RETRY_MIN_S, False
         while True:
             try:
                 await self._run_batch(batch)
             except (StoreError, *CONNECTION_ERRORS) as exc:
                 self.failed_batches += 1
                 await self._drop_connection()
+                if not retried_at_once and self._down is None:
+                    retried_at_once = True  # a cut connection to a healthy server: a new one serves at once
+                    for item in batch:
+                        item.value, item.error = None, None
+                    continue
                 self._went_down(exc)
                 # Even with nothing kept, the loop goes on probing, so the writer notices the database is back.
                 batch = self._fail_all_but_kept(batch, exc)
