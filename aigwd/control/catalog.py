@@ -6,7 +6,10 @@ from . import cmd_autoswitch, cmd_fleet, cmd_keys, cmd_models, cmd_records, cmd_
 from .registry import Registry
 
 
-def default_registry() -> Registry:
-    return Registry(cmd_fleet.with_fleet([
-        *cmd_models.COMMANDS, *cmd_records.COMMANDS, *cmd_users.COMMANDS, *cmd_keys.COMMANDS,
-        *cmd_autoswitch.COMMANDS, *cmd_system.COMMANDS, *cmd_fleet.COMMANDS]))
+def default_registry(fleet: bool = False) -> Registry:
+    """fleet=True (a host with [store] url): with `fleet`, and a `node` the model commands may name."""
+    commands = [*cmd_models.COMMANDS, *cmd_records.COMMANDS, *cmd_users.COMMANDS, *cmd_keys.COMMANDS,
+                *cmd_autoswitch.COMMANDS, *cmd_system.COMMANDS]
+    if not fleet:
+        return Registry(commands)
+    return Registry(cmd_fleet.with_fleet([*commands, *cmd_fleet.COMMANDS]))
