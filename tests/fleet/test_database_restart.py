@@ -70,6 +70,9 @@ async def test_restart_under_load_loses_nothing_accepted(
         await async_wait_until(lambda: any("database cannot be reached" in r for r in refused), 10,
                                "a submission refused with the reason")
         in_memory = len(accepted)
+        async with session.post(host.url + "/auth/token", data={"username": "admin", "password": "admin"}) as resp:
+            assert resp.status == 503, await resp.text()  # a login needs the database too: 503, not 500
+            assert "database cannot be reached" in (await resp.json())["detail"]
         await asyncio.sleep(1.0)  # the requests running at the stop finish while it is down
         await asyncio.to_thread(own_pg.resume)
         await async_wait_until(lambda: _healthy(client), 20, "/health healthy again")
