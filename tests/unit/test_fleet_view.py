@@ -123,3 +123,13 @@ def test_aigwctl_shows_a_host_column_in_fleet_mode() -> None:
     assert [(r["name"], r["host"]) for r in shown] == [("gemma", "gpu1"), ("gemma@gpu2", "gpu2")]
     assert shown[1]["status"] == "host lost"
     assert [c[1] for c in columns({"models": LOCAL_MODELS})][:2] == ["MODEL", "STATUS"]
+
+
+def test_check_refuses_a_fleet_secret_others_can_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aigwd import cli
+
+    secret = secret_at(tmp_path, SECRET, 0o640)
+    config = tmp_path / "aigw.toml"
+    config.write_text(f'[store]\nurl = "postgresql://aigw@127.0.0.1:1/aigw"\n[fleet]\nsecret_file = "{secret}"\n')
+    assert cli.main(["--config", str(config), "--check"]) == cli.EXIT_FAILURE
+    assert "is open to other users (mode 640): chmod 600" in capsys.readouterr().err
