@@ -216,7 +216,8 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
         success["headers"] = {NEXT_CURSOR: {
             "description": "The next page: send it back as cursor. Absent on the last page.",
             "schema": {"type": "string"}}}
-    op["responses"] = {str(ok): success, **_errors(400, 401, 403, 404, 409, 413, 503)}
+    forwarded = (502,) if cmd.arg("node") else ()  # fleet mode: the host it names did not answer
+    op["responses"] = {str(ok): success, **_errors(400, 401, 403, 404, 409, 413, 503, *forwarded)}
     return op
 
 
