@@ -114,13 +114,13 @@ class PgWriter:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         item = _Item(fn, future, urgent, keep)
         if keep:
-            self._held += 1
-            future.add_done_callback(self._release)
+            self._held += 1  # until written or failed, even if its caller stops waiting
         self._queue.put_nowait(item)
         return await future
 
-    def _release(self, _: asyncio.Future[Any]) -> None:
-        self._held -= 1
+    def _settle(self, items: list[_Item]) -> None:
+        self._held -= sum(1 for item in items if item.keep)
+        _resolve(items)
 
     async def stop(self) -> None:
         """Write everything already queued, then end the task and close the connection."""
@@ -194,7 +194,8 @@ class PgWriter:
                 # Even with nothing kept, the loop goes on probing, so the writer notices the database is back.
                 batch = self._fail_all_but_kept(batch, exc)
                 if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
-                    logs.event("store_writes_given_up", level=logging.ERROR, reason=self._down, ops=len(batch))
+                    if batch:
+                        logs.event("store_writes_given_up", level=logging.ERROR, reason=self._down, ops=len(batch))
                     self._fail_all_but_kept(batch, exc, keep=False)
                     return
                 self._wake.clear()
@@ -212,7 +213,7 @@ class PgWriter:
                     if item.error is None:
                         item.error = exc
             self._came_back()
-            _resolve(batch)
+            self._settle(batch)
             return
 
     def _went_down(self, exc: BaseException) -> None:
@@ -227,14 +228,13 @@ class PgWriter:
             logs.event("store_reconnected", down_s=round(time.monotonic() - self._down_since, 3), held=self._held)
             self._down = None
 
-    @staticmethod
-    def _fail_all_but_kept(batch: list[_Item], exc: BaseException, keep: bool = True) -> list[_Item]:
+    def _fail_all_but_kept(self, batch: list[_Item], exc: BaseException, keep: bool = True) -> list[_Item]:
         """Fail the writes nobody should wait on; the ones that record accepted work stay for a retry."""
         kept = [item for item in batch if keep and item.keep]
         failed = [item for item in batch if not (keep and item.keep)]
         for item in failed:
             item.error = exc
-        _resolve(failed)
+        self._settle(failed)
         for item in kept:
             item.value, item.error = None, None
         return kept
