@@ -25,6 +25,8 @@ from .config import RESOLUTIONS, Config
 from .errors import ApiError
 from .headers import RequestHeaders
 from .metrics import Metrics
+from .pdf.document import Document, PageJob, Prepared
+from .pdf.documents import Documents
 from .priority import Priority
 from .scheduling.backendqueues import ShareFull
 from .scheduling.fairqueue import Job
@@ -57,6 +59,8 @@ class Live:
     # error answer of the backend to pass on unchanged.
     chunks: ChunkStream | None = None
     upstream_error: tuple[int, bytes] | None = None
+    # A PDF: its pages run as jobs of their own (aigwd/pdf/documents.py); the request itself is not queued.
+    document: Document | None = None
 
 
 class Gateway:
@@ -72,6 +76,7 @@ class Gateway:
             name: ModelService(cfg, bcfg, self.events, runner=self._run, on_timeout=self._timed_out,
                                fail=self._fail) for name, bcfg in cfg.backends.items()}
         self.metrics = Metrics()
+        self.documents = Documents(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -94,8 +99,24 @@ class Gateway:
         return rt
 
     async def submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
-                     payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None) -> Live:
-        """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once."""
+                     payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None,
+                     document: Prepared | None = None) -> Live:
+        """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once. A PDF
+        (`document`) is not queued itself: its pages are, once it is accepted."""
+        try:
+            live, job = await self._submit(rt, subject=subject, headers=headers, model=model, payload=payload,
+                                           sync=sync, stream=stream, account=account, document=document)
+        except BaseException:
+            if document is not None:
+                await asyncio.shield(self.documents.abandon(document))
+            raise
+        if document is not None:
+            self.documents.start(live, job, document)
+        return live
+
+    async def _submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
+                      payload: bytes, sync: bool, stream: bool, account: str | None,
+                      document: Prepared | None) -> tuple[Live, Job]:
         client_id, priority, resolution = headers.client_id, headers.priority, headers.resolution
         now_wall, now_mono = time.time(), time.monotonic()
         timeout = self.cfg.queue.timeout_s
@@ -111,7 +132,10 @@ class Gateway:
                   deadline=now_mono + timeout, data=live, subject=subject)
         self.live[rec.id] = live
         try:
-            rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
+            if document is None:
+                rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
+            else:  # its pages run within the same bounds: it needs the room one waiting request would take
+                rt.queues.check_room(job, resolution)
         except ShareFull as exc:
             del self.live[rec.id]
             self.metrics.rejected(rt.cfg.name, 503)
@@ -131,7 +155,8 @@ class Gateway:
             else:
                 await self.store.add_request(rec, payload)
         except StoreError as exc:
-            rt.queues.cancel(rec.id)
+            if document is None:
+                rt.queues.cancel(rec.id)
             self.live.pop(rec.id, None)
             logs.event("request_not_stored", request_id=rec.id, reason=str(exc))
             raise ApiError(503, "Cannot store the request right now; please try again later",
@@ -144,11 +169,13 @@ class Gateway:
             self._background(self.store.add_ocr_demand(now_wall, resolution))
         logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=client_id, model=model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
-        return live
+        return live, job
 
     # --- running ---------------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> str:
+        if isinstance(job.data, PageJob):
+            return await self.documents.run_page(job)
         live: Live = job.data
         rec = live.record
         rt = self.backends[rec.backend]
@@ -248,6 +275,9 @@ class Gateway:
         return json.dumps(body).encode()
 
     def _timed_out(self, job: Job, was_processing: bool) -> None:
+        if isinstance(job.data, PageJob):
+            self.documents.page_timed_out(job, was_processing)
+            return
         live: Live = job.data
         where = "processing" if was_processing else "queued"
         self._background(self._finish(
@@ -271,7 +301,7 @@ class Gateway:
                    priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
                    service_s=round(service_s, 4), error=error)
         service = self.backends.get(rec.backend)
-        if service is not None:
+        if service is not None and live.document is None:  # a PDF's pages told it of themselves
             service.finished(status, rec.started_at is not None, live.replica)
         await self._save(live)
 
@@ -299,10 +329,16 @@ class Gateway:
             rec = live.record
             position = None
             if rec.status == "queued" and rec.backend in self.backends:
-                position = self.backends[rec.backend].queues.position(rec.id)
+                rt = self.backends[rec.backend]
+                position = rt.queues.position(rec.id) if live.document is None else \
+                    self.documents.position(rec.id, rt)
             return rec, position
         rec_db = await self.store.get_request(request_id)
         return (rec_db, None) if rec_db is not None else None
+
+    def progress(self, request_id: str) -> dict[str, int] | None:
+        """A PDF request's pages done of total while it runs; None for anything else."""
+        return self.documents.progress(request_id)
 
     async def wait(self, request_id: str, timeout_s: float) -> None:
         live = self.live.get(request_id)
@@ -319,7 +355,11 @@ class Gateway:
         if live is None or live.record.status in FINAL_STATUSES:
             return None
         rt = self.backends[live.record.backend]
-        was = rt.queues.cancel(request_id)
+        if live.document is not None:
+            await self.documents.cancel(live)
+            was: str | None = "processing" if live.started.is_set() else "queued"
+        else:
+            was = rt.queues.cancel(request_id)
         await self._finish(live, "cancelled",
                            error="cancelled by the client" + (" while processing" if was == "processing"
                                                               else ""))
@@ -330,6 +370,8 @@ class Gateway:
         live = self.live.get(request_id)
         if live is not None:
             self._background(self._finish(live, "failed", error=reason))
+        else:
+            self.documents.fail_page(request_id, reason)
 
     # --- start-up and shutdown -------------------------------------------------------------------
 
@@ -359,6 +401,13 @@ class Gateway:
                           deadline=now_mono + (rec.deadline_at - now_wall), data=live, subject=rec.subject)
                 if rt.cfg.kind == "ocr" and rec.resolution not in RESOLUTIONS:
                     rec.resolution = rt.cfg.resolution
+                if rt.cfg.kind == "ocr" and await self.documents.recover(live, job):
+                    if rec.status not in FINAL_STATUSES:
+                        await self.store.requeue(rec.id, rec.attempts)
+                        counts["requeued"] += 1
+                    else:
+                        counts["failed"] += 1
+                    continue
                 rt.queues.submit(job, rec.resolution, force=True)  # accepted once: it always fits
                 await self.store.requeue(rec.id, rec.attempts)
                 counts["requeued"] += 1
@@ -389,6 +438,7 @@ class Gateway:
     async def close(self) -> None:
         """Stop running work; what was processing stays 'processing' on disk and runs again next start."""
         self._closing = True
+        await self.documents.close()  # first: no driver queues a page into a closing queue
         for rt in self.backends.values():
             await rt.close_queues()
         for task in list(self._tasks):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .configfields import opt, positive
 
 SCHEMES = ("postgresql", "postgres")
 # Query options a [store] url may carry: TLS to the database (asyncpg reads them from the URL).
@@ -52,10 +54,6 @@ def fleet_problem(fleet: FleetConfig) -> str | None:
     return None
 
 
-def _opt(default: Any, help: str, check: Any = None) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
-
-
 def _url(v: Any) -> str | None:
     if v == "":
         return None
@@ -78,14 +76,14 @@ def _readers(v: Any) -> str | None:
 
 @dataclass
 class StoreConfig:
-    url: str = _opt("", "PostgreSQL database the daemon keeps its state in, postgresql://USER@HOST:PORT/DB: the "
+    url: str = opt("", "PostgreSQL database the daemon keeps its state in, postgresql://USER@HOST:PORT/DB: the "
                         "base of running several hosts on one database. Empty: SQLite in server.state_dir. Keep "
                         "the password out of the URL: use password_file.", _url)
-    password_file: str = _opt("", "File holding the PostgreSQL password (readable by the daemon only); read at "
+    password_file: str = opt("", "File holding the PostgreSQL password (readable by the daemon only); read at "
                                   "start. Empty: the URL's password, or none (trust, peer or .pgpass).")
-    connect_timeout_s: float = _opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
+    connect_timeout_s: float = opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
                                     lambda v: None if v > 0 else "must be greater than 0")
-    readers: int = _opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
+    readers: int = opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
 
 
 def _address(v: Any) -> str | None:
@@ -101,25 +99,21 @@ def _address(v: Any) -> str | None:
     return None
 
 
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be greater than 0"
-
-
 @dataclass
 class FleetConfig:
-    node: str = _opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
-    address: str = _opt("", "URL the other hosts reach this host's API at, http://HOST:PORT (or https:// behind a "
-                            "TLS proxy); shown in /admin/fleet and used to forward admin actions that name this "
-                            "host. Empty: server.listen, with the host name when it listens on every address.",
-                         _address)
-    secret_file: str = _opt("", "File holding the secret hosts present to each other when one forwards an admin "
-                                "action to another (the same file on every host, readable by the daemon only, "
-                                "at least 32 characters). Empty: actions naming another host are refused, and "
-                                "so are calls from other hosts.")
-    ca_file: str = _opt("", "CA certificates to trust for https:// addresses of other hosts. Empty: the system's.")
-    heartbeat_s: float = _opt(1.0, "How often this host writes its row in the fleet's registry.", _positive)
-    lost_after_s: float = _opt(5.0, "A host whose last heartbeat is older than this is shown as lost, and its node "
-                                    "name may be taken by another host. At least twice heartbeat_s.", _positive)
+    node: str = opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
+    address: str = opt("", "URL the other hosts reach this host's API at, http://HOST:PORT (or https:// behind a "
+                           "TLS proxy); shown in /admin/fleet and used to forward admin actions that name this "
+                           "host. Empty: server.listen, with the host name when it listens on every address.",
+                        _address)
+    secret_file: str = opt("", "File holding the secret hosts present to each other when one forwards an admin "
+                               "action to another (the same file on every host, readable by the daemon only, "
+                               "at least 32 characters). Empty: actions naming another host are refused, and "
+                               "so are calls from other hosts.")
+    ca_file: str = opt("", "CA certificates to trust for https:// addresses of other hosts. Empty: the system's.")
+    heartbeat_s: float = opt(1.0, "How often this host writes its row in the fleet's registry.", positive)
+    lost_after_s: float = opt(5.0, "A host whose last heartbeat is older than this is shown as lost, and its node "
+                                   "name may be taken by another host. At least twice heartbeat_s.", positive)
 
 
 def node_name(fleet: FleetConfig) -> str:

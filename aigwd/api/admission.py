@@ -22,6 +22,8 @@ from ..auth.apikeys import ApiKey
 from ..errors import ApiError, bad_request
 from ..gateway import Live
 from ..headers import RequestHeaders
+from ..pdf.document import Prepared
+from ..pdf.documents import pdf_of
 from ..priority import Priority
 from ..service import ModelService
 from . import validation
@@ -76,11 +78,13 @@ class Admission:
     headers: RequestHeaders
     subject: str
     account: str  # the account id that owns the request (a user's id, or an API key's account)
+    document: Prepared | None = None  # a PDF, opened and within its bounds: its pages are OCR'd one by one
 
     def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
         """The gateway's submit, not yet awaited: a route holding the connection shields it."""
         return services.gateway.submit(self.backend, subject=self.subject, headers=self.headers, model=self.model,
-                                       payload=self.raw, sync=sync, stream=stream, account=self.account)
+                                       payload=self.raw, sync=sync, stream=stream, account=self.account,
+                                       document=self.document)
 
 
 async def admit(request: web.Request, kind: str | None) -> Admission:
@@ -106,13 +110,20 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
         kind = services.cfg.backends[name].kind if name else "chat"
         if kind == "ocr":
             parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
+    pdf = False
     if kind == "ocr":
         ocr = services.cfg.ocr
-        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
+        pdf = validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
     elif validation.image_parts(body):
         raise bad_request(f"Model {model} takes text only; images go to the OCR model" if openai
                           else "Images go to /api/ocr; /api/chat takes text messages")
     rt = services.gateway.backend_for(model, kind, parsed.client_id, claims.sub)
     validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
+    document = None
+    if pdf:
+        data = pdf_of(body)
+        assert data is not None  # checked above
+        # Opened in its own render process, off the event loop; 400 or 413 when it cannot or may not be.
+        document = await services.gateway.documents.prepare(data, body, stream=openai and bool(body.get("stream")))
     return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=claims.sub,
-                     account=claims.uid)
+                     account=claims.uid, document=document)

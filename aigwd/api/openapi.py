@@ -111,11 +111,12 @@ _SCHEMAS: dict[str, Any] = {
         "parallel_tool_calls": {"type": "boolean"}}},
     "Accepted": {"type": "object", "required": ["request_id", "status", "message"], "properties": {
         "request_id": {"type": "string"}, "status": {"const": "queued"}, "message": {"type": "string"},
-        "resolution": {"type": "string"}}},
+        "resolution": {"type": "string"}, "pages_total": {"type": "integer"}}},
     "RequestView": {"type": "object", "required": ["request_id", "status", "model"], "properties": {
         "request_id": {"type": "string"},
         "status": {"enum": ["queued", "processing", "completed", "failed", "timeout", "cancelled"]},
         "model": {"type": "string"}, "client_id": {"type": "string"}, "position": {"type": "integer"},
+        "pages_total": {"type": "integer"}, "pages_done": {"type": "integer"}, "pages_failed": {"type": "integer"},
         "error": {"type": "string"}, "result": OBJECT}},
     "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
         "object": {"const": "list"}, "data": {"type": "array", "items": {
@@ -148,7 +149,7 @@ def _client_paths() -> dict[str, Any]:
                                    "requestBody": _body(_ref("RefreshBody"), FORM, JSON),
                                    "responses": {"200": _json(_ref("TokenPair"), 200), **login_errors}}},
         "/api/chat": {"post": {"summary": "Queue a chat request", **submit}},
-        "/api/ocr": {"post": {"summary": "Queue an OCR request (one PNG, JPEG or WebP image)", **ocr}},
+        "/api/ocr": {"post": {"summary": "Queue an OCR request (a PNG, JPEG or WebP image, or a PDF)", **ocr}},
         "/api/requests/{request_id}": {
             "get": {"summary": "A request's state and result", "parameters": [
                 _REQUEST_ID, {"name": "wait", "in": "query", "required": False,
