@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from .bounds import MAX_MODEL_NAME, MAX_USERNAME
-from .storeconfig import FleetConfig, StoreConfig, serve_problem, store_problem
+from .configfields import (
+    ConfigError as ConfigError,
+)
+from .configfields import (
+    non_negative,
+    number_problem,
+    opt,
+    opt_factory,
+    positive,
+    type_ok,
+)
+from .pdf.settings import PdfConfig
+from .storeconfig import FleetConfig, StoreConfig, fleet_problem, serve_problem, store_problem
 
 try:
     import tomllib
@@ -29,29 +40,6 @@ ROLES = ("admin", "user")
 MAX_REPLICAS = 64
 EXTERNAL_URL_RE = re.compile(r"^http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_USERNAME - 1}}}$")
-
-
-class ConfigError(Exception):
-    """A setting is wrong; the message names the file, the key and the problem."""
-
-
-Check = Callable[[Any], str | None]
-
-
-def _opt(default: Any, help: str, check: Check | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
-
-
-def _opt_factory(factory: Callable[[], Any], help: str, check: Check | None = None) -> Any:
-    return field(default_factory=factory, metadata={"help": help, "check": check})
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be greater than 0"
-
-
-def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be 0 or more"
 
 
 def _replica_count(v: Any) -> str | None:
@@ -147,101 +135,101 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 @dataclass
 class ServerConfig:
-    listen: str = _opt("127.0.0.1:8080", "Address of the client HTTP API, HOST:PORT.", _listen)
-    state_dir: str = _opt("/var/lib/aigw", "Directory for the database, spooled bodies, secrets and PID files.",
+    listen: str = opt("127.0.0.1:8080", "Address of the client HTTP API, HOST:PORT.", _listen)
+    state_dir: str = opt("/var/lib/aigw", "Directory for the database, spooled bodies, secrets and PID files.",
                           _non_empty)
-    control_socket: str = _opt("/run/aigw/control.sock", "Path of the local admin control socket.", _non_empty)
-    control_group: str = _opt("aigw-admin", "Group that owns the control socket (mode 0660): its members may "
+    control_socket: str = opt("/run/aigw/control.sock", "Path of the local admin control socket.", _non_empty)
+    control_group: str = opt("aigw-admin", "Group that owns the control socket (mode 0660): its members may "
                                             "run admin commands. Missing group: the daemon's own group.")
-    metrics_listen: str = _opt("", "Extra HOST:PORT serving only /metrics without auth (keep it private); "
+    metrics_listen: str = opt("", "Extra HOST:PORT serving only /metrics without auth (keep it private); "
                                    "empty: /metrics only on the main address, to admin tokens.",
                                lambda v: None if v == "" else _listen(v))
-    max_body_mib: float = _opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", _positive)
-    max_small_body_kib: float = _opt(8.0, "Largest request body, in KiB, on every route but the submissions "
+    max_body_mib: float = opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", positive)
+    max_small_body_kib: float = opt(8.0, "Largest request body, in KiB, on every route but the submissions "
                                           "(/api/chat, /api/ocr, /v1/chat/completions): login, refresh, admin, "
                                           "DELETE. Checked before any of the body is read; larger gets 413.",
-                                     _positive)
-    body_read_timeout_s: float = _opt(30.0, "A request body not fully received in this many seconds gets 408 "
-                                      "and the connection is closed (slow uploads hold no slot).", _positive)
-    admin_wait_s: float = _opt(30.0, "Admin model actions (start, stop, switch) answer when done, or 202 with "
-                                      "a way to follow them once they take longer than this.", _positive)
-    trusted_proxies: list[str] = _opt_factory(list, "Addresses or networks of reverse proxies whose "
+                                     positive)
+    body_read_timeout_s: float = opt(30.0, "A request body not fully received in this many seconds gets 408 "
+                                      "and the connection is closed (slow uploads hold no slot).", positive)
+    admin_wait_s: float = opt(30.0, "Admin model actions (start, stop, switch) answer when done, or 202 with "
+                                      "a way to follow them once they take longer than this.", positive)
+    trusted_proxies: list[str] = opt_factory(list, "Addresses or networks of reverse proxies whose "
                                                     "client_address_header is believed, e.g. [\"127.0.0.1\"]. "
                                                     "Empty: the TCP peer is the client address.",
                                               _networks)
-    client_address_header: str = _opt("", "Header a trusted proxy puts the client address in, e.g. "
+    client_address_header: str = opt("", "Header a trusted proxy puts the client address in, e.g. "
                                           "X-Forwarded-For; its right-most entry that is not a trusted proxy is "
                                           "taken. Ignored from peers not in trusted_proxies.")
-    shutdown_grace_s: float = _opt(10.0, "On stop, how long processing requests may run before they are "
-                                         "cut off (they are queued again at the next start).", _non_negative)
+    shutdown_grace_s: float = opt(10.0, "On stop, how long processing requests may run before they are "
+                                         "cut off (they are queued again at the next start).", non_negative)
 
 
 @dataclass
 class AuthConfig:
-    secret_file: str = _opt("", "File holding the JWT signing secret; created with mode 0600 when missing. "
+    secret_file: str = opt("", "File holding the JWT signing secret; created with mode 0600 when missing. "
                                 "Empty: <state_dir>/jwt.secret.")
-    access_ttl_s: int = _opt(900, "Lifetime of an access token, seconds.", _positive)
-    refresh_ttl_s: int = _opt(7 * 86400, "Lifetime of a refresh token, seconds.", _positive)
-    login_attempts_per_user: int = _opt(5, "Password checks one user name gets back to back from one client "
+    access_ttl_s: int = opt(900, "Lifetime of an access token, seconds.", positive)
+    refresh_ttl_s: int = opt(7 * 86400, "Lifetime of a refresh token, seconds.", positive)
+    login_attempts_per_user: int = opt(5, "Password checks one user name gets back to back from one client "
                                            "address; then each further one waits twice as long as the last "
-                                           "(1 s, 2 s, ...). A correct password clears the count.", _positive)
-    login_attempts_per_address: int = _opt(30, "Password checks one client address gets back to back, whatever "
+                                           "(1 s, 2 s, ...). A correct password clears the count.", positive)
+    login_attempts_per_address: int = opt(30, "Password checks one client address gets back to back, whatever "
                                                "the names (password spraying); correct ones are not counted.",
-                                           _positive)
-    login_checks_in_flight_per_address: int = _opt(4, "Password checks from one client address running at "
-                                                      "once; more get 429.", _positive)
-    login_lockout_max_s: float = _opt(300.0, "Longest wait a run of failed logins leads to, seconds.", _positive)
+                                           positive)
+    login_checks_in_flight_per_address: int = opt(4, "Password checks from one client address running at "
+                                                      "once; more get 429.", positive)
+    login_lockout_max_s: float = opt(300.0, "Longest wait a run of failed logins leads to, seconds.", positive)
 
 
 @dataclass
 class UserConfig:
-    name: str = _opt("", "User name.", _name)
-    role: str = _opt("user", "admin (everything) or user (client endpoints only).", _role)
-    password_hash: str = _opt("", "Salted scrypt hash, as written by `aigwd --hash-password`.")
-    password: str = _opt("", "Plain password, hashed at start. For demos only; production uses password_hash.")
+    name: str = opt("", "User name.", _name)
+    role: str = opt("user", "admin (everything) or user (client endpoints only).", _role)
+    password_hash: str = opt("", "Salted scrypt hash, as written by `aigwd --hash-password`.")
+    password: str = opt("", "Plain password, hashed at start. For demos only; production uses password_hash.")
 
 
 @dataclass
 class ClientLimit:
-    per_minute: float = _opt(60.0, "Requests per minute for this client ID.", _positive)
-    burst: int = _opt(10, "Burst size for this client ID.", _positive)
+    per_minute: float = opt(60.0, "Requests per minute for this client ID.", positive)
+    burst: int = opt(10, "Burst size for this client ID.", positive)
 
 
 @dataclass
 class SubjectLimit:
-    per_minute: float = _opt(120.0, "Requests per minute for this subject, all its client IDs together.",
-                             _positive)
-    burst: int = _opt(20, "Burst size for this subject, all its client IDs together.", _positive)
+    per_minute: float = opt(120.0, "Requests per minute for this subject, all its client IDs together.",
+                             positive)
+    burst: int = opt(20, "Burst size for this subject, all its client IDs together.", positive)
 
 
 @dataclass
 class RateLimitConfig:
-    per_minute: float = _opt(60.0, "Sustained submissions per minute per (token subject, client ID).",
-                             _positive)
-    burst: int = _opt(10, "Submissions allowed at once before the sustained rate applies.", _positive)
-    clients: dict[str, ClientLimit] = _opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
-    subject_per_minute: float = _opt(120.0, "Sustained submissions per minute per token subject (a user, or "
+    per_minute: float = opt(60.0, "Sustained submissions per minute per (token subject, client ID); with "
+                                  "[store] url, across all hosts of the fleet together.", positive)
+    burst: int = opt(10, "Submissions allowed at once before the sustained rate applies.", positive)
+    clients: dict[str, ClientLimit] = opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
+    subject_per_minute: float = opt(120.0, "Sustained submissions per minute per token subject (a user, or "
                                             "the subject of an API key), all its client IDs together; both "
-                                            "this and the per-client bucket must allow.", _positive)
-    subject_burst: int = _opt(20, "Submissions one subject may send at once, all its client IDs together.",
-                              _positive)
-    subjects: dict[str, SubjectLimit] = _opt_factory(dict, "Overrides by subject: [rate_limit.subjects.NAME].")
+                                            "this and the per-client bucket must allow.", positive)
+    subject_burst: int = opt(20, "Submissions one subject may send at once, all its client IDs together.",
+                              positive)
+    subjects: dict[str, SubjectLimit] = opt_factory(dict, "Overrides by subject: [rate_limit.subjects.NAME].")
 
 
 @dataclass
 class QueueConfig:
-    max_concurrent: int = _opt(8, "Requests processed at once per backend (default for backends).", _positive)
-    max_waiting: int = _opt(100, "Requests waiting per backend; one more gets 503.", _non_negative)
-    timeout_s: float = _opt(300.0, "Deadline from acceptance: still queued or processing then -> timeout.",
-                            _positive)
-    aging_s: float = _opt(60.0, "A request waiting this long moves up one priority class; 0 disables.",
-                          _non_negative)
-    max_poll_wait_s: float = _opt(60.0, "Longest ?wait= a client may ask for on GET /api/requests/{id}.",
-                                  _positive)
-    subject_share: float = _opt(0.5, "Fraction of a backend's max_waiting one subject may hold, all its "
+    max_concurrent: int = opt(8, "Requests processed at once per backend (default for backends).", positive)
+    max_waiting: int = opt(100, "Requests waiting per backend; one more gets 503.", non_negative)
+    timeout_s: float = opt(300.0, "Deadline from acceptance: still queued or processing then -> timeout.",
+                            positive)
+    aging_s: float = opt(60.0, "A request waiting this long moves up one priority class; 0 disables.",
+                          non_negative)
+    max_poll_wait_s: float = opt(60.0, "Longest ?wait= a client may ask for on GET /api/requests/{id}.",
+                                  positive)
+    subject_share: float = opt(0.5, "Fraction of a backend's max_waiting one subject may hold, all its "
                                       "client IDs together; one more gets 503.", _fraction)
-    subject_min_waiting: int = _opt(1, "A subject may always hold this many waiting requests of a backend, "
-                                       "whatever subject_share gives (within max_waiting).", _positive)
+    subject_min_waiting: int = opt(1, "A subject may always hold this many waiting requests of a backend, "
+                                       "whatever subject_share gives (within max_waiting).", positive)
 
 
 def _at_least_64k(v: Any) -> str | None:
@@ -250,42 +238,60 @@ def _at_least_64k(v: Any) -> str | None:
 
 @dataclass
 class ResultsConfig:
-    retention_h: float = _opt(24.0, "Hours finished requests and their results are kept.", _positive)
-    purge_interval_s: float = _opt(300.0, "How often expired results are purged.", _positive)
-    missing_models_max_bytes: int = _opt(8 * 1024 * 1024, "Bytes the log of requests for unserved models may "
+    retention_h: float = opt(24.0, "Hours finished requests and their results are kept.", positive)
+    purge_interval_s: float = opt(300.0, "How often expired results are purged.", positive)
+    missing_models_max_bytes: int = opt(8 * 1024 * 1024, "Bytes the log of requests for unserved models may "
                                          "hold (newest kept); any client can add to it.", _at_least_64k)
 
 
 @dataclass
 class OcrConfig:
-    default_resolution: str = _opt("large", "Resolution when a request sends no X-Resolution.", _resolution)
-    max_image_pixels: int = _opt(40_000_000, "An image whose header declares more pixels (width x height) is "
+    default_resolution: str = opt("large", "Resolution when a request sends no X-Resolution.", _resolution)
+    max_image_pixels: int = opt(40_000_000, "An image whose header declares more pixels (width x height) is "
                                              "refused with 413, before the model server decodes it. DeepSeek-OCR "
                                              "scales every image down to its mode (1280 x 1280 in large; a "
                                              "1024 px view and 640 px tiles in gundam), so more pixels add "
                                              "nothing; 40 megapixels holds an A4 page at 600 dpi (35) and "
-                                             "bounds the decoder's memory to about 160 MB.", _positive)
-    max_image_side: int = _opt(16_384, "An image wider or taller than this many pixels is refused with 413 "
-                                       "(long receipts fit; WebP's own maximum).", _positive)
-    policy: str = _opt("strict", "strict: a request runs only on a server in its resolution, the server "
+                                             "bounds the decoder's memory to about 160 MB.", positive)
+    max_image_side: int = opt(16_384, "An image wider or taller than this many pixels is refused with 413 "
+                                       "(long receipts fit; WebP's own maximum).", positive)
+    policy: str = opt("strict", "strict: a request runs only on a server in its resolution, the server "
                                  "switches mode for waiting demand; serve-current: any mode serves it and "
                                  "the result says which.", _policy)
-    min_dwell_s: float = _opt(30.0, "strict: stay in a mode at least this long before switching again, "
-                                    "even when the running mode is idle.", _non_negative)
-    max_mismatch_wait_s: float = _opt(120.0, "strict: a request of another mode that waited this long "
+    min_dwell_s: float = opt(30.0, "strict: stay in a mode at least this long before switching again, "
+                                    "even when the running mode is idle.", non_negative)
+    max_mismatch_wait_s: float = opt(120.0, "strict: a request of another mode that waited this long "
                                              "asks for a switch whatever the count (after the dwell time).",
-                                      _positive)
-    switch_min_demand: int = _opt(2, "strict: requests that must wait for another mode, counted as "
+                                      positive)
+    switch_min_demand: int = opt(2, "strict: requests that must wait for another mode, counted as "
                                      "switch_demand_per_subject at most per subject, before a switch is made "
-                                     "for them (or one waits max_mismatch_wait_s).", _positive)
-    switch_demand_per_subject: int = _opt(1, "strict: the most requests of one subject counted as demand for "
-                                             "a mode, so one subject's many requests weigh as a few.", _positive)
-    max_switches_per_hour: int = _opt(6, "Mode switches (each a restart of the OCR server) in any 60 "
+                                     "for them (or one waits max_mismatch_wait_s).", positive)
+    switch_demand_per_subject: int = opt(1, "strict: the most requests of one subject counted as demand for "
+                                             "a mode, so one subject's many requests weigh as a few.", positive)
+    max_switches_per_hour: int = opt(6, "Mode switches (each a restart of the OCR server) in any 60 "
                                          "minutes, whoever asks: past it the policy and the auto-switch "
-                                         "wait; admin switches are still made, and counted.", _positive)
-    switch_share_per_subject: float = _opt(0.5, "strict: the fraction of max_switches_per_hour one subject's "
+                                         "wait; admin switches are still made, and counted.", positive)
+    switch_share_per_subject: float = opt(0.5, "strict: the fraction of max_switches_per_hour one subject's "
                                                 "requests may cause; past it they no longer count as demand "
                                                 "for the rest of the hour.", _fraction)
+
+
+@dataclass
+class BatchConfig:
+    max_file_mib: float = opt(100.0, "Largest file accepted on POST /v1/files, MiB (streamed to disk, never held in "
+                                      "memory); larger gets 413.", positive)
+    max_files_per_subject: int = opt(100, "Files one subject may keep, uploaded and written by its batches (two "
+                                           "each); past it uploads and batches get 400 until some are deleted.",
+                                      positive)
+    max_lines: int = opt(50_000, "Lines (requests) one batch's input file may hold; more fails the batch at "
+                                  "validation.", positive)
+    max_open_per_subject: int = opt(4, "Batches of one subject not yet ended (validating, in progress, "
+                                        "finalizing, cancelling); one more gets 429.", positive)
+    max_queued_lines: int = opt(2, "Lines of one batch in the queues at once: the rest are fed in as these "
+                                    "finish, so a batch never fills max_waiting.", positive)
+    window_s: float = opt(86400.0, "The deadline of a batch's completion_window \"24h\", in seconds (lower only "
+                                    "to test expiry); lines not run by then end as expired.", positive)
+    upload_timeout_s: float = opt(600.0, "A file upload not received in this many seconds gets 408.", positive)
 
 
 def _at_least_one(v: Any) -> str | None:
@@ -298,92 +304,92 @@ def _divides_day(v: Any) -> str | None:
 
 @dataclass
 class AutoSwitchConfig:
-    enabled: bool = _opt(False, "Switch the OCR server's resolution mode ahead of demand, from the weekly "
+    enabled: bool = opt(False, "Switch the OCR server's resolution mode ahead of demand, from the weekly "
                                 "pattern of recorded OCR requests (OCR requests are recorded either way).")
-    pattern_window_days: int = _opt(7, "Days of recorded OCR requests the weekly pattern is learned from "
-                                       "(best a multiple of 7).", _positive)
-    min_requests_for_switch: int = _opt(10, "A slot's most wanted mode needs at least this many requests "
-                                            "in the window to switch for it.", _positive)
-    margin: float = _opt(1.5, "Hysteresis: the wanted mode needs at least this many times the running "
+    pattern_window_days: int = opt(7, "Days of recorded OCR requests the weekly pattern is learned from "
+                                       "(best a multiple of 7).", positive)
+    min_requests_for_switch: int = opt(10, "A slot's most wanted mode needs at least this many requests "
+                                            "in the window to switch for it.", positive)
+    margin: float = opt(1.5, "Hysteresis: the wanted mode needs at least this many times the running "
                               "mode's requests in the slot.", _at_least_one)
-    lead_s: float = _opt(120.0, "Switch this long before a slot begins; cover the server's restart time.",
-                         _non_negative)
-    slot_minutes: int = _opt(60, "Length of a time slot of the week, in minutes (local time).", _divides_day)
-    dry_run: bool = _opt(False, "Only record and log what would be switched; never switch.")
-    check_interval_s: float = _opt(30.0, "How often the plan is checked.", _positive)
+    lead_s: float = opt(120.0, "Switch this long before a slot begins; cover the server's restart time.",
+                         non_negative)
+    slot_minutes: int = opt(60, "Length of a time slot of the week, in minutes (local time).", _divides_day)
+    dry_run: bool = opt(False, "Only record and log what would be switched; never switch.")
+    check_interval_s: float = opt(30.0, "How often the plan is checked.", positive)
 
 
 @dataclass
 class GpuConfig:
-    enabled: bool = _opt(True, "Watch the GPUs through NVML (memory, temperature, ECC, XID events); "
+    enabled: bool = opt(True, "Watch the GPUs through NVML (memory, temperature, ECC, XID events); "
                                "without NVML everything else still works.")
-    poll_interval_s: float = _opt(5.0, "How often the GPUs are read.", _positive)
+    poll_interval_s: float = opt(5.0, "How often the GPUs are read.", positive)
 
 
 @dataclass
 class BackendConfig:
-    name: str = _opt("", "Backend name (the table's key).")
-    kind: str = _opt("chat", "chat or ocr: which client route it serves.", _kind)
-    models: list[str] = _opt_factory(list, "Model names clients may ask for; the first is sent upstream "
+    name: str = opt("", "Backend name (the table's key).")
+    kind: str = opt("chat", "chat or ocr: which client route it serves.", _kind)
+    models: list[str] = opt_factory(list, "Model names clients may ask for; the first is sent upstream "
                                            "if the server does not know the alias.", _non_empty)
-    command: list[str] = _opt_factory(list, "Command line of the server, one argument per item; {host}, "
+    command: list[str] = opt_factory(list, "Command line of the server, one argument per item; {host}, "
                                             "{port}, {gpu}, {python}, {state_dir}, {name}, {vllm_guard} (the "
                                             "directory of aigw's vLLM middleware) and {api_key} (the per-start "
                                             "secret, also in $VLLM_API_KEY) are filled in.",
                                       _non_empty)
-    host: str = _opt("127.0.0.1", "Loopback address the server listens on.")
-    port: int = _opt(8000, "Port the server listens on.", _port)
-    gpu: int = _opt(0, "GPU index the server runs on.", _non_negative)
-    replicas: int = _opt(1, "Copies of the server to run, fed from one queue (each with its own "
+    host: str = opt("127.0.0.1", "Loopback address the server listens on.")
+    port: int = opt(8000, "Port the server listens on.", _port)
+    gpu: int = opt(0, "GPU index the server runs on.", non_negative)
+    replicas: int = opt(1, "Copies of the server to run, fed from one queue (each with its own "
                             "max_concurrent slots); replica i listens on port + i.", _replica_count)
-    gpus: list[int] = _opt_factory(list, "GPU of each replica, one entry per replica ({gpu} is filled per "
+    gpus: list[int] = opt_factory(list, "GPU of each replica, one entry per replica ({gpu} is filled per "
                                          "replica); empty: every replica on gpu.", _gpu_list)
-    external: list[dict[str, Any]] = _opt_factory(list, "Servers of this model that aigw does not run: "
+    external: list[dict[str, Any]] = opt_factory(list, "Servers of this model that aigw does not run: "
                                                         "[[backends.NAME.external]] with url = "
                                                         "\"http://HOST:PORT\". Health-checked and routed to, "
                                                         "never started or stopped.", _external_list)
-    env: dict[str, str] = _opt_factory(dict, "Extra environment for the server process.")
-    extra_body: dict[str, Any] = _opt_factory(dict, "Fields merged into every request body sent upstream "
+    env: dict[str, str] = opt_factory(dict, "Extra environment for the server process.")
+    extra_body: dict[str, Any] = opt_factory(dict, "Fields merged into every request body sent upstream "
                                                     "(e.g. vllm_xargs for DeepSeek-OCR).")
-    startup_timeout_s: float = _opt(600.0, "How long the server may take to answer /health with 200.",
-                                    _positive)
-    stop_grace_s: float = _opt(30.0, "After SIGTERM, how long before SIGKILL to its process group.",
-                               _non_negative)
-    health_path: str = _opt("/health", "Readiness path: 200 means ready.")
-    max_concurrent: int = _opt(0, "Override of queue.max_concurrent for this backend; 0 = default.",
-                               _non_negative)
-    max_waiting: int = _opt(-1, "Override of queue.max_waiting for this backend; -1 = default.")
-    resolution: str = _opt("large", "OCR backends: the resolution mode the server starts in.", _resolution)
-    start: str = _opt("always", "always: started with the daemon; on-demand: started by the first request "
+    startup_timeout_s: float = opt(600.0, "How long the server may take to answer /health with 200.",
+                                    positive)
+    stop_grace_s: float = opt(30.0, "After SIGTERM, how long before SIGKILL to its process group.",
+                               non_negative)
+    health_path: str = opt("/health", "Readiness path: 200 means ready.")
+    max_concurrent: int = opt(0, "Override of queue.max_concurrent for this backend; 0 = default.",
+                               non_negative)
+    max_waiting: int = opt(-1, "Override of queue.max_waiting for this backend; -1 = default.")
+    resolution: str = opt("large", "OCR backends: the resolution mode the server starts in.", _resolution)
+    start: str = opt("always", "always: started with the daemon; on-demand: started by the first request "
                                 "and stopped after idle_ttl_s without work; manual: only by an admin.",
                       _start_mode)
-    idle_ttl_s: float = _opt(600.0, "on-demand backends: stopped after this long without work.", _positive)
-    health_interval_s: float = _opt(5.0, "While running, GET health_path this often.", _positive)
-    health_timeout_s: float = _opt(3.0, "A health check that takes longer has failed.", _positive)
-    health_failures: int = _opt(3, "This many failed health checks in a row: the server is restarted.",
-                                _positive)
-    gpu_memory_mib: int = _opt(0, "GPU memory the server needs; a start with less free (per NVML) is "
-                                  "refused. 0: no check.", _non_negative)
-    drain_timeout_s: float = _opt(60.0, "A graceful stop waits this long for processing requests.",
-                                  _non_negative)
-    max_start_failures: int = _opt(5, "This many failed starts or crashes within failure_window_s: fatal "
-                                      "(no more tries until an admin starts it).", _positive)
-    failure_window_s: float = _opt(300.0, "Window for max_start_failures.", _positive)
-    backoff_initial_s: float = _opt(1.0, "First restart delay after a failure; doubles each time.", _positive)
-    backoff_max_s: float = _opt(60.0, "Longest restart delay.", _positive)
-    requeue_on_crash: bool = _opt(False, "Requests processing when the server dies are queued again once "
+    idle_ttl_s: float = opt(600.0, "on-demand backends: stopped after this long without work.", positive)
+    health_interval_s: float = opt(5.0, "While running, GET health_path this often.", positive)
+    health_timeout_s: float = opt(3.0, "A health check that takes longer has failed.", positive)
+    health_failures: int = opt(3, "This many failed health checks in a row: the server is restarted.",
+                                positive)
+    gpu_memory_mib: int = opt(0, "GPU memory the server needs; a start with less free (per NVML) is "
+                                  "refused. 0: no check.", non_negative)
+    drain_timeout_s: float = opt(60.0, "A graceful stop waits this long for processing requests.",
+                                  non_negative)
+    max_start_failures: int = opt(5, "This many failed starts or crashes within failure_window_s: fatal "
+                                      "(no more tries until an admin starts it).", positive)
+    failure_window_s: float = opt(300.0, "Window for max_start_failures.", positive)
+    backoff_initial_s: float = opt(1.0, "First restart delay after a failure; doubles each time.", positive)
+    backoff_max_s: float = opt(60.0, "Longest restart delay.", positive)
+    requeue_on_crash: bool = opt(False, "Requests processing when the server dies are queued again once "
                                          "instead of failing.")
-    max_tokens_limit: int = _opt(8192, "A request asking for more than this many answer tokens (max_tokens or "
+    max_tokens_limit: int = opt(8192, "A request asking for more than this many answer tokens (max_tokens or "
                                        "max_completion_tokens) is refused with 400. An answer without either "
                                        "is bounded by the server's context (vLLM's --max-model-len): none is "
                                        "filled in, as vLLM refuses a max_tokens that does not fit beside a "
-                                       "long prompt. Keep it no higher than the server's context.", _positive)
-    vllm_priority: bool = _opt(False, "The server runs vLLM with --scheduling-policy priority: send the "
+                                       "long prompt. Keep it no higher than the server's context.", positive)
+    vllm_priority: bool = opt(False, "The server runs vLLM with --scheduling-policy priority: send the "
                                       "request's class as vLLM's integer priority (high = 0).")
     # A hung engine behind a live API server (vLLM's /health only sees a dead one) shows in deadlines.
-    hung_after_timeouts: int = _opt(3, "This many requests in a row reach their deadline while processing, "
+    hung_after_timeouts: int = opt(3, "This many requests in a row reach their deadline while processing, "
                                        "none completing between: the server is taken as hung, recorded as a "
-                                       "crash and restarted. 0: never.", _non_negative)
+                                       "crash and restarted. 0: never.", non_negative)
 
     @property
     def managed_replicas(self) -> int:
@@ -420,6 +426,8 @@ class Config:
     auto_switch: AutoSwitchConfig = field(default_factory=AutoSwitchConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    pdf: PdfConfig = field(default_factory=PdfConfig)
+    batches: BatchConfig = field(default_factory=BatchConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -437,44 +445,9 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
     "store": StoreConfig, "fleet": FleetConfig,
+    "pdf": PdfConfig,
+    "batches": BatchConfig,
 }
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    if tp in ("float", float):
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp in ("int", int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp in ("str", str):
-        return isinstance(value, str)
-    if tp in ("bool", bool):
-        return isinstance(value, bool)
-    if tp == "list[str]":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if tp == "list[int]":
-        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    if tp == "list[dict[str, Any]]":
-        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
-    if tp == "dict[str, str]":
-        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    if tp == "dict[str, Any]":
-        return isinstance(value, dict)
-    return True
-
-
-# No setting means anything past this (a billion seconds is 31 years), and arithmetic on a larger one,
-# or on inf and nan, fails or overflows far from the config file (a sleep, a timestamp, an int()).
-MAX_NUMBER = 1_000_000_000
-
-
-def _number_problem(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number (not inf or nan)"
-    if abs(value) > MAX_NUMBER:
-        return f"must be between -{MAX_NUMBER:,} and {MAX_NUMBER:,}"
-    return None
 
 
 # Tables of per-name limits inside a section: the class of each entry, and what the names are.
@@ -500,11 +473,11 @@ def _build(cls: type, raw: Any, where: str, fail: Callable[[str, str], ConfigErr
                 raise fail(f"{where}.{key}", f"must be a table of {what}")
             values[key] = {name: _build(limit_cls, v, f"{where}.{key}.{name}", fail) for name, v in value.items()}
             continue
-        if not _type_ok(value, f.type):
+        if not type_ok(value, f.type):
             raise fail(f"{where}.{key}", f"must be of type {f.type}, got {type(value).__name__}")
         if isinstance(value, int) and not isinstance(value, bool) and f.type in ("float", float):
             value = float(value)
-        problem = _number_problem(value)
+        problem = number_problem(value)
         if problem:
             raise fail(f"{where}.{key}", problem)
         check = f.metadata.get("check")
@@ -540,6 +513,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
     problem = store_problem(sections["store"])
     if problem:
         raise fail("store", problem)
+    problem = fleet_problem(sections["fleet"])
+    if problem:
+        raise fail("fleet", problem)
     for key, value in (overrides or {}).items():
         problem = dict(listen=_listen, state_dir=_non_empty, control_socket=_non_empty)[key](value)
         if problem:

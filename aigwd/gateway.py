@@ -26,6 +26,8 @@ from .config import RESOLUTIONS, Config
 from .errors import ApiError
 from .headers import RequestHeaders
 from .metrics import Metrics
+from .pdf.document import Document, PageJob, Prepared
+from .pdf.documents import Documents
 from .priority import Priority
 from .scheduling.backendqueues import ShareFull
 from .scheduling.fairqueue import Job
@@ -37,6 +39,8 @@ FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
 # A request interrupted this many times by daemon restarts fails instead of running again.
 MAX_ATTEMPTS = 3
 STREAM_BUFFER_CHUNKS = 64
+# How long a stop waits for the outcomes not yet written; a store that cannot take them keeps them queued.
+SAVE_AT_STOP_S = 10.0
 
 
 @dataclass(eq=False)
@@ -56,6 +60,12 @@ class Live:
     # error answer of the backend to pass on unchanged.
     chunks: ChunkStream | None = None
     upstream_error: tuple[int, bytes] | None = None
+    # A PDF: its pages run as jobs of their own (aigwd/pdf/documents.py); the request itself is not queued.
+    document: Document | None = None
+    # Background work (a batch line): lowest class, never aged, and it gives its waiting place up to an
+    # interactive request that would otherwise be refused (yielded: its batch feeds it in again later).
+    background: bool = False
+    yielded: bool = False
     # Fleet mode: the token of this host's lease on it in the shared queue; its outcome is written fenced.
     lease: int | None = None
 
@@ -104,6 +114,7 @@ class Gateway:
         # Fleet mode ([store] url): set by the daemon; None keeps every request on this host.
         self.fleet: SharedQueue | None = None
         self.metrics = Metrics()
+        self.documents = Documents(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -128,8 +139,25 @@ class Gateway:
         return rt
 
     async def submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
-                     payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None) -> Live:
-        """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once."""
+                     payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None,
+                     document: Prepared | None = None, background: bool = False) -> Live:
+        """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once. A PDF
+        (`document`) is not queued itself: its pages are, once it is accepted."""
+        try:
+            live, job = await self._submit(rt, subject=subject, headers=headers, model=model, payload=payload,
+                                           sync=sync, stream=stream, account=account, document=document,
+                                           background=background)
+        except BaseException:
+            if document is not None:
+                await asyncio.shield(self.documents.abandon(document))
+            raise
+        if document is not None:
+            self.documents.start(live, job, document)
+        return live
+
+    async def _submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
+                      payload: bytes, sync: bool, stream: bool, account: str | None,
+                      document: Prepared | None, background: bool) -> tuple[Live, Job]:
         client_id, priority, resolution = headers.client_id, headers.priority, headers.resolution
         now_wall, now_mono = time.time(), time.monotonic()
         timeout = self.cfg.queue.timeout_s
@@ -137,22 +165,30 @@ class Gateway:
             id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=rt.cfg.name, model=model,
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
             queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync, account=account)
-        live = Live(rec, payload)
+        live = Live(rec, payload, background=background)
         if self.fleet is not None:
-            if not (sync or stream):
-                return await self._submit_shared(rt, live, payload)
+            # /api requests go to the fleet's queue; what is held on a connection (/v1), a PDF's pages and
+            # batch lines run on this host, which must then serve the model.
+            if not (sync or stream or document is not None or background):
+                job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
+                          deadline=now_mono + timeout, data=live, subject=subject)
+                return await self._submit_shared(rt, live, payload), job
             if not rt.replicas:
                 raise ApiError(503, f"Model {model} is not served on this host ({self.fleet.node}): requests held "
-                                    "on the connection (/v1) run on a host that serves their model; send them "
-                                    "there, or use /api/chat and GET /api/requests/{id}", {"Retry-After": "5"})
+                                    "on the connection (/v1), PDFs and batches run on a host that serves their "
+                                    "model; send them there, or use /api/chat and GET /api/requests/{id}",
+                               {"Retry-After": "5"})
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.
             live.chunks = ChunkStream(STREAM_BUFFER_CHUNKS)
         job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
-                  deadline=now_mono + timeout, data=live, subject=subject)
+                  deadline=now_mono + timeout, data=live, subject=subject, ages=not background)
         self.live[rec.id] = live
         try:
-            rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
+            if document is None:
+                self._enqueue(rt, job, resolution)  # reserves the slot at once, so the bound holds while we store
+            else:  # its pages run within the same bounds: it needs the room one waiting request would take
+                rt.queues.check_room(job, resolution)
         except ShareFull as exc:
             del self.live[rec.id]
             raise self._refused(rt, subject, exc.held) from None
@@ -167,13 +203,38 @@ class Gateway:
             else:
                 await self.store.add_request(rec, payload)
         except StoreError as exc:
-            rt.queues.cancel(rec.id)
+            if document is None:
+                rt.queues.cancel(rec.id)
             self.live.pop(rec.id, None)
             raise self._not_stored(rec.id, exc) from None
         if len(payload) > self.store.spool_threshold:
             live.payload = None  # on disk now; do not hold large bodies in memory while queued
         self._accepted(rt, rec)
-        return live
+        return live, job
+
+    def _enqueue(self, rt: ModelService, job: Job, resolution: str | None) -> None:
+        """Reserve the slot at once, so the bound holds while the request is stored. An interactive request
+        that finds the waiting room (or its subject's share of it) full takes the place of a waiting batch
+        line instead of being refused: batches only ever use room nobody else asks for."""
+        try:
+            rt.queues.submit(job, resolution)
+        except QueueFull as exc:
+            live: Live = job.data
+            if live.background or not self._yield_place(rt, job.subject if isinstance(exc, ShareFull) else None):
+                raise
+            rt.queues.submit(job, resolution)
+
+    def _yield_place(self, rt: ModelService, subject: str | None) -> bool:
+        """Take one waiting batch line of this backend (of `subject`, when given) out of its queue."""
+        for live in self.live.values():
+            rec = live.record
+            if (live.background and rec.status == "queued" and rec.backend == rt.cfg.name
+                    and (subject is None or rec.subject == subject) and rt.queues.cancel(rec.id) == "queued"):
+                live.yielded = True
+                self._background(self._finish(live, "cancelled", error="gave its waiting place to an "
+                                                                       "interactive request"))
+                return True
+        return False
 
     async def _submit_shared(self, rt: ModelService, live: Live, payload: bytes) -> Live:
         """Fleet mode: stored in the shared queue (the bound counted fleet-wide); any host serving it runs it."""
@@ -240,6 +301,8 @@ class Gateway:
     # --- running ---------------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> str:
+        if isinstance(job.data, PageJob):
+            return await self.documents.run_page(job)
         live: Live = job.data
         rec = live.record
         rt = self.backends[rec.backend]
@@ -341,6 +404,9 @@ class Gateway:
         return json.dumps(body).encode()
 
     def _timed_out(self, job: Job, was_processing: bool) -> None:
+        if isinstance(job.data, PageJob):
+            self.documents.page_timed_out(job, was_processing)
+            return
         live: Live = job.data
         where = "processing" if was_processing else "queued"
         self._background(self._finish(
@@ -364,12 +430,17 @@ class Gateway:
                    priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
                    service_s=round(service_s, 4), error=error)
         service = self.backends.get(rec.backend)
-        if service is not None:
+        if service is not None and live.document is None:  # a PDF's pages told it of themselves
             service.finished(status, rec.started_at is not None, live.replica)
         await self._save(live)
 
     async def _save(self, live: Live) -> None:
         rec = live.record
+        if live.background and not live.has_row:
+            # A batch line: its result goes to its batch's output or error file; a row would hold it twice.
+            live.saved = True
+            self.live.pop(rec.id, None)
+            return
         try:
             if live.lease is not None and self.fleet is not None:
                 if not await self.fleet.finish(live):
@@ -397,10 +468,16 @@ class Gateway:
             rec = live.record
             position = None
             if rec.status == "queued" and rec.backend in self.backends:
-                position = self.backends[rec.backend].queues.position(rec.id)
+                rt = self.backends[rec.backend]
+                position = rt.queues.position(rec.id) if live.document is None else \
+                    self.documents.position(rec.id, rt)
             return rec, position
         rec_db = await self.store.get_request(request_id)
         return (rec_db, None) if rec_db is not None else None
+
+    def progress(self, request_id: str) -> dict[str, int] | None:
+        """A PDF request's pages done of total while it runs; None for anything else."""
+        return self.documents.progress(request_id)
 
     async def wait(self, request_id: str, timeout_s: float) -> None:
         live = self.live.get(request_id)
@@ -422,7 +499,11 @@ class Gateway:
         if live is None or live.record.status in FINAL_STATUSES:
             return None
         rt = self.backends[live.record.backend]
-        was = rt.queues.cancel(request_id)
+        if live.document is not None:
+            await self.documents.cancel(live)
+            was: str | None = "processing" if live.started.is_set() else "queued"
+        else:
+            was = rt.queues.cancel(request_id)
         await self._finish(live, "cancelled",
                            error="cancelled by the client" + (" while processing" if was == "processing"
                                                               else ""))
@@ -433,6 +514,8 @@ class Gateway:
         live = self.live.get(request_id)
         if live is not None:
             self._background(self._finish(live, "failed", error=reason))
+        else:
+            self.documents.fail_page(request_id, reason)
 
     # --- start-up and shutdown -------------------------------------------------------------------
 
@@ -462,6 +545,13 @@ class Gateway:
                           deadline=now_mono + (rec.deadline_at - now_wall), data=live, subject=rec.subject)
                 if rt.cfg.kind == "ocr" and rec.resolution not in RESOLUTIONS:
                     rec.resolution = rt.cfg.resolution
+                if rt.cfg.kind == "ocr" and await self.documents.recover(live, job):
+                    if rec.status not in FINAL_STATUSES:
+                        await self.store.requeue(rec.id, rec.attempts)
+                        counts["requeued"] += 1
+                    else:
+                        counts["failed"] += 1
+                    continue
                 rt.queues.submit(job, rec.resolution, force=True)  # accepted once: it always fits
                 await self.store.requeue(rec.id, rec.attempts)
                 counts["requeued"] += 1
@@ -492,13 +582,16 @@ class Gateway:
     async def close(self) -> None:
         """Stop running work; what was processing stays 'processing' on disk and runs again next start."""
         self._closing = True
+        await self.documents.close()  # first: no driver queues a page into a closing queue
         for rt in self.backends.values():
             await rt.close_queues()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Outcomes a full disk refused get a last try: a request left 'processing' on disk would run again.
-        await self.save_unsaved()
+        # Bounded: a database that cannot be reached must not hold the stop (its writes wait in the store).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.save_unsaved(), SAVE_AT_STOP_S)
         for rt in self.backends.values():
             await rt.close_connections()
 

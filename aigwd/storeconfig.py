@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from .configfields import opt, opt_factory, positive
 
 SCHEMES = ("postgresql", "postgres")
+# Query options a [store] url may carry: TLS to the database (asyncpg reads them from the URL).
+URL_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -32,13 +37,21 @@ def url_problem(url: str) -> str | None:
         return "names no database; the form is postgresql://USER@HOST:PORT/DB"
     if port is not None and not 1 <= port <= 65535:
         return "port must be 1-65535"
-    if parts.query or parts.fragment:
-        return "takes no ?options or #fragment"
+    if parts.fragment:
+        return "takes no #fragment"
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if key not in URL_OPTIONS:
+            return f"takes no ?{key}=; the options it takes are {', '.join(URL_OPTIONS)}"
+        if key == "sslmode" and values[-1] not in SSLMODES:
+            return f"sslmode must be one of {', '.join(SSLMODES)}"
     return None
 
 
-def _opt(default: Any, help: str, check: Any = None) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
+def fleet_problem(fleet: FleetConfig) -> str | None:
+    if fleet.lost_after_s < 2 * fleet.heartbeat_s:
+        return (f"lost_after_s ({fleet.lost_after_s:g}) must be at least twice heartbeat_s ({fleet.heartbeat_s:g}), "
+                "or one late heartbeat shows a live host as lost")
+    return None
 
 
 def _url(v: Any) -> str | None:
@@ -63,20 +76,33 @@ def _readers(v: Any) -> str | None:
 
 @dataclass
 class StoreConfig:
-    url: str = _opt("", "PostgreSQL database the daemon keeps its state in, postgresql://USER@HOST:PORT/DB: the "
+    url: str = opt("", "PostgreSQL database the daemon keeps its state in, postgresql://USER@HOST:PORT/DB: the "
                         "base of running several hosts on one database. Empty: SQLite in server.state_dir. Keep "
                         "the password out of the URL: use password_file.", _url)
-    password_file: str = _opt("", "File holding the PostgreSQL password (readable by the daemon only); read at "
+    password_file: str = opt("", "File holding the PostgreSQL password (readable by the daemon only); read at "
                                   "start. Empty: the URL's password, or none (trust, peer or .pgpass).")
-    connect_timeout_s: float = _opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
+    connect_timeout_s: float = opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
                                     lambda v: None if v > 0 else "must be greater than 0")
-    readers: int = _opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
-    synchronous_commit: bool = _opt(True, "true: a write returns once PostgreSQL has flushed it to disk. false: "
-                                          "once it is committed, the flush following within a fraction of a "
-                                          "second (PostgreSQL's synchronous_commit = off, the level of the SQLite "
-                                          "store's WAL): a crash of aigwd or of PostgreSQL loses nothing, a power "
-                                          "cut of the database host may lose the last commits; each request's "
-                                          "path is several milliseconds faster on slow disks.")
+    readers: int = opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
+    synchronous_commit: bool = opt(True, "true: a write returns once PostgreSQL has flushed it to disk. false: "
+                                         "once it is committed, the flush following within a fraction of a "
+                                         "second (PostgreSQL's synchronous_commit = off, the level of the SQLite "
+                                         "store's WAL): a crash of aigwd or of PostgreSQL loses nothing, a power "
+                                         "cut of the database host may lose the last commits; each request's "
+                                         "path is several milliseconds faster on slow disks.")
+
+
+def _address(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"is not a URL ({exc}); the form is http://HOST:PORT"
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+        return "must be http://HOST:PORT or https://HOST:PORT, nothing after the port"
+    return None
 
 
 def _lease(v: Any) -> str | None:
@@ -95,18 +121,28 @@ def _serve(v: Any) -> str | None:
 
 @dataclass
 class FleetConfig:
-    node: str = _opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
-    lease_s: float = _opt(5.0, "With [store] url: a request a host runs is leased to it for this long and renewed "
-                               "while it runs; a host that dies stops renewing, and its requests run elsewhere "
-                               "once the lease has run out.", _lease)
-    serve: list[str] = field(default_factory=lambda: ["*"], metadata={
-        "check": _serve,
-        "help": "With [store] url: the backends whose model servers this host runs and takes queued work for; "
-                "\"*\": all configured. The others are only accepted here and run by the hosts that serve "
-                "them; [] serves none."})
-    poll_s: float = _opt(2.0, "With [store] url: how often a host looks for queued work and finished requests "
-                              "when no notification came (notifications wake it at once; this is the safety net).",
-                         _poll)
+    node: str = opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
+    address: str = opt("", "URL the other hosts reach this host's API at, http://HOST:PORT (or https:// behind a "
+                           "TLS proxy); shown in /admin/fleet and used to forward admin actions that name this "
+                           "host. Empty: server.listen, with the host name when it listens on every address.",
+                        _address)
+    secret_file: str = opt("", "File holding the secret hosts present to each other when one forwards an admin "
+                               "action to another (the same file on every host, readable by the daemon only, "
+                               "at least 32 characters). Empty: actions naming another host are refused, and "
+                               "so are calls from other hosts.")
+    ca_file: str = opt("", "CA certificates to trust for https:// addresses of other hosts. Empty: the system's.")
+    heartbeat_s: float = opt(1.0, "How often this host writes its row in the fleet's registry.", positive)
+    lost_after_s: float = opt(5.0, "A host whose last heartbeat is older than this is shown as lost, and its node "
+                                   "name may be taken by another host. At least twice heartbeat_s.", positive)
+    lease_s: float = opt(5.0, "With [store] url: a request a host runs is leased to it for this long and renewed "
+                              "while it runs; a host that dies stops renewing, and its requests run elsewhere "
+                              "once the lease has run out.", _lease)
+    serve: list[str] = opt_factory(lambda: ["*"], "With [store] url: the backends whose model servers this host "
+                                   "runs and takes queued work for; \"*\": all configured. The others are only "
+                                   "accepted here and run by the hosts that serve them; [] serves none.", _serve)
+    poll_s: float = opt(2.0, "With [store] url: how often a host looks for queued work and finished requests "
+                             "when no notification came (notifications wake it at once; this is the safety net).",
+                        _poll)
 
     def serves(self, backend: str) -> bool:
         return "*" in self.serve or backend in self.serve

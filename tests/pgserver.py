@@ -59,6 +59,7 @@ class PgServer:
         self.password_file = self.root / "password"
         self._names = itertools.count(1)
         self.started = False
+        self.durable = False
 
     def _as_owner(self) -> list[str]:
         return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -71,6 +72,7 @@ class PgServer:
 
     def start(self, *, durable: bool = False) -> None:
         """durable: keep PostgreSQL's fsync and synchronous commits (for benchmarks that claim durability)."""
+        self.durable = durable
         bindir = bin_dir()
         assert bindir is not None
         self.password_file.write_text(PASSWORD + "\n")
@@ -82,12 +84,24 @@ class PgServer:
         self._run(str(bindir / "initdb"), "-D", str(data), "-U", USER, "--auth-local=trust",
                   "--auth-host=scram-sha-256", f"--pwfile={self.password_file}", "-E", "UTF8", "--no-locale",
                   "--no-sync", owner=True)
-        # fsync off: tests need speed, not durability across power loss.
-        fast = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-        options = f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} {fast}-c max_connections=200"
-        self._run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.root / "log"), "-w",
-                  "start", owner=True)
+        self.resume()
         self.started = True
+
+    def resume(self) -> None:
+        """Start the server (again, after pause) on the same port and data."""
+        bindir = bin_dir()
+        assert bindir is not None
+        # fsync off: tests need speed, not durability across power loss.
+        fast = "" if self.durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        options = f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} {fast}-c max_connections=200"
+        self._run(str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l",
+                  str(self.root / "log"), "-w", "start", owner=True)
+
+    def pause(self) -> None:
+        """Stop the server as an operator's restart does (connections cut); resume() starts it again."""
+        bindir = bin_dir()
+        assert bindir is not None
+        self._run(str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop", owner=True)
 
     def url(self, database: str) -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"

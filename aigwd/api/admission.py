@@ -3,15 +3,16 @@
 Each step runs in this order for all of them, so a refusal is the same whichever route was used:
 the caller's identity (already checked by the middleware) and its headers, parsed once into
 RequestHeaders; the rate limits, before the body is read, so a client over its limit costs no upload;
-the body's checks; the choice of backend (404 for an unknown model, 400 for the wrong kind); then the
-gateway, which applies the waiting bound and the subject's share of it. The OpenAI route learns the kind
-(chat or OCR) from the model, so it reads X-Resolution only once the body has named an OCR model.
+the store's availability (503 while its database cannot be reached); the body's checks; the choice of
+backend (404 for an unknown model, 400 for the wrong kind); then the gateway, which applies the waiting
+bound and the subject's share of it. The OpenAI route learns the kind (chat or OCR) from the model, so it
+reads X-Resolution only once the body has named an OCR model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,6 +22,8 @@ from ..auth.apikeys import ApiKey
 from ..errors import ApiError, bad_request
 from ..gateway import Live
 from ..headers import RequestHeaders
+from ..pdf.document import Prepared
+from ..pdf.documents import pdf_of
 from ..priority import Priority
 from ..service import ModelService
 from . import validation
@@ -49,9 +52,9 @@ def with_resolution(parsed: RequestHeaders, headers: Mapping[str, str], default:
     return replace(parsed, resolution=validation.resolution(headers, default))
 
 
-def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
+async def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
     subject = request[CLAIMS].sub
-    wait, scope = services.limiter.admit(subject, client_id)
+    wait, scope = await services.limiter.take(subject, client_id)
     if wait > 0:
         services.gateway.metrics.rejected("-", 429)
         retry = max(1, math.ceil(wait))
@@ -75,11 +78,14 @@ class Admission:
     headers: RequestHeaders
     subject: str
     account: str  # the account id that owns the request (a user's id, or an API key's account)
+    pdf: bool = False  # the image slot holds a PDF: opened by open_document before the gateway takes it
+    document: Prepared | None = None  # a PDF, opened and within its bounds: its pages are OCR'd one by one
 
     def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
         """The gateway's submit, not yet awaited: a route holding the connection shields it."""
         return services.gateway.submit(self.backend, subject=self.subject, headers=self.headers, model=self.model,
-                                       payload=self.raw, sync=sync, stream=stream, account=self.account)
+                                       payload=self.raw, sync=sync, stream=stream, account=self.account,
+                                       document=self.document)
 
 
 async def admit(request: web.Request, kind: str | None) -> Admission:
@@ -89,25 +95,68 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     parsed = read_headers(request.headers, request.get(API_KEY))
     if kind == "ocr":
         parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
-    rate_limit(request, services, parsed.client_id)
+    await rate_limit(request, services, parsed.client_id)
+    store_down = services.gateway.store.unavailable
+    if store_down is not None:  # refused before the upload: nothing could be accepted anyway
+        raise ApiError(503, f"The gateway cannot accept requests right now: {store_down}; retry later",
+                       {"Retry-After": "5"})
     await read_body(request)
     raw = await request.read()
+    admission = check_body(services, raw, parsed, request.headers, kind, admin=request[ROLE] == "admin",
+                           subject=claims.sub, account=claims.uid)
+    return await open_document(services, admission, stream=kind is None and bool(admission.body.get("stream")))
+
+
+def check_body(services: Services, raw: bytes, parsed: RequestHeaders, headers: Mapping[str, str],
+               kind: str | None, *, admin: bool, subject: str, account: str) -> Admission:
+    """The body's checks and the choice of backend: the same for a request on a route and a batch line."""
     body = validation.parse_json(raw)
     openai = kind is None
     model = validation.chat_body(body, allow_stream=openai)
-    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
+    validation.forwarded_fields(body, admin=admin)
     if kind is None:
         name = services.gateway.model_index.get(model)
         kind = services.cfg.backends[name].kind if name else "chat"
         if kind == "ocr":
-            parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
+            parsed = with_resolution(parsed, headers, services.cfg.ocr.default_resolution)
+    pdf = False
     if kind == "ocr":
         ocr = services.cfg.ocr
-        validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
+        pdf = validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
     elif validation.image_parts(body):
         raise bad_request(f"Model {model} takes text only; images go to the OCR model" if openai
                           else "Images go to /api/ocr; /api/chat takes text messages")
-    rt = services.gateway.backend_for(model, kind, parsed.client_id, claims.sub)
+    rt = services.gateway.backend_for(model, kind, parsed.client_id, subject)
     validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
-    return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=claims.sub,
-                     account=claims.uid)
+    return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=subject,
+                     account=account, pdf=pdf)
+
+
+async def open_document(services: Services, admission: Admission, *, stream: bool) -> Admission:
+    """A PDF's pages, opened in its own render process off the event loop; 400 or 413 when it cannot or may
+    not be. Anything else passes as it is."""
+    if not admission.pdf:
+        return admission
+    data = pdf_of(admission.body)
+    assert data is not None  # checked by check_body
+    document = await services.gateway.documents.prepare(data, admission.body, stream=stream)
+    return replace(admission, document=document)
+
+
+def batch_line_submitter(services: Services) -> Callable[[bytes, str, str, str], Awaitable[Live]]:
+    """How a batch line enters: the checks of /v1/chat/completions (no rate limit: a batch feeds a bounded
+    number of lines at a time), then the gateway at the lowest class, as background work."""
+
+    async def submit(raw: bytes, subject: str, account: str, client_id: str) -> Live:
+        parsed = RequestHeaders(client_id, Priority.LOW)
+        admission = check_body(services, raw, parsed, {}, None, admin=False, subject=subject, account=account)
+        if admission.body.get("stream"):
+            raise bad_request("stream is not available in a batch; its answers go to the output file")
+        if admission.pdf:
+            raise bad_request("a PDF is not available in a batch line; send its pages as images, or the PDF "
+                              "to /v1/chat/completions")
+        return await services.gateway.submit(admission.backend, subject=subject, headers=admission.headers,
+                                             model=admission.model, payload=raw, sync=True, account=account,
+                                             background=True)
+
+    return submit

@@ -16,8 +16,9 @@ from .context import SERVICES
 from .middleware import CLAIMS, ROLE
 
 
-def request_view(rec: RequestRecord, position: int | None) -> bytes:
-    """The request's public state; a completed result is the backend's answer, byte for byte."""
+def request_view(rec: RequestRecord, position: int | None, progress: dict[str, int] | None = None) -> bytes:
+    """The request's public state; a completed result is the backend's answer, byte for byte (a PDF's is its
+    pages' answers joined). While a PDF runs, `progress` says how many of its pages are done."""
     view: dict[str, Any] = {
         "request_id": rec.id, "status": rec.status, "model": rec.model, "client_id": rec.client_id,
         "priority": rec.priority, "queued_at": iso(rec.queued_at), "started_at": iso(rec.started_at),
@@ -29,6 +30,8 @@ def request_view(rec: RequestRecord, position: int | None) -> bytes:
             view["served_resolution"] = rec.served_resolution
     if position is not None:
         view["position"] = position
+    if progress is not None:
+        view.update(progress)
     if rec.error is not None:
         view["error"] = rec.error
     text = json.dumps(view)
@@ -44,6 +47,8 @@ async def _submit(request: web.Request, kind: str) -> web.Response:
     if kind == "ocr":
         answer["resolution"] = admission.headers.resolution
         answer["message"] = "Request queued for OCR processing"
+        if live.document is not None:
+            answer["pages_total"] = live.document.total
     else:
         answer["message"] = "Request queued for processing"
     return web.json_response(answer, status=202)
@@ -83,7 +88,8 @@ async def get_request(request: web.Request) -> web.Response:
     if wait_s > 0 and rec.status in ("queued", "processing"):
         await services.gateway.wait(rec.id, wait_s)
     rec, position = await _owned(request)
-    return web.Response(body=request_view(rec, position), content_type="application/json")
+    return web.Response(body=request_view(rec, position, services.gateway.progress(rec.id)),
+                        content_type="application/json")
 
 
 async def delete_request(request: web.Request) -> web.Response:

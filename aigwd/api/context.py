@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..auth.apikeys import ApiKeyDirectory
+from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenService
 from ..auth.users import UserDirectory
 from ..autoswitch import AutoSwitcher
@@ -20,7 +21,10 @@ from ..gpu import GpuMonitor
 from ..scheduling.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from ..batches import BatchRunner
     from ..control.plane import ControlPlane
+    from ..fleet.forward import Forwarder
+    from ..fleet.registry import FleetRegistry
 
 
 @dataclass(eq=False)
@@ -38,6 +42,13 @@ class Services:
     manager: ModelManager | None = None
     # The admin commands; set by the daemon, served on /admin/* and on the control socket.
     control: ControlPlane | None = None
+    # The OpenAI Batch API's runner; set by the daemon.
+    batches: BatchRunner | None = None
+    # Counts failed logins in the shared store (fleet mode); None: the login route's own, in memory.
+    login_throttle: LoginThrottle | None = None
+    # Fleet mode ([store] url): the registry of hosts, and the forwarding of admin actions to them.
+    fleet: FleetRegistry | None = None
+    forwarder: Forwarder | None = None
 
 
 SERVICES = web.AppKey("services", Services)

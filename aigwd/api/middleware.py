@@ -12,12 +12,18 @@ from .. import logs
 from ..auth import apikeys
 from ..auth.tokens import Claims, TokenError
 from ..errors import ApiError
+from ..store import StoreError
 from .context import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json"})
+# /fleet/v1/command takes no token: it checks the fleet secret itself (api/fleet_routes.py).
+PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json", "/fleet/v1/command"})
 # Submissions read their body themselves, after the rate limit: a limited client's body is never read.
 SUBMISSION_PATHS = frozenset({"/api/chat", "/api/ocr", "/v1/chat/completions"})
+# Uploads streamed to disk by their handler, within their own bound: never read into memory here.
+STREAMED_PATHS = frozenset({"/v1/files"})
+# Room for the multipart framing and the purpose field around an uploaded file.
+MULTIPART_SLACK = 64 * 1024
 CLAIMS = web.RequestKey("claims", Claims)
 ROLE = web.RequestKey("role", str)
 API_KEY = web.RequestKey("api_key", apikeys.ApiKey)
@@ -62,6 +68,9 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The answer to an exception out of a handler; redirects and the like are raised again."""
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.detail, exc.headers, request.path)
+    if isinstance(exc, StoreError):  # e.g. a login while the fleet's database cannot be reached
+        return error_response(503, f"The state database is not available right now ({exc}); retry later",
+                              {"Retry-After": "5"}, request.path)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
@@ -118,6 +127,9 @@ def body_limit(request: web.Request) -> tuple[int, str]:
     cfg = request.app[SERVICES].cfg.server
     if request.path in SUBMISSION_PATHS:
         return int(cfg.max_body_mib * 1024 * 1024), f"{cfg.max_body_mib:g} MiB"
+    if request.path in STREAMED_PATHS and request.method == "POST":
+        mib = request.app[SERVICES].cfg.batches.max_file_mib
+        return int(mib * 1024 * 1024) + MULTIPART_SLACK, f"{mib:g} MiB for a file (batches.max_file_mib)"
     return int(cfg.max_small_body_kib * 1024), f"{cfg.max_small_body_kib:g} KiB on this route"
 
 
@@ -160,7 +172,8 @@ async def client_layer(request: web.Request, handler: Handler) -> web.StreamResp
     layer, as every layer costs every request."""
     try:
         check_length(request)
-        small = request.path not in SUBMISSION_PATHS
+        small = request.path not in SUBMISSION_PATHS and not (request.path in STREAMED_PATHS
+                                                              and request.method == "POST")
         if small and request.body_exists:
             # The same request with the small bound, which aiohttp enforces while it reads chunks.
             request = request.clone(client_max_size=body_limit(request)[0])

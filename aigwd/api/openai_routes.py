@@ -39,7 +39,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     admission = await admit(request, None)
     stream = bool(admission.body.get("stream"))
     submitting = admission.submit(services, sync=True, stream=stream)
-    if len(admission.raw) <= services.gateway.store.spool_threshold:
+    small = len(admission.raw) <= services.gateway.store.spool_threshold
+    del admission  # its body (a PDF's may be tens of MiB) is not held while the request runs
+    if small:
         live = await submitting  # stored once finished: nothing to wait on, so no cancel can land inside
     else:
         # Its body is written to the store first; a client gone meanwhile must not leave it half accepted.
@@ -104,14 +106,15 @@ async def _stream_to(request: web.Request, resp: web.StreamResponse, services: S
     assert chunks is not None
     while True:
         if live.started.is_set() or live.done.is_set():
-            chunk = await chunks.get()
+            chunk = await chunks.take()
         else:
             # Queued: say where it stands as SSE comments, which every client ignores.
-            position = rt.queues.position(live.record.id)
+            position = rt.queues.position(live.record.id) if live.document is None else \
+                services.gateway.documents.position(live.record.id, rt)  # a PDF: its first waiting page
             if position is not None:
                 await resp.write(f": queued position={position}\n\n".encode())
             try:
-                chunk = await chunks.get(POSITION_INTERVAL_S)
+                chunk = await chunks.take(POSITION_INTERVAL_S)
             except TimeoutError:
                 continue
         if chunk is None:

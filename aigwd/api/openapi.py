@@ -17,6 +17,7 @@ from ..control.catalog import default_registry
 from ..control.http import NDJSON, NEXT_CURSOR
 from ..control.registry import Arg, Command
 from ..priority import LABELS
+from .openapi_batches import batch_paths
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -111,11 +112,12 @@ _SCHEMAS: dict[str, Any] = {
         "parallel_tool_calls": {"type": "boolean"}}},
     "Accepted": {"type": "object", "required": ["request_id", "status", "message"], "properties": {
         "request_id": {"type": "string"}, "status": {"const": "queued"}, "message": {"type": "string"},
-        "resolution": {"type": "string"}}},
+        "resolution": {"type": "string"}, "pages_total": {"type": "integer"}}},
     "RequestView": {"type": "object", "required": ["request_id", "status", "model"], "properties": {
         "request_id": {"type": "string"},
         "status": {"enum": ["queued", "processing", "completed", "failed", "timeout", "cancelled"]},
         "model": {"type": "string"}, "client_id": {"type": "string"}, "position": {"type": "integer"},
+        "pages_total": {"type": "integer"}, "pages_done": {"type": "integer"}, "pages_failed": {"type": "integer"},
         "error": {"type": "string"}, "result": OBJECT}},
     "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
         "object": {"const": "list"}, "data": {"type": "array", "items": {
@@ -148,7 +150,7 @@ def _client_paths() -> dict[str, Any]:
                                    "requestBody": _body(_ref("RefreshBody"), FORM, JSON),
                                    "responses": {"200": _json(_ref("TokenPair"), 200), **login_errors}}},
         "/api/chat": {"post": {"summary": "Queue a chat request", **submit}},
-        "/api/ocr": {"post": {"summary": "Queue an OCR request (one PNG, JPEG or WebP image)", **ocr}},
+        "/api/ocr": {"post": {"summary": "Queue an OCR request (a PNG, JPEG or WebP image, or a PDF)", **ocr}},
         "/api/requests/{request_id}": {
             "get": {"summary": "A request's state and result", "parameters": [
                 _REQUEST_ID, {"name": "wait", "in": "query", "required": False,
@@ -166,6 +168,12 @@ def _client_paths() -> dict[str, Any]:
                           **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504, openai=True)}}},
         "/admin/commands": {"get": {"summary": "Every admin command and its arguments", "responses": {
             "200": _json({"type": "object", "required": ["commands"]}, 200), **_errors(401, 403)}}},
+        "/fleet/v1/command": {"post": {
+            "summary": "Fleet mode, host to host: run an admin command another host forwarded (needs the fleet "
+                       "secret in X-Aigw-Fleet-Secret, not a token)",
+            "security": [{"fleet": []}],
+            "requestBody": _body({"type": "object", "required": ["command", "args", "actor", "from", "to"]}),
+            "responses": {"200": _json(OBJECT, 200), **_errors(400, 403, 409, 503)}}},
     }
 
 
@@ -210,13 +218,14 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
         success["headers"] = {NEXT_CURSOR: {
             "description": "The next page: send it back as cursor. Absent on the last page.",
             "schema": {"type": "string"}}}
-    op["responses"] = {str(ok): success, **_errors(400, 401, 403, 404, 409, 413, 503)}
+    forwarded = (502,) if cmd.arg("node") else ()  # fleet mode: the host it names did not answer
+    op["responses"] = {str(ok): success, **_errors(400, 401, 403, 404, 409, 413, 503, *forwarded)}
     return op
 
 
 def document() -> dict[str, Any]:
-    paths = _client_paths()
-    for cmd in default_registry():
+    paths = {**_client_paths(), **batch_paths()}
+    for cmd in default_registry(fleet=True):
         if cmd.path is not None:
             paths.setdefault(cmd.path, {})[cmd.method.lower()] = _admin_operation(cmd)
     for ops in paths.values():
@@ -233,7 +242,9 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"schemas": _SCHEMAS,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                                           "fleet": {"type": "apiKey", "in": "header",
+                                                     "name": "X-Aigw-Fleet-Secret"}}},
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -10,6 +11,7 @@ from ..bounds import MAX_CLIENT_ID, MAX_MODEL_NAME, check_length
 from ..config import RESOLUTIONS
 from ..errors import ApiError, bad_request
 from ..images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageInfo, inspect_data_url, size_problem
+from ..pdf.document import PDF_MAGIC_WITHIN, is_pdf
 from ..priority import Priority
 
 CLIENT_ID_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{MAX_CLIENT_ID}}}$")
@@ -17,6 +19,8 @@ ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 MAX_MESSAGES = 1024
 MAX_TOKENS_LIMIT = 131072
 MAX_DEPTH = 32
+# Base64 characters that hold where a PDF's header may start.
+PDF_PREFIX_CHARS = (PDF_MAGIC_WITHIN + 8) // 3 * 4
 
 
 def client_id(headers: Any) -> str:
@@ -144,9 +148,9 @@ def image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def ocr_image(body: dict[str, Any], max_bytes: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-              max_side: int = DEFAULT_MAX_SIDE) -> None:
+              max_side: int = DEFAULT_MAX_SIDE) -> bool:
     """Exactly one image, a data: URL of real PNG, JPEG or WebP bytes (the bytes decide, not the label),
-    of a size within the bounds."""
+    of a size within the bounds; or a PDF, whose pages are checked once it is opened. True for a PDF."""
     parts = image_parts(body)
     if len(parts) != 1:
         raise bad_request(f"OCR needs exactly one image_url part; this request has {len(parts)}")
@@ -159,9 +163,12 @@ def ocr_image(body: dict[str, Any], max_bytes: int, *, max_pixels: int = DEFAULT
     except ValueError as exc:
         raise bad_request(str(exc)) from None
     if info is None:
-        raise ApiError(400, "The image is not a PNG, JPEG or WebP file (checked by its bytes); "
+        if is_pdf(base64.b64decode(url.partition(",")[2][:PDF_PREFIX_CHARS])):
+            return True
+        raise ApiError(400, "The image is not a PNG, JPEG or WebP file, nor a PDF (checked by its bytes); "
                             "send one of those formats")
     image_size(info, max_pixels, max_side)
+    return False
 
 
 def image_size(info: ImageInfo, max_pixels: int, max_side: int) -> None:

@@ -29,7 +29,7 @@ LIVE_BACKEND = ("max_concurrent", "max_waiting")
 ROLLING_BACKEND = ("command", "env")
 # Which servers a backend has, where they listen and which GPU each uses: fixed until the daemon restarts.
 LAYOUT_BACKEND = ("replicas", "gpus", "port", "gpu", "host", "external")
-LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch")
+LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch", "pdf", "batches")  # pdf: read as each PDF comes in
 # Fixed at start: the queue layout follows the OCR policy.
 RESTART_KEYS = frozenset({"ocr.policy"})
 # Fixed at start: the GPU monitor is built once; the store is opened once, and the host keeps its name.

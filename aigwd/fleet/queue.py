@@ -215,7 +215,7 @@ class SharedQueue:
                 return Admitted("ok", claimed=1, started_at=float(started_at))
             return Admitted("ok")
 
-        result: Admitted = await self.store.transact(op)
+        result: Admitted = await self.store.write(op)
         return result
 
     async def claim(self, backend: str, n: int, *, modes: list[str] | None, lease_s: float, aging_s: float,
@@ -227,7 +227,7 @@ class SharedQueue:
         async def op(conn: asyncpg.Connection) -> list[Any]:
             return list(await conn.fetch(_CLAIM, backend, self.node, n, lease_s, aging_s, modes, payload_max))
 
-        rows = await self.store.transact(op)
+        rows = await self.store.write(op)
         out = []
         for row in rows:
             rec = RequestRecord(id=row["id"], subject=row["subject"], client_id=row["client_id"],
@@ -249,7 +249,7 @@ class SharedQueue:
         async def op(conn: asyncpg.Connection) -> set[str]:
             return {str(r[0]) for r in await conn.fetch(_RENEW, lease_s, ids, tokens, self.node)}
 
-        kept: set[str] = await self.store.transact(op)
+        kept: set[str] = await self.store.write(op)
         return kept
 
     async def finish(self, request_id: str, token: int, status: str, finished_at: float, result: bytes | None,
@@ -260,7 +260,8 @@ class SharedQueue:
                                     served_resolution)
             return len(rows) == 1
 
-        written: bool = await self.store.transact(op, urgent=False)
+        # Held in memory while the database is away, and written (under the lease) when it is back.
+        written: bool = await self.store.write(op, urgent=False, keep=True)
         return written
 
     async def release(self, held: dict[str, int]) -> None:
@@ -272,7 +273,7 @@ class SharedQueue:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(_RELEASE, ids, tokens, self.node)
 
-        await self.store.transact(op)
+        await self.store.write(op)
 
     async def reap(self, max_attempts: int, *, own: bool = False) -> tuple[int, int]:
         """End what waited past its deadline and take back lapsed leases (own: also this host's claims of an
@@ -283,7 +284,7 @@ class SharedQueue:
             row = await conn.fetchrow(_REAP, max_attempts, mine)
             return int(row["requeued"]), int(row["ended"])
 
-        counts: tuple[int, int] = await self.store.transact(op)
+        counts: tuple[int, int] = await self.store.write(op)
         return counts
 
     async def cancel(self, request_id: str, reason: str) -> RequestRecord | None:
@@ -296,7 +297,7 @@ class SharedQueue:
             values = [row[c] for c in REQUEST_COLUMNS]
             return RequestRecord(*values)
 
-        rec: RequestRecord | None = await self.store.transact(op)
+        rec: RequestRecord | None = await self.store.write(op)
         return rec
 
     async def waiting(self, backend: str) -> int:
@@ -304,5 +305,5 @@ class SharedQueue:
             return int(await conn.fetchval("SELECT count(*) FROM requests WHERE fleet AND status = 'queued' "
                                            "AND backend = $1", backend))
 
-        count: int = await self.store.query(read)
+        count: int = await self.store.read(read)
         return count

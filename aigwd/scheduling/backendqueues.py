@@ -60,16 +60,22 @@ class BackendQueues:
     def submit(self, job: Job, mode: str | None, *, force: bool = False) -> None:
         """QueueFull when the backend's waiting bound is reached, ShareFull when the job's subject holds its
         share of it (force: recovered work always fits). A job that starts at once takes no waiting room."""
-        queue = self.queue_for(mode)
-        if not force and not queue.can_start_now():
-            if self.waiting() >= self.max_waiting:
-                self.rejected += 1
-                raise QueueFull(f"{self.name}: {self.max_waiting} waiting")
-            held, cap = self.waiting_of(job.subject), self.subject_cap()
-            if held >= cap:
-                self.rejected += 1
-                raise ShareFull(job.subject, held, cap)
-        queue.submit(job)
+        if not force:
+            self.check_room(job, mode)
+        self.queue_for(mode).submit(job)
+
+    def check_room(self, job: Job, mode: str | None) -> None:
+        """What submit checks, without queueing: QueueFull or ShareFull when `job` could neither start now
+        nor wait (a PDF's request is checked so; its pages are then queued with force)."""
+        if self.queue_for(mode).can_start_now():
+            return
+        if self.waiting() >= self.max_waiting:
+            self.rejected += 1
+            raise QueueFull(f"{self.name}: {self.max_waiting} waiting")
+        held, cap = self.waiting_of(job.subject), self.subject_cap()
+        if held >= cap:
+            self.rejected += 1
+            raise ShareFull(job.subject, held, cap)
 
     def find(self, job_id: str) -> ModelQueue | None:
         for queue in self.queues.values():

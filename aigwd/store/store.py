@@ -17,6 +17,7 @@ from types import TracebackType
 
 from .. import logs
 from . import db
+from .batches import BatchTable
 from .keys import ApiKeyTable
 from .ledger import SqliteRefreshLedger
 from .missing import MissingLogBound, row_bytes
@@ -83,6 +84,10 @@ class SqliteStore:
         self._missing_bound.max_bytes = value  # read by the writer thread at its next add
 
     @property
+    def unavailable(self) -> str | None:
+        return None  # a local file: a failing disk shows in each write's error instead
+
+    @property
     def commits(self) -> int:
         """Transactions committed by the writer so far (each may hold many writes)."""
         return self._writer.commits
@@ -146,6 +151,9 @@ class SqliteStore:
 
     def api_keys(self) -> ApiKeyTable:
         return ApiKeyTable(self._writer, self._readers)
+
+    def batches(self) -> BatchTable:
+        return BatchTable(self._writer, self._readers)
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -1,51 +1,83 @@
-"""Fleet mode against the session's real PostgreSQL: skipped without one, failed under AIGW_FLEET_TEST=require
-(the fixtures of tests/conftest.py)."""
+"""Hosts of a fleet on one machine: real aigwd processes on free loopback ports, each with its own stand-in
+model server, all on one PostgreSQL database; every process stopped at the end."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from aigwd.fleet.queue import SharedQueue
-from aigwd.store.postgres import PgTarget, PostgresStore
-from aigwd.store.records import RequestRecord
+from aigwd.store.postgres import PgTarget
+from tests.integration.conftest import Daemon, chat_backend, free_port, gone, session, write_config
+
+__all__ = ["session"]
+
+# Fast beats so a killed host shows as lost within about a second and a half.
+HEARTBEAT_S = 0.25
+LOST_AFTER_S = 1.5
+SECRET = "fleet-secret-of-the-test-suite-0123456789"
+
+
+def host_sections(target: PgTarget, node: str, secret_file: Path | None) -> dict[str, dict[str, Any]]:
+    fleet: dict[str, Any] = {"node": node, "heartbeat_s": HEARTBEAT_S, "lost_after_s": LOST_AFTER_S}
+    if secret_file is not None:
+        fleet["secret_file"] = str(secret_file)
+    return {"store": {"url": target.url, "password_file": target.password_file}, "fleet": fleet,
+            "gpu": {"enabled": False},
+            "rate_limit": {"per_minute": 60000, "burst": 1000, "subject_per_minute": 60000, "subject_burst": 1000}}
 
 
 @pytest.fixture
-async def pg_store(pg_target: PgTarget) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(pg_target, node="host-a")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fleet.secret"
+    path.write_text(SECRET + "\n")
+    os.chmod(path, 0o600)
+    return path
 
 
-def queues(store: PostgresStore, *nodes: str) -> list[SharedQueue]:
-    """One SharedQueue per host name, on one database (as hosts would be)."""
-    return [SharedQueue(store, node) for node in nodes]
+def kill_all(daemon: Daemon, sig: int = signal.SIGKILL) -> None:
+    """The daemon and its model servers, as a power cut would leave them: no goodbye."""
+    kids = daemon.children()
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.proc.send_signal(sig)
+        daemon.proc.wait(10)
+    for kid in kids:
+        with contextlib.suppress(psutil.Error):
+            if not gone(kid):
+                kid.kill()
 
 
-def request(subject: str = "alice", client_id: str = "app", priority: str = "normal", *, age_s: float = 0.0,
-            timeout_s: float = 300.0, backend: str = "gemma", resolution: str | None = None,
-            **fields: Any) -> RequestRecord:
-    queued_at = time.time() - age_s
-    return RequestRecord(id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=backend,
-                         model="gemma-3-4b-it", kind="chat", priority=priority, resolution=resolution,
-                         status="queued", queued_at=queued_at, deadline_at=queued_at + timeout_s, account="acct",
-                         **fields)
+@pytest.fixture
+def make_host(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """make_host(target, node, secret_file=None, start=True, standin=()) -> a Daemon in its own directory."""
+    hosts: list[Daemon] = []
 
+    def make(target: PgTarget, node: str, secret_file: Path | None = None, *, start: bool = True,
+             standin: tuple[str, ...] = (), extra: dict[str, dict[str, Any]] | None = None) -> Daemon:
+        directory = tmp_path / f"{node}-{len(hosts)}"
+        directory.mkdir()
+        backends = [chat_backend(*standin)]
+        sections = host_sections(target, node, secret_file)
+        for name, values in (extra or {}).items():
+            sections[name] = {**sections.get(name, {}), **values}
+        port = free_port()
+        daemon = Daemon(write_config(directory, backends, port=port, sections=sections), port, directory, backends)
+        hosts.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
 
-async def put(queue: SharedQueue, *recs: RequestRecord, max_waiting: int = 1000, subject_cap: int = 1000) -> None:
-    for rec in recs:
-        admitted = await queue.submit(rec, b'{"model": "gemma-3-4b-it"}', max_waiting=max_waiting,
-                                      subject_cap=subject_cap)
-        assert admitted.outcome == "ok", admitted
-
-
-# The integration tier's HTTP session, for the tests that start hosts.
-from tests.integration.conftest import session  # noqa: E402, F401
+    yield make
+    for daemon in hosts:
+        kids = daemon.children()
+        daemon.stop()
+        for kid in kids:
+            with contextlib.suppress(psutil.Error):
+                if not gone(kid):
+                    kid.kill()

@@ -12,7 +12,9 @@ import asyncpg
 from aigwd.fleet.queue import DONE_CHANNEL, QUEUE_CHANNEL, SharedQueue
 from aigwd.store.postgres import PostgresStore
 
-from .conftest import put, queues, request
+from .queuehelpers import pg_store, put, queues, request
+
+__all__ = ["pg_store"]
 
 PAYLOAD_MAX = 1 << 20
 
@@ -30,7 +32,7 @@ async def row(store: PostgresStore, request_id: str) -> asyncpg.Record:
     async def read(conn: asyncpg.Connection) -> asyncpg.Record:
         return await conn.fetchrow("SELECT * FROM requests WHERE id = $1", request_id)
 
-    return await store.query(read)
+    return await store.read(read)
 
 
 async def test_classes_go_in_order_high_normal_low(pg_store: PostgresStore) -> None:

@@ -37,8 +37,9 @@ from ..records import (
     request_values,
 )
 from . import schema
+from .batches import PgBatchTable
 from .connect import PgTarget
-from .tables import PgApiKeyTable, PgRefreshLedger, affected
+from .tables import PgApiKeyTable, PgRefreshLedger, affected, announce
 from .writer import CONNECTION_ERRORS, PgWriter
 
 T = TypeVar("T")
@@ -136,24 +137,37 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StoreError("store is not open")
-        try:
-            async with pool.acquire() as conn:
-                return await fn(conn)
-        except StoreError:
-            raise
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError, ValueError) as exc:
-            raise StoreError(str(exc) or type(exc).__name__) from exc
+        for attempt in (1, 2):
+            try:
+                async with pool.acquire() as conn:
+                    return await fn(conn)
+            except StoreError:
+                raise
+            except CONNECTION_ERRORS as exc:
+                if attempt == 1:
+                    continue  # a pooled connection cut by a server restart: the pool opens a new one
+                raise StoreError(str(exc) or type(exc).__name__) from exc
+            except (asyncpg.PostgresError, ValueError) as exc:
+                raise StoreError(str(exc) or type(exc).__name__) from exc
+        raise AssertionError("unreachable")
 
-    async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True) -> T:
-        result: T = await self._writer.submit(fn, urgent=urgent)
+    async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True,
+                     keep: bool = False) -> T:
+        result: T = await self._writer.submit(fn, urgent=urgent, keep=keep)
         return result
 
-    async def transact(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True) -> T:
-        """Run fn(conn) in the next group commit; for the fleet queue's own statements."""
-        return await self._write(fn, urgent=urgent)
+    @property
+    def unavailable(self) -> str | None:
+        return self._writer.unavailable
 
-    async def query(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run fn(conn) on a pooled read connection."""
+    async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True,
+                    keep: bool = False) -> T:
+        """Run fn(conn) in the writer's next transaction (other modules' tables, e.g. the fleet registry);
+        keep: accepted work's write, held while the database cannot be reached."""
+        return await self._write(fn, urgent=urgent, keep=keep)
+
+    async def read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run fn(conn) on a reader connection; StoreError when the database cannot answer."""
         return await self._read(fn)
 
     def refresh_ledger(self) -> PgRefreshLedger:
@@ -161,6 +175,9 @@ class PostgresStore:
 
     def api_keys(self) -> PgApiKeyTable:
         return PgApiKeyTable(self._writer, self._read)
+
+    def batches(self) -> PgBatchTable:
+        return PgBatchTable(self._writer, self._read, self.node)
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -178,7 +195,7 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(_REQUEST_REPLACE, *values, None, node)
 
-        await self._write(op, urgent=False)
+        await self._write(op, urgent=False, keep=True)
 
     async def mark_started(self, request_id: str, started_at: float, attempts: int,
                            served_resolution: str | None = None) -> None:
@@ -187,7 +204,7 @@ class PostgresStore:
                                f"served_resolution = $3 WHERE id = $4 AND status IN {_UNFINISHED}",
                                started_at, attempts, served_resolution, request_id)
 
-        await self._write(op, urgent=False)
+        await self._write(op, urgent=False, keep=True)
 
     async def finish(self, request_id: str, status: str, finished_at: float, result: bytes | None,
                      error: str | None) -> None:
@@ -198,14 +215,14 @@ class PostgresStore:
             await conn.execute("UPDATE requests SET status = $1, finished_at = $2, result = $3, error = $4, "
                                "payload = NULL WHERE id = $5", status, finished_at, result, error, request_id)
 
-        await self._write(op, urgent=False)
+        await self._write(op, urgent=False, keep=True)
 
     async def requeue(self, request_id: str, attempts: int) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(f"UPDATE requests SET status = 'queued', started_at = NULL, attempts = $1 "
                                f"WHERE id = $2 AND status IN {_UNFINISHED}", attempts, request_id)
 
-        await self._write(op)
+        await self._write(op, keep=True)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         async def read(conn: asyncpg.Connection) -> RequestRecord | None:
@@ -265,7 +282,7 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> int:
             return int(await conn.fetchval(f"INSERT INTO crashes ({columns}) VALUES ({marks}) RETURNING id", *values))
 
-        return await self._write(op)
+        return await self._write(op, keep=True)
 
     async def crashes(self, limit: int, before: Position | None = None) -> list[CrashRecord]:
         where, params = _before(before, 1)
@@ -338,6 +355,7 @@ class PostgresStore:
                     "OR users.password_hash <> excluded.password_hash OR users.source <> 'config'",
                     name, role, pw_hash, now, uuid.uuid4().hex)
             await conn.execute("DELETE FROM users WHERE source = 'config' AND NOT (name = ANY($1::text[]))", names)
+            await announce(conn, "users")
 
         await self._write(op)
 
@@ -347,6 +365,7 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> bool:
             status = await conn.execute(f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
                                         "ON CONFLICT DO NOTHING", *values)
+            await announce(conn, f"user:{rec.name}")
             return affected(status) == 1
 
         return await self._write(op)
@@ -359,12 +378,14 @@ class PostgresStore:
             status = await conn.execute(
                 "UPDATE users SET password_hash = COALESCE($1, password_hash), disabled = COALESCE($2, disabled), "
                 "updated_at = $3 WHERE name = $4", password_hash, disabled, now, name)
+            await announce(conn, f"user:{name}")
             return affected(status) == 1
 
         return await self._write(op)
 
     async def delete_user(self, name: str) -> bool:
         async def op(conn: asyncpg.Connection) -> bool:
+            await announce(conn, f"user:{name}")
             return affected(await conn.execute("DELETE FROM users WHERE name = $1", name)) == 1
 
         return await self._write(op)
