@@ -17,13 +17,14 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from . import logs
 from .backends.upstream import UpstreamError, UpstreamStatus
 from .chunkstream import ChunkStream
 from .config import RESOLUTIONS, Config
 from .errors import ApiError
+from .fleet.seam import SharedQueue
 from .headers import RequestHeaders
 from .metrics import Metrics
 from .pdf.document import Document, PageJob, Prepared
@@ -68,32 +69,6 @@ class Live:
     yielded: bool = False
     # Fleet mode: the token of this host's lease on it in the shared queue; its outcome is written fenced.
     lease: int | None = None
-
-
-class SharedQueue(Protocol):
-    """The fleet's queue as the gateway uses it (aigwd/fleet/queuehost.py): /api requests go there instead
-    of the local queue, and the requests this host claims from it come back through `run_claimed`."""
-
-    async def submit(self, rt: ModelService, rec: RequestRecord, payload: bytes) -> str | int:
-        """"ok", "full", or the subject's count of waiting requests when its share is full."""
-        ...
-
-    async def finish(self, live: Live) -> bool:
-        """Write the outcome under the lease; False when the lease was lost and nothing was written."""
-        ...
-
-    async def wait(self, request_id: str, timeout_s: float) -> None:
-        ...
-
-    async def cancel(self, request_id: str) -> RequestRecord | None:
-        ...
-
-    async def slot_freed(self, backend: str) -> None:
-        ...
-
-    @property
-    def node(self) -> str:
-        ...
 
 
 class Gateway:
@@ -270,33 +245,6 @@ class Gateway:
             self._background(self.store.add_ocr_demand(rec.queued_at, rec.resolution))
         logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=rec.client_id, model=rec.model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=rec.resolution)
-
-    def run_claimed(self, rt: ModelService, live: Live) -> None:
-        """Fleet mode: run a request this host leased from the shared queue, on this host's replicas; it
-        takes a free slot at once (the claim took no more than there were). QueueFull when closing."""
-        rec = live.record
-        now_wall, now_mono = time.time(), time.monotonic()
-        rec.attempts -= 1  # the claim counted this run; _run_on counts it again as it starts
-        job = Job(id=rec.id, client_id=rec.client_id, priority=Priority.parse(rec.priority),
-                  enqueued_at=now_mono - max(0.0, now_wall - rec.queued_at),
-                  deadline=now_mono + (rec.deadline_at - now_wall), data=live, subject=rec.subject)
-        self.live[rec.id] = live
-        try:
-            rt.queues.submit(job, rec.resolution, force=True)
-        except QueueFull:
-            del self.live[rec.id]
-            raise
-
-    def abandon(self, request_id: str) -> bool:
-        """Fleet mode: this host lost the lease (the request was cancelled elsewhere, or another host took it
-        after the lease lapsed): cut it off without writing anything; False when it was not here."""
-        live = self.live.pop(request_id, None)
-        if live is None:
-            return False
-        rt = self.backends.get(live.record.backend)
-        if rt is not None:
-            rt.queues.cancel(request_id)  # aborts the model server's call
-        return True
 
     # --- running ---------------------------------------------------------------------------------
 

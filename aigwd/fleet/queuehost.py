@@ -24,6 +24,8 @@ import asyncpg
 from .. import logs
 from ..config import Config
 from ..gateway import FINAL_STATUSES, MAX_ATTEMPTS, Gateway, Live
+from ..priority import Priority
+from ..scheduling.fairqueue import Job
 from ..scheduling.modelqueue import QueueFull
 from ..service import Event, ModeChanged, ModelService, ReadinessChanged
 from ..store.postgres import PostgresStore
@@ -220,12 +222,36 @@ class FleetQueue:
             live = Live(item.record, item.payload, lease=item.token)
             self.held[item.record.id] = item.token
             try:
-                self.gateway.run_claimed(rt, live)
+                self._start_here(rt, live)
             except QueueFull:  # closing: give it straight back
                 refused[item.record.id] = item.token
                 del self.held[item.record.id]
         if refused:
             self._spawn(self._release_quietly(refused), "release")
+
+    def _start_here(self, rt: ModelService, live: Live) -> None:
+        """Run a leased request through the gateway's usual path (queue slot, replica, deadline timer); it
+        takes a free slot at once, as the claim took no more than there were. QueueFull when closing."""
+        rec = live.record
+        now_wall, now_mono = time.time(), time.monotonic()
+        rec.attempts -= 1  # the claim counted this run; the gateway counts it again as it starts
+        job = Job(id=rec.id, client_id=rec.client_id, priority=Priority.parse(rec.priority),
+                  enqueued_at=now_mono - max(0.0, now_wall - rec.queued_at),
+                  deadline=now_mono + (rec.deadline_at - now_wall), data=live, subject=rec.subject)
+        self.gateway.live[rec.id] = live
+        try:
+            rt.queues.submit(job, rec.resolution, force=True)
+        except QueueFull:
+            del self.gateway.live[rec.id]
+            raise
+
+    def _abandon(self, request_id: str) -> None:
+        """The lease was lost (cancelled elsewhere, or taken by another host after it lapsed): cut the request
+        off here, aborting the model server's call, without writing anything."""
+        live = self.gateway.live.pop(request_id, None)
+        rt = self.gateway.backends.get(live.record.backend) if live is not None else None
+        if rt is not None:
+            rt.queues.cancel(request_id)
 
     async def _release_quietly(self, held: dict[str, int]) -> None:
         try:
@@ -253,7 +279,7 @@ class FleetQueue:
             del self.held[request_id]
             live = self.gateway.live.get(request_id)
             if live is not None and live.lease == token and live.record.status not in FINAL_STATUSES:
-                self.gateway.abandon(request_id)
+                self._abandon(request_id)
                 logs.event("fleet_lease_lost", request_id=request_id,
                            reason="cancelled, or taken by another host after the lease lapsed")
 
