@@ -217,6 +217,8 @@ class FleetQueue:
                 return total
 
     def _run(self, rt: ModelService, claimed: list[Claimed]) -> None:
+        if claimed:
+            rt.submitted()  # work arrived here: an on-demand server's idle time counts from now
         refused: dict[str, int] = {}
         for item in claimed:
             live = Live(item.record, item.payload, lease=item.token)
@@ -325,6 +327,9 @@ class FleetQueue:
 
     def _on_queue(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.wake(payload)
+        rt = self.gateway.backends.get(payload)
+        if rt is not None and rt.replicas and not rt.ready:
+            rt.submitted()  # work for a model whose servers here are down: an on-demand one starts for it
 
     def _on_done(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         for event in self._waiters.get(payload, ()):
