@@ -27,7 +27,7 @@ from .configfields import (
     type_ok,
 )
 from .pdf.settings import PdfConfig
-from .storeconfig import FleetConfig, StoreConfig, fleet_problem, store_problem
+from .storeconfig import FleetConfig, StoreConfig, fleet_problem, serve_problem, store_problem
 
 try:
     import tomllib
@@ -570,6 +570,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
                 raise fail(f"{where}.port", f"port {port} is already used by {ports[port]}")
             ports[port] = name
         backends[name] = backend
+    problem = serve_problem(sections["fleet"], list(backends))
+    if problem:
+        raise fail("fleet", problem)
     return Config(path=path, users=users, backends=backends, overrides=dict(overrides or {}), **sections)
 
 

@@ -26,6 +26,7 @@ from .config import Config, parse_listen
 from .control.cmd_models import models_view, queues_view
 from .control.loghub import publish_backend_line
 from .control.plane import ControlPlane
+from .fleet.queuehost import FleetQueue
 from .fleet.view import host_summary
 from .gateway import Gateway
 from .gpu import GpuMonitor
@@ -49,7 +50,8 @@ def build_store(cfg: Config) -> Store:
     if cfg.store.url:
         from .store.postgres import PgTarget, PostgresStore
 
-        target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s)
+        target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s,
+                          cfg.store.synchronous_commit)
         return PostgresStore(target, node=node_name(cfg.fleet), readers=cfg.store.readers,
                              missing_max_bytes=cfg.results.missing_models_max_bytes)
     return SqliteStore(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)
@@ -84,6 +86,7 @@ class Daemon:
         self.bound: tuple[str, int] | None = None
         self.notifier = Notifier()
         self.switcher: AutoSwitcher | None = None
+        self.fleet: FleetQueue | None = None
 
     async def run(self) -> None:
         """Each step starts its part and, on the way out, stops it: the steps stop in reverse order."""
@@ -169,6 +172,14 @@ class Daemon:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
             self.switcher = self._auto_switcher(gateway, supervisor, store)
+            if cfg.store.url:
+                from .store.postgres import PostgresStore
+
+                assert isinstance(store, PostgresStore)
+                # Fleet mode: /api requests go to the shared queue; leases still held are given back last.
+                self.fleet = FleetQueue(cfg, store, gateway)
+                gateway.fleet = self.fleet
+                stack.push_async_callback(self.fleet.close)
             # The servers are stopped after the queue tasks are cancelled.
             stack.push_async_callback(supervisor.close)
             stack.push_async_callback(gateway.close)
@@ -197,6 +208,8 @@ class Daemon:
                 assert isinstance(store, PostgresStore)
                 await stack.enter_async_context(shared_client_state(store, services))
             await gateway.recover()
+            if self.fleet is not None:
+                await self.fleet.start()
             # Batches resume after the requests: their lines queue behind what was accepted before.
             batches = BatchRunner(gateway, store.batches(), FileStore(cfg.state_dir), batch_line_submitter(services))
             await batches.start()
@@ -296,6 +309,8 @@ class Daemon:
     def _use_config(self, cfg: Config) -> None:
         """A reload applied a new configuration; the drain and the maintenance loop read it here."""
         self.cfg = cfg
+        if self.fleet is not None:
+            self.fleet.cfg = cfg
         if self.switcher is not None:
             self.switcher.reconfigure(cfg.auto_switch)
 
@@ -307,7 +322,8 @@ class Daemon:
         service = gateway.backends[name]
 
         def current_mode() -> str | None:
-            return service.mode if service.replicas[0].running and not supervisor.switching(name) else None
+            running = bool(service.replicas) and service.replicas[0].running
+            return service.mode if running and not supervisor.switching(name) else None
 
         async def switch(mode: str) -> object:
             return await supervisor.switch_backend(name, mode, graceful=True, by="auto-switch")

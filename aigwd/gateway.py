@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from .backends.upstream import UpstreamError, UpstreamStatus
 from .chunkstream import ChunkStream
 from .config import RESOLUTIONS, Config
 from .errors import ApiError
+from .fleet.seam import SharedQueue
 from .headers import RequestHeaders
 from .metrics import Metrics
 from .pdf.document import Document, PageJob, Prepared
@@ -65,6 +67,8 @@ class Live:
     # interactive request that would otherwise be refused (yielded: its batch feeds it in again later).
     background: bool = False
     yielded: bool = False
+    # Fleet mode: the token of this host's lease on it in the shared queue; its outcome is written fenced.
+    lease: int | None = None
 
 
 class Gateway:
@@ -75,10 +79,15 @@ class Gateway:
         self.model_index = cfg.model_index()
         # What the served models announce (accepted, finished, ready, mode): supervision listens.
         self.events = Events()
-        # One per configured backend: its queue, its servers and their modes, its readiness.
+        # One per configured backend: its queue, its servers and their modes, its readiness. A backend a
+        # host of a fleet does not serve ([fleet] serve) has no server here: other hosts run its requests.
         self.backends: dict[str, ModelService] = {
-            name: ModelService(cfg, bcfg, self.events, runner=self._run, on_timeout=self._timed_out,
-                               fail=self._fail) for name, bcfg in cfg.backends.items()}
+            name: ModelService(cfg, bcfg if not cfg.store.url or cfg.fleet.serves(name)
+                               else dataclasses.replace(bcfg, command=[], external=[]), self.events,
+                               runner=self._run, on_timeout=self._timed_out, fail=self._fail)
+            for name, bcfg in cfg.backends.items()}
+        # Fleet mode ([store] url): set by the daemon; None keeps every request on this host.
+        self.fleet: SharedQueue | None = None
         self.metrics = Metrics()
         self.documents = Documents(self)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -90,7 +99,9 @@ class Gateway:
         """The backend serving `model`, or 404 (recorded as a missing model)."""
         name = self.model_index.get(model)
         rt = self.backends.get(name) if name else None
-        if rt is None or not rt.accepting():
+        # In a fleet any host serving the model may run it: a configured model is taken unless stopped here.
+        shared = self.fleet is not None and rt is not None and not rt.stopped_by_admin
+        if rt is None or not (shared or rt.accepting()):
             self._background(self.store.add_missing_model(
                 MissingModelRecord(model_name=model, client_id=client_id, subject=subject,
                                    timestamp=time.time())))
@@ -130,6 +141,18 @@ class Gateway:
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
             queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync, account=account)
         live = Live(rec, payload, background=background)
+        if self.fleet is not None:
+            # /api requests go to the fleet's queue; what is held on a connection (/v1), a PDF's pages and
+            # batch lines run on this host, which must then serve the model.
+            if not (sync or stream or document is not None or background):
+                job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
+                          deadline=now_mono + timeout, data=live, subject=subject)
+                return await self._submit_shared(rt, live, payload), job
+            if not rt.replicas:
+                raise ApiError(503, f"Model {model} is not served on this host ({self.fleet.node}): requests held "
+                                    "on the connection (/v1), PDFs and batches run on a host that serves their "
+                                    "model; send them there, or use /api/chat and GET /api/requests/{id}",
+                               {"Retry-After": "5"})
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.
             live.chunks = ChunkStream(STREAM_BUFFER_CHUNKS)
@@ -143,15 +166,10 @@ class Gateway:
                 rt.queues.check_room(job, resolution)
         except ShareFull as exc:
             del self.live[rec.id]
-            self.metrics.rejected(rt.cfg.name, 503)
-            raise ApiError(503, f"Your share of the queue of {rt.cfg.name} is full: subject {subject} already "
-                                f"has {exc.held} requests waiting, the most one subject may hold "
-                                f"(queue.subject_share of max_waiting); retry when some have finished",
-                           {"Retry-After": "5"}) from None
+            raise self._refused(rt, subject, exc.held) from None
         except QueueFull:
             del self.live[rec.id]
-            self.metrics.rejected(rt.cfg.name, 503)
-            raise ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"}) from None
+            raise self._refused(rt, subject, None) from None
         try:
             if sync and len(payload) <= self.store.spool_threshold:
                 # Its client holds the connection and a restart could only fail it: the row is written
@@ -163,17 +181,10 @@ class Gateway:
             if document is None:
                 rt.queues.cancel(rec.id)
             self.live.pop(rec.id, None)
-            logs.event("request_not_stored", request_id=rec.id, reason=str(exc))
-            raise ApiError(503, "Cannot store the request right now; please try again later",
-                           {"Retry-After": "5"}) from None
+            raise self._not_stored(rec.id, exc) from None
         if len(payload) > self.store.spool_threshold:
             live.payload = None  # on disk now; do not hold large bodies in memory while queued
-        rt.submitted()
-        if rt.cfg.kind == "ocr" and resolution:
-            # The demand history the auto-switch learns its weekly pattern from.
-            self._background(self.store.add_ocr_demand(now_wall, resolution))
-        logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=client_id, model=model,
-                   backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
+        self._accepted(rt, rec)
         return live, job
 
     def _enqueue(self, rt: ModelService, job: Job, resolution: str | None) -> None:
@@ -200,6 +211,41 @@ class Gateway:
                 return True
         return False
 
+    async def _submit_shared(self, rt: ModelService, live: Live, payload: bytes) -> Live:
+        """Fleet mode: stored in the shared queue (the bound counted fleet-wide); any host serving it runs it."""
+        assert self.fleet is not None
+        rec = live.record
+        try:
+            outcome = await self.fleet.submit(rt, rec, payload)
+        except StoreError as exc:
+            raise self._not_stored(rec.id, exc) from None
+        if outcome != "ok":
+            raise self._refused(rt, rec.subject, None if outcome == "full" else int(outcome))
+        self._accepted(rt, rec)
+        return live
+
+    def _refused(self, rt: ModelService, subject: str, held: int | None) -> ApiError:
+        """The 503 of a full queue (held None) or of a subject holding its share of it."""
+        self.metrics.rejected(rt.cfg.name, 503)
+        if held is None:
+            return ApiError(503, "Queue is full, please try again later", {"Retry-After": "1"})
+        return ApiError(503, f"Your share of the queue of {rt.cfg.name} is full: subject {subject} already has "
+                             f"{held} requests waiting, the most one subject may hold (queue.subject_share of "
+                             "max_waiting); retry when some have finished", {"Retry-After": "5"})
+
+    @staticmethod
+    def _not_stored(request_id: str, exc: StoreError) -> ApiError:
+        logs.event("request_not_stored", request_id=request_id, reason=str(exc))
+        return ApiError(503, "Cannot store the request right now; please try again later", {"Retry-After": "5"})
+
+    def _accepted(self, rt: ModelService, rec: RequestRecord) -> None:
+        rt.submitted()
+        if rt.cfg.kind == "ocr" and rec.resolution:
+            # The demand history the auto-switch learns its weekly pattern from.
+            self._background(self.store.add_ocr_demand(rec.queued_at, rec.resolution))
+        logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=rec.client_id, model=rec.model,
+                   backend=rt.cfg.name, priority=rec.priority, resolution=rec.resolution)
+
     # --- running ---------------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> str:
@@ -215,6 +261,8 @@ class Gateway:
             return await self._run_on(rt, replica, job)
         finally:
             rt.release(replica, rec.id)
+            if self.fleet is not None:  # its slot frees as this task ends: time to claim more
+                self._background(self.fleet.slot_freed(rec.backend))
 
     async def _run_on(self, rt: ModelService, replica: Replica, job: Job) -> str:
         live: Live = job.data
@@ -223,7 +271,7 @@ class Gateway:
         live.started.set()
         rec.attempts += 1
         rec.served_resolution = replica.mode if rt.cfg.kind == "ocr" else None
-        if live.has_row:
+        if live.has_row and live.lease is None:  # a claim from the shared queue recorded its start itself
             self._background(self.store.mark_started(rec.id, rec.started_at, rec.attempts, rec.served_resolution))
         try:
             payload = live.payload if live.payload is not None else await self.store.load_payload(rec.id)
@@ -247,7 +295,7 @@ class Gateway:
                 # server resumes it once restarted. Otherwise the retry would hit the same dead server.
                 rt.replica_ready(replica.index, False)
                 rec.status, rec.started_at = "queued", None
-                if live.has_row:
+                if live.has_row and live.lease is None:  # a leased one keeps its lease for the retry here
                     self._background(self.store.requeue(rec.id, rec.attempts))
                 logs.event("request_requeued", request_id=rec.id, reason=str(exc))
                 return REQUEUED
@@ -342,7 +390,11 @@ class Gateway:
             self.live.pop(rec.id, None)
             return
         try:
-            if live.has_row:
+            if live.lease is not None and self.fleet is not None:
+                if not await self.fleet.finish(live):
+                    logs.event("result_fenced", request_id=rec.id, outcome=rec.status,
+                               reason="this host's lease was lost; the outcome was not written")
+            elif live.has_row:
                 await self.store.finish(rec.id, rec.status, rec.finished_at or time.time(), rec.result,
                                         rec.error)
             else:
@@ -359,7 +411,8 @@ class Gateway:
     async def lookup(self, request_id: str) -> tuple[RequestRecord, int | None] | None:
         """The record and, while queued, its 1-based position in its queue."""
         live = self.live.get(request_id)
-        if live is not None:
+        # A leased request's outcome counts once written: until then the shared row answers.
+        if live is not None and not (live.lease is not None and live.record.status in FINAL_STATUSES):
             rec = live.record
             position = None
             if rec.status == "queued" and rec.backend in self.backends:
@@ -376,6 +429,9 @@ class Gateway:
 
     async def wait(self, request_id: str, timeout_s: float) -> None:
         live = self.live.get(request_id)
+        if timeout_s > 0 and self.fleet is not None and (live is None or live.lease is not None):
+            await self.fleet.wait(request_id, timeout_s)  # wherever it runs, until its outcome is written
+            return
         if live is None or timeout_s <= 0:
             return
         try:
@@ -386,6 +442,8 @@ class Gateway:
     async def cancel(self, request_id: str) -> RequestRecord | None:
         """Cancel a queued or processing request; None when it is not live (already finished)."""
         live = self.live.get(request_id)
+        if live is None and self.fleet is not None:
+            return await self.fleet.cancel(request_id)  # queued, or running on another host
         if live is None or live.record.status in FINAL_STATUSES:
             return None
         rt = self.backends[live.record.backend]

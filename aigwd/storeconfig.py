@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .configfields import opt, positive
+from .configfields import opt, opt_factory, positive
 
 SCHEMES = ("postgresql", "postgres")
 # Query options a [store] url may carry: TLS to the database (asyncpg reads them from the URL).
@@ -84,6 +84,12 @@ class StoreConfig:
     connect_timeout_s: float = opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
                                     lambda v: None if v > 0 else "must be greater than 0")
     readers: int = opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
+    synchronous_commit: bool = opt(True, "true: a write returns once PostgreSQL has flushed it to disk. false: "
+                                         "once it is committed, the flush following within a fraction of a "
+                                         "second (PostgreSQL's synchronous_commit = off, the level of the SQLite "
+                                         "store's WAL): a crash of aigwd or of PostgreSQL loses nothing, a power "
+                                         "cut of the database host may lose the last commits; each request's "
+                                         "path is several milliseconds faster on slow disks.")
 
 
 def _address(v: Any) -> str | None:
@@ -97,6 +103,20 @@ def _address(v: Any) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
         return "must be http://HOST:PORT or https://HOST:PORT, nothing after the port"
     return None
+
+
+def _lease(v: Any) -> str | None:
+    return None if 1 <= v <= 300 else "must be between 1 and 300 seconds"
+
+
+def _poll(v: Any) -> str | None:
+    return None if 0.1 <= v <= 60 else "must be between 0.1 and 60 seconds"
+
+
+def _serve(v: Any) -> str | None:
+    if len(v) > 256:
+        return "may list at most 256 backends"
+    return None if all(n == "*" or NODE_RE.match(n) for n in v) else "must list backend names, or \"*\" for all"
 
 
 @dataclass
@@ -114,10 +134,30 @@ class FleetConfig:
     heartbeat_s: float = opt(1.0, "How often this host writes its row in the fleet's registry.", positive)
     lost_after_s: float = opt(5.0, "A host whose last heartbeat is older than this is shown as lost, and its node "
                                    "name may be taken by another host. At least twice heartbeat_s.", positive)
+    lease_s: float = opt(5.0, "With [store] url: a request a host runs is leased to it for this long and renewed "
+                              "while it runs; a host that dies stops renewing, and its requests run elsewhere "
+                              "once the lease has run out.", _lease)
+    serve: list[str] = opt_factory(lambda: ["*"], "With [store] url: the backends whose model servers this host "
+                                   "runs and takes queued work for; \"*\": all configured. The others are only "
+                                   "accepted here and run by the hosts that serve them; [] serves none.", _serve)
+    poll_s: float = opt(2.0, "With [store] url: how often a host looks for queued work and finished requests "
+                             "when no notification came (notifications wake it at once; this is the safety net).",
+                        _poll)
+
+    def serves(self, backend: str) -> bool:
+        return "*" in self.serve or backend in self.serve
 
 
 def node_name(fleet: FleetConfig) -> str:
     return fleet.node or socket.gethostname()
+
+
+def serve_problem(fleet: FleetConfig, backends: list[str]) -> str | None:
+    """[fleet] serve must name configured backends."""
+    unknown = [n for n in fleet.serve if n != "*" and n not in backends]
+    if unknown:
+        return f"serve names {', '.join(unknown)}, not configured in [backends]; known: {', '.join(backends) or 'none'}"
+    return None
 
 
 def store_problem(store: StoreConfig) -> str | None:

@@ -59,6 +59,7 @@ class PgServer:
         self.password_file = self.root / "password"
         self._names = itertools.count(1)
         self.started = False
+        self.durable = False
 
     def _as_owner(self) -> list[str]:
         return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -69,7 +70,9 @@ class PgServer:
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
 
-    def start(self) -> None:
+    def start(self, *, durable: bool = False) -> None:
+        """durable: keep PostgreSQL's fsync and synchronous commits (for benchmarks that claim durability)."""
+        self.durable = durable
         bindir = bin_dir()
         assert bindir is not None
         self.password_file.write_text(PASSWORD + "\n")
@@ -89,8 +92,8 @@ class PgServer:
         bindir = bin_dir()
         assert bindir is not None
         # fsync off: tests need speed, not durability across power loss.
-        options = (f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        fast = "" if self.durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        options = f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} {fast}-c max_connections=200"
         self._run(str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l",
                   str(self.root / "log"), "-w", "start", owner=True)
 

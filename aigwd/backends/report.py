@@ -18,6 +18,8 @@ def model_row(service: ModelService, servers: list[ManagedBackend], externals: l
     so a model with one server reads as before; its health is that any replica serves."""
     healthy = any(s.running for s in servers) or any(e.state == "running" for e in externals)
     rows = [replica_row(r, servers, externals) for r in service.replicas]
+    if not servers and not externals:
+        return elsewhere_row(service, switches=switches, gpu_status=gpu_status)
     if not servers:  # only servers aigw does not run
         return external_row(service, externals, healthy, rows, switches=switches, gpu_status=gpu_status)
     b = next((s for s in servers if s.running), servers[0])
@@ -46,6 +48,19 @@ def external_row(service: ModelService, externals: list[ExternalServer], healthy
         "started_at": None, "uptime_seconds": 0, "resolution": service.mode, "is_healthy": healthy, "pid": None,
         "restarts": 0, "last_exit": None, "gpu": None, "gpu_memory_bytes": None, "start": "external",
         "mode_switches": switches, "gpu_status": gpu_status, "replicas": rows,
+    }
+
+
+def elsewhere_row(service: ModelService, *, switches: int, gpu_status: dict[str, Any]) -> dict[str, Any]:
+    """A model this host of a fleet leaves to the others ([fleet] serve): nothing of it runs here, which is
+    not a fault of this host."""
+    return {
+        "name": service.name, "status": "elsewhere", "state": "elsewhere",
+        "reason": "not served on this host ([fleet] serve): the hosts that serve it run its requests",
+        "port": None, "models": service.cfg.models, "started_at": None, "uptime_seconds": 0,
+        "resolution": service.mode, "is_healthy": True, "pid": None, "restarts": 0, "last_exit": None, "gpu": None,
+        "gpu_memory_bytes": None, "start": "elsewhere", "mode_switches": switches, "gpu_status": gpu_status,
+        "replicas": [],
     }
 
 

@@ -138,6 +138,12 @@ class ModelQueue:
         return (self._ready and not self._closed and len(self._waiting) == 0
                 and len(self._tasks) < self._max_concurrent)
 
+    def free_slots(self) -> int:
+        """Jobs that would start at once now (what a host of a fleet may claim from the shared queue)."""
+        if not self._ready or self._closed:
+            return 0
+        return max(0, self._max_concurrent - len(self._tasks) - len(self._waiting))
+
     @property
     def ready(self) -> bool:
         """Whether jobs are dispatched (the backend is up)."""

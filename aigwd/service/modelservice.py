@@ -76,8 +76,8 @@ class ModelService:
 
     @property
     def mode(self) -> str | None:
-        """OCR: the mode of its (first) replica; None for a chat model."""
-        return self.replicas[0].mode
+        """OCR: the mode of its (first) replica; None for a chat model, or one with no server on this host."""
+        return self.replicas[0].mode if self.replicas else None
 
     def pick(self, mode: str | None) -> Replica:
         """The replica a job of `mode` runs on: the least loaded of the ready ones (in that mode)."""

@@ -128,3 +128,18 @@ def test_store_and_fleet_settings_are_checked(tmp_path: Path, text: str, problem
         load_text(tmp_path, BACKEND + text)
     assert problem in str(err.value)
     assert "secret" not in str(err.value)
+
+
+def test_fleet_serve_must_name_configured_backends(tmp_path: Path) -> None:
+    path = tmp_path / "aigw.toml"
+    path.write_text('[fleet]\nserve = ["gemma", "nope"]\n[backends.gemma]\nmodels = ["g"]\ncommand = ["x"]\n'
+                    'port = 8000\n')
+    with pytest.raises(ConfigError, match=r"fleet: serve names nope, not configured in \[backends\]; known: gemma"):
+        config.load(path)
+    path.write_text('[fleet]\nserve = []\nlease_s = 2\n[backends.gemma]\nmodels = ["g"]\ncommand = ["x"]\n'
+                    'port = 8000\n')
+    cfg = config.load(path)
+    assert cfg.fleet.serve == [] and not cfg.fleet.serves("gemma") and cfg.fleet.lease_s == 2.0
+    path.write_text("[fleet]\nlease_s = 0.5\n")
+    with pytest.raises(ConfigError, match=r"fleet\.lease_s: must be between 1 and 300 seconds"):
+        config.load(path)

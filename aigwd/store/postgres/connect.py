@@ -24,6 +24,7 @@ class PgTarget:
     url: str
     password_file: str = ""
     connect_timeout_s: float = CONNECT_TIMEOUT_S
+    synchronous_commit: bool = True  # false: commits return before their WAL flush ([store] synchronous_commit)
 
     @property
     def where(self) -> str:
@@ -57,6 +58,8 @@ class PgTarget:
 
     def connect_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"dsn": self.url, "timeout": self.connect_timeout_s}
+        if not self.synchronous_commit:
+            args["server_settings"] = {"synchronous_commit": "off"}
         password = self.password()
         if password is not None:
             args["password"] = password

@@ -200,6 +200,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             models TEXT NOT NULL
         )""",
     ),
+    (
+        # The shared queue (aigwd/fleet/queue.py): a fleet request waits as a row any host serving its model
+        # may claim; a claim is a lease (holder, expiry, a token that fences its result), and `nodes` lists
+        # every host that ran it. The lapsed lease and the requeue time record how fast a dead host's work
+        # went back to the queue.
+        f"""ALTER TABLE requests ADD COLUMN fleet BOOLEAN NOT NULL DEFAULT false,
+            ADD COLUMN claimed_by TEXT, ADD COLUMN lease_until {_T}, ADD COLUMN lease_token BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN nodes TEXT[] NOT NULL DEFAULT '{{}}', ADD COLUMN requeued_at {_T},
+            ADD COLUMN lapsed_lease_until {_T}""",
+        # Waiting rows per model and subject (the fleet-wide max_waiting and share), and the claim's scan.
+        "CREATE INDEX requests_fleet_waiting ON requests(backend, subject) WHERE fleet AND status = 'queued'",
+        "CREATE INDEX requests_fleet_deadline ON requests(deadline_at) WHERE fleet AND status = 'queued'",
+        # Running rows per model, subject and client (the claim's turns), and leases by expiry (the reaper).
+        "CREATE INDEX requests_fleet_running ON requests(backend, subject, client_id) "
+        "WHERE fleet AND status = 'processing'",
+        "CREATE INDEX requests_fleet_leases ON requests(lease_until) WHERE fleet AND status = 'processing'",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -78,8 +78,8 @@ class PostgresStore:
     def __init__(self, target: PgTarget, *, node: str = "", batch_max: int = 512, spool_threshold: int = 256 * 1024,
                  readers: int = 4, max_records: int = 100_000, missing_max_bytes: int = 8 * 1024 * 1024) -> None:
         self.target = target
-        # The host that accepted a request runs it, and only it picks it up again after a restart: until
-        # requests are claimed from one shared queue, two hosts must never both run one.
+        # The host that accepted a request held on a connection (/v1) runs it; queued /api requests are
+        # leased from the shared queue instead (aigwd/fleet/queue.py).
         self.node = node or socket.gethostname()
         self.max_records = max_records
         self.missing_max_bytes = missing_max_bytes  # read by each add, so a reload takes effect at once
@@ -160,9 +160,11 @@ class PostgresStore:
     def unavailable(self) -> str | None:
         return self._writer.unavailable
 
-    async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True) -> T:
-        """Run fn(conn) in the writer's next transaction (other modules' tables, e.g. the fleet registry)."""
-        return await self._write(fn, urgent=urgent)
+    async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True,
+                    keep: bool = False) -> T:
+        """Run fn(conn) in the writer's next transaction (other modules' tables, e.g. the fleet registry);
+        keep: accepted work's write, held while the database cannot be reached."""
+        return await self._write(fn, urgent=urgent, keep=keep)
 
     async def read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run fn(conn) on a reader connection; StoreError when the database cannot answer."""
@@ -243,8 +245,9 @@ class PostgresStore:
     async def unfinished(self) -> list[RequestRecord]:
         """This host's queued or processing requests, oldest first."""
         async def read(conn: asyncpg.Connection) -> list[RequestRecord]:
+            # Rows of the shared queue are not this host's: the fleet queue leases them (aigwd/fleet).
             rows = await conn.fetch(f"{_REQUEST_SELECT} WHERE status IN {_UNFINISHED} AND node = $1 "
-                                    "ORDER BY queued_at, id", self.node)
+                                    "AND NOT fleet ORDER BY queued_at, id", self.node)
             return [request_from_row(tuple(r)) for r in rows]
 
         return await self._read(read)

@@ -1,0 +1,309 @@
+"""The shared queue in PostgreSQL: every statement the hosts of a fleet run on it.
+
+A queued /api request is a row with `fleet` set. A host that serves its model claims it with
+`FOR UPDATE SKIP LOCKED` (hosts never wait on each other's claims), which makes the claim a lease: the
+holder, an expiry renewed by heartbeat, and a token bumped by every claim. Every write of an outcome names
+that token, so a host whose lease lapsed (it hung, or was cut off from the database, and another host took
+the request) writes nothing: a result is written once. Times of leases come from the database's clock, so
+hosts with skewed clocks still agree on when a lease lapsed.
+
+The claim order follows a single host's queue (aigwd/scheduling/fairqueue.py) as far as one statement can;
+README "Running a fleet" lists the differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from ..store.postgres import PostgresStore
+from ..store.records import REQUEST_COLUMNS, RequestRecord
+
+QUEUE_CHANNEL = "aigw_queue"  # payload: the backend that has new work
+DONE_CHANNEL = "aigw_done"  # payload: the id of a request that ended
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_CLAIM_COLUMNS = ("id", "subject", "client_id", "backend", "model", "kind", "priority", "resolution", "queued_at",
+                  "deadline_at", "started_at", "attempts", "sync", "account", "lease_token")
+
+# Within a class, a subject's k-th waiting request has turn (its requests running fleet-wide) + k, and within
+# the subject its clients take turns the same way: the subject with least in flight goes next, as a rotation
+# would send it. A request that waited aging_s moves up a class (behind the class's own requests, as a single
+# host's aged lane), and one that waited a full aging_s more after reaching high is overdue: it goes first.
+# The first candidates in that order are then locked one by one by primary key, skipping those another host
+# is claiming at the same moment (four times the claim, plus 64, are looked at).
+_CLAIM = f"""
+WITH clock AS (SELECT {_NOW} AS now),
+running AS (
+    SELECT subject, client_id, count(*) AS n FROM requests
+    WHERE fleet AND status = 'processing' AND backend = $1 GROUP BY subject, client_id),
+subject_running AS (SELECT subject, sum(n) AS n FROM running GROUP BY subject),
+waiting AS (
+    SELECT r.id, r.subject, r.client_id, r.queued_at,
+           CASE r.priority WHEN 'high' THEN 2 WHEN 'normal' THEN 1 ELSE 0 END AS base,
+           CASE WHEN $5 > 0 THEN floor(greatest(0, clock.now - r.queued_at) / $5) ELSE 0 END AS steps
+    FROM requests r, clock
+    WHERE r.fleet AND r.status = 'queued' AND r.backend = $1 AND r.deadline_at > clock.now
+      AND ($6::text[] IS NULL OR r.resolution = ANY($6::text[]))),
+classed AS (
+    SELECT w.*, least(w.base + w.steps, 2) AS cls, w.base + w.steps > 2 AS overdue,
+           w.base + w.steps > w.base AND w.base < 2 AS aged,
+           coalesce(c.n, 0) + row_number() OVER (PARTITION BY least(w.base + w.steps, 2),
+               w.base + w.steps > w.base AND w.base < 2, w.subject, w.client_id ORDER BY w.queued_at, w.id)
+               AS client_turn,
+           coalesce(s.n, 0) AS subject_load
+    FROM waiting w
+    LEFT JOIN running c ON c.subject = w.subject AND c.client_id = w.client_id
+    LEFT JOIN subject_running s ON s.subject = w.subject),
+ranked AS (
+    SELECT k.*, k.subject_load + row_number() OVER (PARTITION BY k.cls, k.aged, k.subject
+               ORDER BY k.client_turn, k.queued_at, k.id) AS turn
+    FROM classed k),
+candidates AS (
+    SELECT array_agg(id ORDER BY place) AS ids FROM (
+        SELECT id, row_number() OVER (ORDER BY overdue DESC, CASE WHEN overdue THEN queued_at END, cls DESC, aged,
+                                      turn, client_turn, queued_at, id) AS place
+        FROM ranked ORDER BY place LIMIT $3 * 4 + 64) t),
+picked AS (
+    SELECT r.id FROM unnest((SELECT ids FROM candidates)) WITH ORDINALITY AS c(id, place)
+    JOIN requests r ON r.id = c.id
+    WHERE r.fleet AND r.status = 'queued'
+    ORDER BY c.place LIMIT $3 FOR UPDATE OF r SKIP LOCKED)
+UPDATE requests r SET status = 'processing', claimed_by = $2, started_at = (SELECT now FROM clock),
+    lease_until = (SELECT now FROM clock) + $4, lease_token = r.lease_token + 1, attempts = r.attempts + 1,
+    nodes = array_append(r.nodes, $2::text)
+FROM picked WHERE r.id = picked.id
+RETURNING {', '.join(f'r.{c}' for c in _CLAIM_COLUMNS)},
+    CASE WHEN octet_length(r.payload) <= $7 THEN r.payload END AS payload
+"""
+
+# A new request, stored if the model's waiting requests ($15) and the subject's ($16) leave room; leased at
+# once to the submitting host (its first lease: token 1) when it asked ($17, the lease) and nothing waits.
+_SUBMIT = f"""
+WITH counts AS (
+    SELECT count(*) AS total, count(*) FILTER (WHERE subject = $2) AS mine FROM requests
+    WHERE fleet AND status = 'queued' AND backend = $4),
+taken AS (SELECT $17::float8 IS NOT NULL AND total = 0 AS yes, {_NOW} AS now FROM counts),
+added AS (
+    INSERT INTO requests (id, subject, client_id, backend, model, kind, priority, resolution, status, queued_at,
+        deadline_at, sync, account, payload, node, fleet, attempts, claimed_by, started_at, lease_until,
+        lease_token, nodes)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN t.yes THEN 'processing' ELSE 'queued' END, $9, $10, $11,
+        $12, $13, $14::text, true, CASE WHEN t.yes THEN 1 ELSE 0 END, CASE WHEN t.yes THEN $14::text END,
+        CASE WHEN t.yes THEN t.now END, CASE WHEN t.yes THEN t.now + $17::float8 END,
+        CASE WHEN t.yes THEN 1 ELSE 0 END, CASE WHEN t.yes THEN ARRAY[$14::text] ELSE '{{}}'::text[] END
+    FROM counts c, taken t WHERE c.total < $15 AND c.mine < $16
+    RETURNING status, started_at)
+SELECT c.total, c.mine, a.status, a.started_at,
+    CASE WHEN a.status = 'queued' THEN pg_notify('{QUEUE_CHANNEL}', $4) END AS notified
+FROM counts c LEFT JOIN added a ON true
+"""
+
+_RENEW = f"""
+UPDATE requests r SET lease_until = {_NOW} + $1
+FROM unnest($2::text[], $3::bigint[]) AS held(id, token)
+WHERE r.id = held.id AND r.lease_token = held.token AND r.claimed_by = $4 AND r.status = 'processing'
+RETURNING r.id
+"""
+
+_FINISH = f"""
+WITH done AS (
+    UPDATE requests SET status = $1, finished_at = $2, result = $3, error = $4, payload = NULL,
+        served_resolution = coalesce($8, served_resolution), lease_until = NULL
+    WHERE id = $5 AND lease_token = $6 AND claimed_by = $7 AND status = 'processing' RETURNING id)
+SELECT pg_notify('{DONE_CHANNEL}', id) FROM done
+"""
+
+_RELEASE = f"""
+WITH back AS (
+    UPDATE requests r SET status = 'queued', started_at = NULL, lease_until = NULL, requeued_at = {_NOW}
+    FROM unnest($1::text[], $2::bigint[]) AS held(id, token)
+    WHERE r.id = held.id AND r.lease_token = held.token AND r.claimed_by = $3 AND r.status = 'processing'
+    RETURNING r.backend)
+SELECT pg_notify('{QUEUE_CHANNEL}', backend) FROM (SELECT DISTINCT backend FROM back) b
+"""
+
+# A lapsed lease: its host is gone (or cut off). Past its deadline it times out, after max_attempts hosts
+# it fails, else it goes back to the queue. `own` also takes this host's claims of an earlier run.
+_LAPSED = "fleet AND status = 'processing' AND (lease_until < (SELECT now FROM clock) OR claimed_by = $2)"
+_REAP = f"""
+WITH clock AS (SELECT {_NOW} AS now),
+queued_late AS (
+    UPDATE requests SET status = 'timeout', finished_at = (SELECT now FROM clock), payload = NULL,
+        error = 'deadline of ' || trim_scale(round((deadline_at - queued_at)::numeric, 3))::text
+                || ' s passed while queued'
+    WHERE fleet AND status = 'queued' AND deadline_at <= (SELECT now FROM clock) RETURNING id),
+lapsed_late AS (
+    UPDATE requests SET status = 'timeout', finished_at = (SELECT now FROM clock), payload = NULL,
+        lapsed_lease_until = lease_until, lease_until = NULL,
+        error = 'deadline of ' || trim_scale(round((deadline_at - queued_at)::numeric, 3))::text
+                || ' s passed while processing (on ' || claimed_by || ', which stopped renewing its lease)'
+    WHERE {_LAPSED} AND deadline_at <= (SELECT now FROM clock) RETURNING id),
+lapsed_spent AS (
+    UPDATE requests SET status = 'failed', finished_at = (SELECT now FROM clock), payload = NULL,
+        lapsed_lease_until = lease_until, lease_until = NULL,
+        error = 'interrupted ' || attempts || ' times: the hosts running it stopped ('
+                || array_to_string(nodes, ', ') || ')'
+    WHERE {_LAPSED} AND deadline_at > (SELECT now FROM clock) AND attempts >= $1 RETURNING id),
+lapsed_back AS (
+    UPDATE requests SET status = 'queued', started_at = NULL, lapsed_lease_until = lease_until,
+        lease_until = NULL, requeued_at = (SELECT now FROM clock)
+    WHERE {_LAPSED} AND deadline_at > (SELECT now FROM clock) AND attempts < $1 RETURNING id, backend),
+notified AS (
+    SELECT pg_notify('{DONE_CHANNEL}', id) FROM (
+        SELECT id FROM queued_late UNION ALL SELECT id FROM lapsed_late UNION ALL SELECT id FROM lapsed_spent) e
+    UNION ALL
+    SELECT pg_notify('{QUEUE_CHANNEL}', backend) FROM (SELECT DISTINCT backend FROM lapsed_back) b)
+SELECT (SELECT count(*) FROM notified) AS notified, (SELECT count(*) FROM lapsed_back) AS requeued,
+    (SELECT count(*) FROM queued_late) + (SELECT count(*) FROM lapsed_late) + (SELECT count(*) FROM lapsed_spent)
+    AS ended
+"""
+
+_CANCEL = f"""
+WITH gone AS (
+    UPDATE requests SET status = 'cancelled', finished_at = {_NOW}, payload = NULL,
+        error = CASE WHEN lease_until IS NULL THEN $2 ELSE $2 || ' while processing' END, lease_until = NULL
+    WHERE id = $1 AND fleet AND status IN ('queued', 'processing')
+    RETURNING {', '.join(REQUEST_COLUMNS)})
+SELECT gone.*, pg_notify('{DONE_CHANNEL}', gone.id) FROM gone
+"""
+
+
+@dataclass
+class Claimed:
+    """A request this host now holds the lease of."""
+    record: RequestRecord
+    token: int
+    payload: bytes | None  # None when large: read back when it runs
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What the waiting bound said: ok, or full (the model's max_waiting), or share (the subject's); `claimed`:
+    the lease token when the submitting host took the request itself at once."""
+    outcome: str
+    held: int = 0
+    claimed: int | None = None
+    started_at: float | None = None
+
+
+class SharedQueue:
+    def __init__(self, store: PostgresStore, node: str) -> None:
+        self.store = store
+        self.node = node
+
+    async def submit(self, rec: RequestRecord, payload: bytes, *, max_waiting: int, subject_cap: int,
+                     claim_lease_s: float | None = None) -> Admitted:
+        """Store a request in the queue, within the model's waiting bound and the subject's share of it,
+        counted over the whole fleet; the hosts serving its model are notified when it commits.
+
+        claim_lease_s: this host has a free slot for it; when nothing of its model waits anywhere (a single
+        host would start it at once too) it is stored already leased to this host, saving a claim."""
+        values = (rec.id, rec.subject, rec.client_id, rec.backend, rec.model, rec.kind, rec.priority,
+                  rec.resolution, rec.queued_at, rec.deadline_at, rec.sync, rec.account, payload, self.node,
+                  max_waiting, subject_cap, claim_lease_s)
+
+        async def op(conn: asyncpg.Connection) -> Admitted:
+            # One lock per model orders the hosts' checks, so two hosts cannot both take the last place; the
+            # count runs in the next statement, whose snapshot sees what the lock's last holder committed.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('aigw-queue:' || $1, 0))", rec.backend)
+            total, mine, status, started_at, _ = await conn.fetchrow(_SUBMIT, *values)
+            if status is None:
+                return Admitted("full", int(total)) if total >= max_waiting else Admitted("share", int(mine))
+            if status == "processing":
+                return Admitted("ok", claimed=1, started_at=float(started_at))
+            return Admitted("ok")
+
+        result: Admitted = await self.store.write(op)
+        return result
+
+    async def claim(self, backend: str, n: int, *, modes: list[str] | None, lease_s: float, aging_s: float,
+                    payload_max: int) -> list[Claimed]:
+        """Lease up to n waiting requests of `backend` (of `modes` only, when given), next in order first."""
+        if n <= 0:
+            return []
+
+        async def op(conn: asyncpg.Connection) -> list[Any]:
+            return list(await conn.fetch(_CLAIM, backend, self.node, n, lease_s, aging_s, modes, payload_max))
+
+        rows = await self.store.write(op)
+        out = []
+        for row in rows:
+            rec = RequestRecord(id=row["id"], subject=row["subject"], client_id=row["client_id"],
+                                backend=row["backend"], model=row["model"], kind=row["kind"],
+                                priority=row["priority"], resolution=row["resolution"], status="processing",
+                                queued_at=row["queued_at"], deadline_at=row["deadline_at"],
+                                started_at=row["started_at"], attempts=row["attempts"], sync=row["sync"],
+                                account=row["account"])
+            payload = row["payload"]
+            out.append(Claimed(rec, int(row["lease_token"]), bytes(payload) if payload is not None else None))
+        return out
+
+    async def renew(self, held: dict[str, int], lease_s: float) -> set[str]:
+        """Extend the leases still ours; returns their ids (the others were lost: cancelled, or taken)."""
+        if not held:
+            return set()
+        ids, tokens = list(held), list(held.values())
+
+        async def op(conn: asyncpg.Connection) -> set[str]:
+            return {str(r[0]) for r in await conn.fetch(_RENEW, lease_s, ids, tokens, self.node)}
+
+        kept: set[str] = await self.store.write(op)
+        return kept
+
+    async def finish(self, request_id: str, token: int, status: str, finished_at: float, result: bytes | None,
+                     error: str | None, served_resolution: str | None = None) -> bool:
+        """Write the outcome if the lease is still ours; False when it was not written (lease lost)."""
+        async def op(conn: asyncpg.Connection) -> bool:
+            rows = await conn.fetch(_FINISH, status, finished_at, result, error, request_id, token, self.node,
+                                    served_resolution)
+            return len(rows) == 1
+
+        # Held in memory while the database is away, and written (under the lease) when it is back.
+        written: bool = await self.store.write(op, urgent=False, keep=True)
+        return written
+
+    async def release(self, held: dict[str, int]) -> None:
+        """Give leases back to the queue at once (a clean stop): other hosts run them without waiting."""
+        if not held:
+            return
+        ids, tokens = list(held), list(held.values())
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(_RELEASE, ids, tokens, self.node)
+
+        await self.store.write(op)
+
+    async def reap(self, max_attempts: int, *, own: bool = False) -> tuple[int, int]:
+        """End what waited past its deadline and take back lapsed leases (own: also this host's claims of an
+        earlier run); returns (requeued, ended)."""
+        mine = self.node if own else None
+
+        async def op(conn: asyncpg.Connection) -> tuple[int, int]:
+            row = await conn.fetchrow(_REAP, max_attempts, mine)
+            return int(row["requeued"]), int(row["ended"])
+
+        counts: tuple[int, int] = await self.store.write(op)
+        return counts
+
+    async def cancel(self, request_id: str, reason: str) -> RequestRecord | None:
+        """Cancel a queued or running fleet request whichever host holds it; None when it is not unfinished.
+        The host running it loses its lease at its next renewal and aborts the model server's call."""
+        async def op(conn: asyncpg.Connection) -> RequestRecord | None:
+            row = await conn.fetchrow(_CANCEL, request_id, reason)
+            if row is None:
+                return None
+            values = [row[c] for c in REQUEST_COLUMNS]
+            return RequestRecord(*values)
+
+        rec: RequestRecord | None = await self.store.write(op)
+        return rec
+
+    async def waiting(self, backend: str) -> int:
+        async def read(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval("SELECT count(*) FROM requests WHERE fleet AND status = 'queued' "
+                                           "AND backend = $1", backend))
+
+        count: int = await self.store.read(read)
+        return count
