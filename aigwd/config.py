@@ -28,6 +28,7 @@ from .configfields import (
 )
 from .pdf.settings import PdfConfig
 from .storeconfig import FleetConfig, StoreConfig, store_problem
+from .usage.settings import QuotaLimit, QuotasConfig, UsageConfig
 
 try:
     import tomllib
@@ -409,6 +410,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -426,7 +429,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
     "store": StoreConfig, "fleet": FleetConfig,
-    "pdf": PdfConfig,
+    "pdf": PdfConfig, "usage": UsageConfig, "quotas": QuotasConfig,
 }
 
 
@@ -434,6 +437,9 @@ SECTIONS: dict[str, type] = {
 _NESTED_LIMITS: dict[tuple[type, str], tuple[type, str]] = {
     (RateLimitConfig, "clients"): (ClientLimit, "client IDs"),
     (RateLimitConfig, "subjects"): (SubjectLimit, "subjects (user names)"),
+    (QuotasConfig, "users"): (QuotaLimit, "user names"),
+    (QuotasConfig, "keys"): (QuotaLimit, "API key ids"),
+    (QuotasConfig, "clients"): (QuotaLimit, "client IDs"),
 }
 
 

@@ -165,6 +165,9 @@ class Daemon:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
             self.switcher = self._auto_switcher(gateway, supervisor, store)
+            # Usage counters are written last, once every request that could still end has ended.
+            await gateway.usage.start()
+            stack.push_async_callback(gateway.usage.close)
             # The servers are stopped after the queue tasks are cancelled.
             stack.push_async_callback(supervisor.close)
             stack.push_async_callback(gateway.close)

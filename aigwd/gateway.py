@@ -33,6 +33,7 @@ from .scheduling.fairqueue import Job
 from .scheduling.modelqueue import REQUEUED, QueueFull
 from .service import Events, ModelService, Replica
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
+from .usage import Accountant, Meter, take_admitted
 
 FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
 # A request interrupted this many times by daemon restarts fails instead of running again.
@@ -59,6 +60,8 @@ class Live:
     upstream_error: tuple[int, bytes] | None = None
     # A PDF: its pages run as jobs of their own (aigwd/pdf/documents.py); the request itself is not queued.
     document: Document | None = None
+    # Its accounting: API key, quota held, tokens reported (made by the admission, aigwd/usage/meter.py).
+    meter: Meter = field(default_factory=take_admitted)
 
 
 class Gateway:
@@ -75,6 +78,7 @@ class Gateway:
                                fail=self._fail) for name, bcfg in cfg.backends.items()}
         self.metrics = Metrics()
         self.documents = Documents(self)
+        self.usage = Accountant(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -247,7 +251,11 @@ class Gateway:
             # not when the garbage collector finalises the generator.
             async with contextlib.aclosing(replica.upstream.stream(body, live.record.id)) as chunks:
                 async for chunk in chunks:
-                    await live.chunks.put(chunk)
+                    # Whole events, its usage counted (and dropped when asked for on the client's behalf).
+                    if events := live.meter.pass_chunk(chunk):
+                        await live.chunks.put(events)
+            if rest := live.meter.stream_end():
+                await live.chunks.put(rest)
         except UpstreamStatus as exc:
             live.upstream_error = (exc.status, exc.body)
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {exc.status}: "
@@ -298,6 +306,7 @@ class Gateway:
         logs.event("request_finished", request_id=rec.id, client=rec.client_id, model=rec.model,
                    priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
                    service_s=round(service_s, 4), error=error)
+        self.usage.finished(live)
         service = self.backends.get(rec.backend)
         if service is not None and live.document is None:  # a PDF's pages told it of themselves
             service.finished(status, rec.started_at is not None, live.replica)

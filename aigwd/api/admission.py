@@ -4,15 +4,17 @@ Each step runs in this order for all of them, so a refusal is the same whichever
 the caller's identity (already checked by the middleware) and its headers, parsed once into
 RequestHeaders; the rate limits, before the body is read, so a client over its limit costs no upload;
 the body's checks; the choice of backend (404 for an unknown model, 400 for the wrong kind); then the
-gateway, which applies the waiting bound and the subject's share of it. The OpenAI route learns the kind
-(chat or OCR) from the model, so it reads X-Resolution only once the body has named an OCR model.
+gateway, which applies the waiting bound and the subject's share of it. The daily quotas of the user, API key
+and client are checked once the backend is known, before a PDF is opened or anything is queued. The OpenAI
+route learns the kind (chat or OCR) from the model, so it reads X-Resolution only once the body has named an
+OCR model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +27,7 @@ from ..pdf.document import Prepared
 from ..pdf.documents import pdf_of
 from ..priority import Priority
 from ..service import ModelService
+from ..usage import ADMITTED, Meter, ask_for_usage
 from . import validation
 from .context import SERVICES, Services
 from .middleware import API_KEY, CLAIMS, ROLE, read_body
@@ -78,12 +81,26 @@ class Admission:
     subject: str
     account: str  # the account id that owns the request (a user's id, or an API key's account)
     document: Prepared | None = None  # a PDF, opened and within its bounds: its pages are OCR'd one by one
+    meter: Meter = field(default_factory=Meter)  # its accounting, and what it holds against quotas
 
     def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
         """The gateway's submit, not yet awaited: a route holding the connection shields it."""
-        return services.gateway.submit(self.backend, subject=self.subject, headers=self.headers, model=self.model,
-                                       payload=self.raw, sync=sync, stream=stream, account=self.account,
-                                       document=self.document)
+        return self._submit(services, sync, stream)
+
+    async def _submit(self, services: Services, sync: bool, stream: bool) -> Live:
+        try:
+            return await services.gateway.submit(self.backend, subject=self.subject, headers=self.headers,
+                                                  model=self.model, payload=self.raw, sync=sync, stream=stream,
+                                                  account=self.account, document=self.document)
+        except BaseException:
+            release_quota(self.meter)  # not accepted: it holds nothing
+            raise
+
+
+def release_quota(meter: Meter) -> None:
+    if meter.release is not None:
+        meter.release()
+        meter.release = None
 
 
 async def admit(request: web.Request, kind: str | None) -> Admission:
@@ -114,11 +131,32 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
                           else "Images go to /api/ocr; /api/chat takes text messages")
     rt = services.gateway.backend_for(model, kind, parsed.client_id, claims.sub)
     validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
+    key = request.get(API_KEY)
+    meter = services.gateway.usage.admit(claims.sub, key.id if key is not None else "", parsed.client_id,
+                                         _completion_bound(body, rt.cfg.max_tokens_limit))
     document = None
-    if pdf:
-        data = pdf_of(body)
-        assert data is not None  # checked above
-        # Opened in its own render process, off the event loop; 400 or 413 when it cannot or may not be.
-        document = await services.gateway.documents.prepare(data, body, stream=openai and bool(body.get("stream")))
+    try:
+        if pdf:
+            data = pdf_of(body)
+            assert data is not None  # checked above
+            # Opened in its own render process, off the event loop; 400 or 413 when it cannot or may not be.
+            document = await services.gateway.documents.prepare(data, body,
+                                                                stream=openai and bool(body.get("stream")))
+        elif openai and body.get("stream"):
+            # The final usage chunk is asked for, to count the tokens; passed on only when the client asked.
+            raw, meter.client_wants_usage = ask_for_usage(raw, body)
+    except BaseException:
+        release_quota(meter)
+        raise
+    ADMITTED.set(meter)  # taken by the request the gateway creates next, in this task (aigwd/usage/meter.py)
     return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=claims.sub,
-                     account=claims.uid, document=document)
+                     account=claims.uid, document=document, meter=meter)
+
+
+def _completion_bound(body: dict[str, Any], limit: int) -> int:
+    """The most completion tokens a request may produce: what it asks for, else the backend's bound."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return limit

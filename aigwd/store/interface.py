@@ -14,6 +14,7 @@ from typing import Protocol
 from ..auth.apikeys import ApiKey
 from ..auth.ledger import RefreshLedger
 from .records import AuditRecord, CrashRecord, MissingModelRecord, Position, RequestRecord, UserRecord
+from .usagerows import QuotaRecord, UsageRow, UsageTotal
 
 
 class ApiKeyStore(Protocol):
@@ -26,6 +27,39 @@ class ApiKeyStore(Protocol):
 
     async def all(self) -> list[ApiKey]:
         """Every key, revoked ones too, oldest first."""
+        ...
+
+
+class UsageStore(Protocol):
+    """Usage counters per UTC hour, and the quotas set at run time (aigwd/store/usagerows.py)."""
+
+    async def add(self, rows: list[UsageRow]) -> None:
+        """Add each row's counters to the stored row of the same key (upsert), all in one transaction."""
+        ...
+
+    async def totals(self, group_by: str, granularity: str, start: int, end: int, limit: int, *,
+                     subject: str | None = None, after: tuple[int, str] | None = None) -> list[UsageTotal]:
+        """Counters summed per hour or day and group, hours in [start, end), ordered by (bucket, group);
+        `after`: the (bucket, group) of the previous page's last row; `subject`: that subject's rows only."""
+        ...
+
+    async def day_use(self, start: int, end: int, scope: str, names: list[str]
+                      ) -> dict[str, tuple[int, int, float]]:
+        """(requests, tokens, GPU-seconds) in [start, end) of each of `names` (users, keys or clients)."""
+        ...
+
+    async def purge(self, before: int) -> int:
+        """Delete hours before `before`; returns how many rows."""
+        ...
+
+    async def set_quota(self, rec: QuotaRecord) -> None:
+        ...
+
+    async def clear_quota(self, scope: str, name: str) -> bool:
+        """False when no quota was set for it at run time."""
+        ...
+
+    async def quotas(self) -> list[QuotaRecord]:
         ...
 
 
@@ -71,6 +105,9 @@ class Store(Protocol):
         ...
 
     def api_keys(self) -> ApiKeyStore:
+        ...
+
+    def usage(self) -> UsageStore:
         ...
 
     # --- requests ----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from .records import (
     request_values,
 )
 from .spool import Spool
+from .usage import SqliteUsageTable
 from .writer import Txn, Writer
 
 _REQUEST_SELECT = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests"
@@ -146,6 +147,9 @@ class SqliteStore:
 
     def api_keys(self) -> ApiKeyTable:
         return ApiKeyTable(self._writer, self._readers)
+
+    def usage(self) -> SqliteUsageTable:
+        return SqliteUsageTable(self._writer, self._readers)
 
     # --- writes --------------------------------------------------------------------------------
 

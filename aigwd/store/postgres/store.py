@@ -39,6 +39,7 @@ from ..records import (
 from . import schema
 from .connect import PgTarget
 from .tables import PgApiKeyTable, PgRefreshLedger, affected
+from .usage import PgUsageTable
 from .writer import CONNECTION_ERRORS, PgWriter
 
 T = TypeVar("T")
@@ -153,6 +154,9 @@ class PostgresStore:
 
     def api_keys(self) -> PgApiKeyTable:
         return PgApiKeyTable(self._writer, self._read)
+
+    def usage(self) -> PgUsageTable:
+        return PgUsageTable(self._writer, self._read)
 
     # --- requests ------------------------------------------------------------------------------
 
