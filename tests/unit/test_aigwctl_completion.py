@@ -40,7 +40,7 @@ def test_split_keeps_the_word_being_typed() -> None:
     ("start deepseek --resolution g", ["gundam"]),
     ("start deepseek --resolution gundam ", []),
     ("resolution ", ["base", "gundam", "large"]),
-    ("resolution base ", ["--graceful", "--no-graceful"]),
+    ("resolution base ", ["--graceful", "--no-graceful", "--replica"]),
     ("users del ", ["admin", "alice"]),
     ("users add carol --role ", ["admin", "user"]),
     ("users add carol ", ["--role"]),
