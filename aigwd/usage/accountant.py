@@ -116,20 +116,24 @@ class Accountant:
         """Write the counters gathered since the last flush in one transaction, then read today's use of the
         quotas' scopes back (every host's). A failed write keeps them for the next flush."""
         async with self._flush_lock:
+            book = self.quotas
             rows, self.pending = self.pending, {}
-            local, self.quotas.local = self.quotas.local, {}
-            day = self.quotas.day
-            table = self._gw.store.usage()
+            # Still counted against the quotas while written, until the store's figures include them.
+            book.flushing, book.local = book.local, {}
+            day = book.day
             try:
-                await table.add(list(rows.values()))
+                await self._gw.store.usage().add(list(rows.values()))
             except StoreError as exc:
                 logs.event("usage_flush_failed", logging.WARNING, rows=len(rows), reason=str(exc))
                 for key, row in rows.items():
                     _merge_row(self.pending, key, row)
-                _merge_use(self.quotas.local, local)
+                if book.day == day:
+                    _merge_use(book.local, book.flushing)
+                book.flushing = {}
                 return
-            if not await self._read_today() and self.quotas.day == day:
-                _merge_use(self.quotas.base, local)  # written, but not read back: counted here meanwhile
+            if not await self._read_today() and book.day == day:
+                _merge_use(book.base, book.flushing)  # written, but not read back: counted here meanwhile
+            book.flushing = {}
 
     async def refresh(self) -> None:
         """Read the quotas set at run time (any host may set them) and today's use again."""

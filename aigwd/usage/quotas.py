@@ -55,7 +55,8 @@ class QuotaBook:
         self.runtime: dict[Scope, QuotaLimit] = {}  # set with `aigwctl quota set`, over the config file's
         self.day = day_start(time.time())
         self.base: dict[Scope, Use] = {}  # today's use in the store, as last read
-        self.local: dict[Scope, Use] = {}  # counted here since the store was last read or written
+        self.local: dict[Scope, Use] = {}  # counted here since the last flush began
+        self.flushing: dict[Scope, Use] = {}  # counted here, being written: not yet in `base`
         self.held: dict[Scope, Use] = {}  # requests running now (tokens: their max_tokens)
 
     # --- which quotas apply ------------------------------------------------------------------------
@@ -86,11 +87,11 @@ class QuotaBook:
     def roll_day(self, now: float) -> None:
         today = day_start(now)
         if today != self.day:
-            self.day, self.base, self.local = today, {}, {}
+            self.day, self.base, self.local, self.flushing = today, {}, {}, {}
 
     def used(self, scope: Scope) -> Use:
         total = Use()
-        for table in (self.base, self.local, self.held):
+        for table in (self.base, self.flushing, self.local, self.held):
             found = table.get(scope)
             if found is not None:
                 total.add(found)

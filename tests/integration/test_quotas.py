@@ -87,3 +87,47 @@ async def test_runtime_quota_on_tokens_set_listed_cleared(make_daemon, session: 
     assert bad.returncode == 1 and "NAME=VALUE with NAME one of tokens_per_day" in bad.stderr
     missing = aigwctl(d, "quota", "clear", "client", "tok-app")
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+async def test_a_quota_holds_across_hosts_on_one_database(make_daemon, session: aiohttp.ClientSession,
+                                                          pg_target: Any, tmp_path: Any) -> None:
+    from tests.integration.conftest import Daemon, free_port, write_config
+    from tests.integration.test_postgres_store import store_sections
+
+    sections = {**store_sections(pg_target, "host-a"), "usage": {"flush_interval_s": 0.2}}
+    first = make_daemon([chat_backend()], sections=sections)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    port = free_port()
+    config = write_config(second_dir, [chat_backend()], port=port,
+                          sections={**store_sections(pg_target, "host-b"), "usage": {"flush_interval_s": 0.2}})
+    second = Daemon(config, port, second_dir, [chat_backend()])
+    try:
+        second.start()
+        a, b = Client(session, first.url), Client(session, second.url)
+        await a.login()
+        await b.login()
+        status, body, _ = await a.call("POST", "/admin/quotas", json_body={
+            "scope": "user", "name": "alice", "limit": "requests_per_day=3"})
+        assert status == 200, body
+        alice_a, alice_b = Client(session, first.url), Client(session, second.url)
+        await alice_a.login("alice", "alice-pw")
+        await alice_b.login("alice", "alice-pw")
+        for _ in range(2):
+            status, answer, _ = await alice_a.call("POST", "/v1/chat/completions", json_body=chat())
+            assert status == 200, answer
+
+        async def seen_by_b() -> bool:
+            _, rows, _ = await b.call("GET", "/admin/quotas")
+            return bool(rows) and rows[0]["used_requests"] == 2
+
+        from tests.integration.conftest import async_wait_until
+        await async_wait_until(seen_by_b, what="host b to see what host a counted")
+        status, answer, _ = await alice_b.call("POST", "/v1/chat/completions", json_body=chat())
+        assert status == 200, answer
+        status, body, _ = await alice_b.call("POST", "/api/chat", json_body=chat())
+        assert status == 429 and "requests_per_day: 3 of 3" in body["detail"], body
+        status, rows, _ = await b.call("GET", "/admin/usage?group_by=subject&granularity=day")
+        assert status == 200 and [(r["subject"], r["requests"]) for r in rows] == [("alice", 3)]
+    finally:
+        second.stop()

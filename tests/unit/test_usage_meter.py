@@ -110,3 +110,43 @@ def test_tokens_quota_holds_max_tokens_of_running_requests_and_resets_next_day()
     with pytest.raises(ApiError, match="tokens_per_day: 100 of 100"):
         quotas.admit(scopes, 5, NOW)
     assert quotas.admit(scopes, 60, NOW + DAY_S) is not None  # a new UTC day: only what still runs counts
+
+
+async def test_use_being_flushed_still_counts_against_quotas() -> None:
+    """While a flush writes the counters, what it writes is in neither the store's figures nor the new local
+    ones: a request admitted meanwhile must still see it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aigwd.metrics import Metrics
+    from aigwd.usage.accountant import Accountant
+
+    written = asyncio.Event()
+    release = asyncio.Event()
+
+    class Table:
+        async def add(self, rows: list[object]) -> None:
+            written.set()
+            await release.wait()
+
+        async def day_use(self, start: int, end: int, scope: str, names: list[str]) -> dict[str, object]:
+            return {"alice": (1, 0, 0.0)} if scope == "user" and release.is_set() else {}
+
+        async def quotas(self) -> list[object]:
+            return []
+
+    cfg = SimpleNamespace(quotas=QuotasConfig(users={"alice": QuotaLimit(requests_per_day=1)}),
+                          usage=SimpleNamespace(flush_interval_s=5.0, retention_days=400))
+    gateway = SimpleNamespace(cfg=cfg, store=SimpleNamespace(usage=Table), metrics=Metrics())
+    accountant = Accountant(gateway)  # type: ignore[arg-type]
+    scopes = QuotaBook.scopes("alice", "", "app")
+    accountant.quotas.charge(scopes, Use(1, 0, 0.0), accountant.quotas.day + 10)
+    flushing = asyncio.ensure_future(accountant.flush())
+    await written.wait()
+    with pytest.raises(ApiError, match="1 of 1 requests"):
+        accountant.quotas.admit(scopes, 0, accountant.quotas.day + 20)
+    release.set()
+    await flushing
+    with pytest.raises(ApiError, match="1 of 1 requests"):  # now from the store's figures
+        accountant.quotas.admit(scopes, 0, accountant.quotas.day + 20)
+    assert accountant.quotas.flushing == {} and accountant.quotas.local == {}
