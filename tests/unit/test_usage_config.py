@@ -42,7 +42,8 @@ tokens_per_day = 5
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ("[quotas.users.alice]\ntokens_per_day = -1\n", "quotas.users.alice.tokens_per_day: must be 0 \\(no limit\\) or more"),
+    ("[quotas.users.alice]\ntokens_per_day = -1\n",
+     "quotas.users.alice.tokens_per_day: must be 0 \\(no limit\\) or more"),
     ("[quotas.users.alice]\ntokens = 5\n", "quotas.users.alice.tokens: unknown setting"),
     ("[quotas.teams.x]\ntokens_per_day = 5\n", "quotas.teams: unknown setting"),
     ("[usage]\nflush_interval_s = 0\n", "usage.flush_interval_s: must be between 0.05 and 300"),
