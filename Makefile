@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint typecheck unit integration clean bench bench-smoke soak vllm-env vllm-model demo-vllm
+.PHONY: venv demo test lint typecheck unit integration clean bench bench-smoke bench-streams soak vllm-env vllm-model demo-vllm
 
 # The real vLLM (CPU build) in its own environment, never in .venv (it pins its own torch, aiohttp and
 # more), and a tiny model written on disk: tests/vllm and `make demo-vllm` use them. About 3.5 GB, a few
@@ -71,13 +71,18 @@ test: venv lint typecheck
 soak: venv
 	AIGW_SOAK_S=600 $(BIN)/pytest -q -s tests/soak
 
-# Benchmarks against the direct path, nginx, a bare aiohttp proxy and LiteLLM; writes bench/RESULTS.md.
+# Benchmarks against the direct path, nginx, a bare aiohttp proxy and LiteLLM; rewrites its own section of
+# bench/RESULTS.md (between its markers), the rest of the file stays.
 # A subset: make bench ARGS="--only latency,throughput --seconds 5" (see: $(BIN)/python -m bench --help)
 bench: venv
 	$(BIN)/python -m bench $(ARGS)
 
 bench-smoke: venv
 	$(BIN)/python -m bench --smoke $(ARGS)
+
+# 500 streams at 50 tokens/s through aigw, the bare proxy and direct; its own section of bench/RESULTS.md.
+bench-streams: venv
+	$(BIN)/python -m bench.streams $(ARGS)
 
 .PHONY: deb deb-lint deb-requirements
 

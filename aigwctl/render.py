@@ -22,6 +22,8 @@ TABLES: dict[str, Columns] = {
     "missing": (("timestamp", "TIME"), ("model_name", "MODEL"), ("client_id", "CLIENT")),
     "audit": (("timestamp", "TIME"), ("actor", "ACTOR"), ("via", "VIA"), ("command", "COMMAND"),
               ("args", "ARGS"), ("status", "STATUS"), ("detail", "DETAIL")),
+    "batches": (("id", "BATCH"), ("subject", "SUBJECT"), ("status", "STATUS"), ("progress", "PROGRESS"),
+                ("failed", "FAILED"), ("created_at", "CREATED"), ("expires_at", "EXPIRES")),
     "users list": (("name", "NAME"), ("role", "ROLE"), ("source", "SOURCE"), ("disabled", "DISABLED"),
                    ("updated_at", "UPDATED")),
 }

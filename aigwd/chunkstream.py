@@ -60,6 +60,17 @@ class ChunkStream:
         _wake(self._putter)
         return chunk
 
+    async def take(self, timeout_s: float | None = None) -> bytes | None:
+        """Every chunk buffered now, as one piece (waiting as `get` does for the first): a reader that fell
+        behind catches up in one write instead of one per chunk."""
+        first = await self.get(timeout_s)
+        if first is None or not self._items:
+            return first
+        joined = b"".join([first, *self._items])
+        self._items.clear()
+        _wake(self._putter)
+        return joined
+
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():

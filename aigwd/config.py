@@ -205,8 +205,8 @@ class SubjectLimit:
 
 @dataclass
 class RateLimitConfig:
-    per_minute: float = opt(60.0, "Sustained submissions per minute per (token subject, client ID).",
-                             positive)
+    per_minute: float = opt(60.0, "Sustained submissions per minute per (token subject, client ID); with "
+                                  "[store] url, across all hosts of the fleet together.", positive)
     burst: int = opt(10, "Submissions allowed at once before the sustained rate applies.", positive)
     clients: dict[str, ClientLimit] = opt_factory(dict, "Overrides by client ID: [rate_limit.clients.ID].")
     subject_per_minute: float = opt(120.0, "Sustained submissions per minute per token subject (a user, or "
@@ -275,6 +275,24 @@ class OcrConfig:
     switch_share_per_subject: float = opt(0.5, "strict: the fraction of max_switches_per_hour one subject's "
                                                 "requests may cause; past it they no longer count as demand "
                                                 "for the rest of the hour.", _fraction)
+
+
+@dataclass
+class BatchConfig:
+    max_file_mib: float = opt(100.0, "Largest file accepted on POST /v1/files, MiB (streamed to disk, never held in "
+                                      "memory); larger gets 413.", positive)
+    max_files_per_subject: int = opt(100, "Files one subject may keep, uploaded and written by its batches (two "
+                                           "each); past it uploads and batches get 400 until some are deleted.",
+                                      positive)
+    max_lines: int = opt(50_000, "Lines (requests) one batch's input file may hold; more fails the batch at "
+                                  "validation.", positive)
+    max_open_per_subject: int = opt(4, "Batches of one subject not yet ended (validating, in progress, "
+                                        "finalizing, cancelling); one more gets 429.", positive)
+    max_queued_lines: int = opt(2, "Lines of one batch in the queues at once: the rest are fed in as these "
+                                    "finish, so a batch never fills max_waiting.", positive)
+    window_s: float = opt(86400.0, "The deadline of a batch's completion_window \"24h\", in seconds (lower only "
+                                    "to test expiry); lines not run by then end as expired.", positive)
+    upload_timeout_s: float = opt(600.0, "A file upload not received in this many seconds gets 408.", positive)
 
 
 def _at_least_one(v: Any) -> str | None:
@@ -410,6 +428,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
+    batches: BatchConfig = field(default_factory=BatchConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
 
@@ -429,7 +448,8 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig, "auth": AuthConfig, "rate_limit": RateLimitConfig, "queue": QueueConfig,
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
     "store": StoreConfig, "fleet": FleetConfig,
-    "pdf": PdfConfig, "usage": UsageConfig, "quotas": QuotasConfig,
+    "pdf": PdfConfig,
+    "batches": BatchConfig, "usage": UsageConfig, "quotas": QuotasConfig,
 }
 
 

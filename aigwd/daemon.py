@@ -12,6 +12,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from . import __version__, logs
+from .api.admission import batch_line_submitter
 from .api.app import build_app, build_metrics_app
 from .api.context import Services
 from .api.control_socket import ControlServer, ControlSocketError
@@ -20,6 +21,7 @@ from .auth.tokens import SecretFileError, TokenService, load_or_create_secret
 from .auth.users import UserDirectory
 from .autoswitch import AutoSwitcher, waiting_by_mode
 from .backends.supervisor import Supervisor
+from .batches import BatchRunner, FileStore
 from .config import Config, parse_listen
 from .control.loghub import publish_backend_line
 from .control.plane import ControlPlane
@@ -185,7 +187,18 @@ class Daemon:
                 plane.reloader.reload, lambda: self._status_line(gateway))
             await plane.start()
             stack.callback(plane.hub.detach)
+            if cfg.store.url:  # limits, logins and account changes held in common with the other hosts
+                from .fleet.clientstate import shared_client_state
+                from .store.postgres import PostgresStore
+
+                assert isinstance(store, PostgresStore)
+                await stack.enter_async_context(shared_client_state(store, services))
             await gateway.recover()
+            # Batches resume after the requests: their lines queue behind what was accepted before.
+            batches = BatchRunner(gateway, store.batches(), FileStore(cfg.state_dir), batch_line_submitter(services))
+            await batches.start()
+            stack.push_async_callback(batches.close)  # before the gateway closes: no line is fed into it after
+            services.batches = batches
             yield _Parts(services, gateway, supervisor, plane)
 
     @contextlib.asynccontextmanager

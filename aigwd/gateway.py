@@ -60,6 +60,10 @@ class Live:
     upstream_error: tuple[int, bytes] | None = None
     # A PDF: its pages run as jobs of their own (aigwd/pdf/documents.py); the request itself is not queued.
     document: Document | None = None
+    # Background work (a batch line): lowest class, never aged, and it gives its waiting place up to an
+    # interactive request that would otherwise be refused (yielded: its batch feeds it in again later).
+    background: bool = False
+    yielded: bool = False
     # Its accounting: API key, quota held, tokens reported (made by the admission, aigwd/usage/meter.py).
     meter: Meter = field(default_factory=take_admitted)
 
@@ -102,12 +106,13 @@ class Gateway:
 
     async def submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
                      payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None,
-                     document: Prepared | None = None) -> Live:
+                     document: Prepared | None = None, background: bool = False) -> Live:
         """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once. A PDF
         (`document`) is not queued itself: its pages are, once it is accepted."""
         try:
             live, job = await self._submit(rt, subject=subject, headers=headers, model=model, payload=payload,
-                                           sync=sync, stream=stream, account=account, document=document)
+                                           sync=sync, stream=stream, account=account, document=document,
+                                           background=background)
         except BaseException:
             if document is not None:
                 await asyncio.shield(self.documents.abandon(document))
@@ -118,7 +123,7 @@ class Gateway:
 
     async def _submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
                       payload: bytes, sync: bool, stream: bool, account: str | None,
-                      document: Prepared | None) -> tuple[Live, Job]:
+                      document: Prepared | None, background: bool) -> tuple[Live, Job]:
         client_id, priority, resolution = headers.client_id, headers.priority, headers.resolution
         now_wall, now_mono = time.time(), time.monotonic()
         timeout = self.cfg.queue.timeout_s
@@ -126,16 +131,16 @@ class Gateway:
             id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=rt.cfg.name, model=model,
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
             queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync, account=account)
-        live = Live(rec, payload)
+        live = Live(rec, payload, background=background)
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.
             live.chunks = ChunkStream(STREAM_BUFFER_CHUNKS)
         job = Job(id=rec.id, client_id=client_id, priority=priority, enqueued_at=now_mono,
-                  deadline=now_mono + timeout, data=live, subject=subject)
+                  deadline=now_mono + timeout, data=live, subject=subject, ages=not background)
         self.live[rec.id] = live
         try:
             if document is None:
-                rt.queues.submit(job, resolution)  # reserves the slot at once, so the bound holds while we store
+                self._enqueue(rt, job, resolution)  # reserves the slot at once, so the bound holds while we store
             else:  # its pages run within the same bounds: it needs the room one waiting request would take
                 rt.queues.check_room(job, resolution)
         except ShareFull as exc:
@@ -172,6 +177,30 @@ class Gateway:
         logs.event("request_accepted", logging.DEBUG, request_id=rec.id, client=client_id, model=model,
                    backend=rt.cfg.name, priority=rec.priority, resolution=resolution)
         return live, job
+
+    def _enqueue(self, rt: ModelService, job: Job, resolution: str | None) -> None:
+        """Reserve the slot at once, so the bound holds while the request is stored. An interactive request
+        that finds the waiting room (or its subject's share of it) full takes the place of a waiting batch
+        line instead of being refused: batches only ever use room nobody else asks for."""
+        try:
+            rt.queues.submit(job, resolution)
+        except QueueFull as exc:
+            live: Live = job.data
+            if live.background or not self._yield_place(rt, job.subject if isinstance(exc, ShareFull) else None):
+                raise
+            rt.queues.submit(job, resolution)
+
+    def _yield_place(self, rt: ModelService, subject: str | None) -> bool:
+        """Take one waiting batch line of this backend (of `subject`, when given) out of its queue."""
+        for live in self.live.values():
+            rec = live.record
+            if (live.background and rec.status == "queued" and rec.backend == rt.cfg.name
+                    and (subject is None or rec.subject == subject) and rt.queues.cancel(rec.id) == "queued"):
+                live.yielded = True
+                self._background(self._finish(live, "cancelled", error="gave its waiting place to an "
+                                                                       "interactive request"))
+                return True
+        return False
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -314,6 +343,11 @@ class Gateway:
 
     async def _save(self, live: Live) -> None:
         rec = live.record
+        if live.background and not live.has_row:
+            # A batch line: its result goes to its batch's output or error file; a row would hold it twice.
+            live.saved = True
+            self.live.pop(rec.id, None)
+            return
         try:
             if live.has_row:
                 await self.store.finish(rec.id, rec.status, rec.finished_at or time.time(), rec.result,

@@ -37,6 +37,8 @@ class Metrics:
                                     ["backend", "priority"], buckets=BUCKETS, registry=self.registry)
         self.service_time = Histogram("aigw_service_seconds", "Time from the start of processing to the end",
                                       ["backend"], buckets=BUCKETS, registry=self.registry)
+        self.batch_lines = Counter("aigw_batch_lines", "Batch lines by outcome (completed, failed, expired, "
+                                   "cancelled)", ["outcome"], registry=self.registry)
         # Bounded: backends x 3 priorities x the few outcomes.
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
         self.usage = UsageCounters(self.registry)
@@ -59,6 +61,9 @@ class Metrics:
             children[1].observe(max(0.0, wait_s))
         if service_s is not None:
             children[2].observe(max(0.0, service_s))
+
+    def batch_line(self, outcome: str) -> None:
+        self.batch_lines.labels(outcome).inc()
 
     def rejected(self, backend: str, status: int) -> None:
         self.requests.labels(backend or "-", f"rejected_{status}").inc()

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from . import loadgen, payloads, stack, wrkrun
-from .harness import interleaved, two_step_flow
 from .loadgen import Target, json_request
+from .measure import interleaved
 from .procs import Procs, cpu_layout, free_port, wait_http
+from .targets import two_step_flow
 
 
 def main(argv: list[str] | None = None) -> int:

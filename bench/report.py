@@ -7,6 +7,8 @@ import math
 from collections import Counter
 from typing import Any
 
+from . import streams_report
+
 # (figure, goal text, how to read the measured value from results, limit, "<=" or ">=")
 GOALS_DOC = "Targets (ratios in one run on this machine)"
 
@@ -129,7 +131,7 @@ def render(data: dict[str, Any]) -> str:
                   f"{meta['cores']} cores at the start): other processes competed for the gateway's core, which "
                   "inflates latencies (p99 most) and lowers throughput of every target on that core alike.", ""]
     lines += _latency(res) + _sse(res) + _errors(res) + _throughput(res) + _openloop(res) + _overload(res)
-    lines += _ocr(res) + _memory(res) + _profile(res)
+    lines += _ocr(res) + _memory(res) + _profile(res) + _streams(res)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
@@ -325,6 +327,15 @@ def _profile(res: dict[str, Any]) -> list[str]:
         lines += [f"| {pct:.1f} | `{fn}` |" for fn, _n, pct in p["top_total"][:25]]
         lines.append("")
     return lines
+
+
+def _streams(res: dict[str, Any]) -> list[str]:
+    got = _get(res, "streams")
+    if not got:
+        return []
+    st = got["settings"]
+    return [f"## Streams: {st['streams']} concurrent streams at {st['rate']:g} tokens/s", "",
+            f"- {streams_report.how(st)}", "", *streams_report.tables(got), ""]
 
 
 def collapse(raw: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ OCR model.
 from __future__ import annotations
 
 import math
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,9 +54,9 @@ def with_resolution(parsed: RequestHeaders, headers: Mapping[str, str], default:
     return replace(parsed, resolution=validation.resolution(headers, default))
 
 
-def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
+async def rate_limit(request: web.Request, services: Services, client_id: str) -> None:
     subject = request[CLAIMS].sub
-    wait, scope = services.limiter.admit(subject, client_id)
+    wait, scope = await services.limiter.take(subject, client_id)
     if wait > 0:
         services.gateway.metrics.rejected("-", 429)
         retry = max(1, math.ceil(wait))
@@ -80,6 +80,7 @@ class Admission:
     headers: RequestHeaders
     subject: str
     account: str  # the account id that owns the request (a user's id, or an API key's account)
+    pdf: bool = False  # the image slot holds a PDF: opened by open_document before the gateway takes it
     document: Prepared | None = None  # a PDF, opened and within its bounds: its pages are OCR'd one by one
     meter: Meter = field(default_factory=Meter)  # its accounting, and what it holds against quotas
 
@@ -110,47 +111,32 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     parsed = read_headers(request.headers, request.get(API_KEY))
     if kind == "ocr":
         parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
-    rate_limit(request, services, parsed.client_id)
+    await rate_limit(request, services, parsed.client_id)
     await read_body(request)
     raw = await request.read()
-    body = validation.parse_json(raw)
-    openai = kind is None
-    model = validation.chat_body(body, allow_stream=openai)
-    validation.forwarded_fields(body, admin=request[ROLE] == "admin")
-    if kind is None:
-        name = services.gateway.model_index.get(model)
-        kind = services.cfg.backends[name].kind if name else "chat"
-        if kind == "ocr":
-            parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
-    pdf = False
-    if kind == "ocr":
-        ocr = services.cfg.ocr
-        pdf = validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
-    elif validation.image_parts(body):
-        raise bad_request(f"Model {model} takes text only; images go to the OCR model" if openai
-                          else "Images go to /api/ocr; /api/chat takes text messages")
-    rt = services.gateway.backend_for(model, kind, parsed.client_id, claims.sub)
-    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
+    admission = check_body(services, raw, parsed, request.headers, kind, admin=request[ROLE] == "admin",
+                           subject=claims.sub, account=claims.uid)
     key = request.get(API_KEY)
-    meter = services.gateway.usage.admit(claims.sub, key.id if key is not None else "", parsed.client_id,
-                                         _completion_bound(body, rt.cfg.max_tokens_limit))
-    document = None
+    admission = metered(services, admission, key.id if key is not None else "")
+    stream = kind is None and bool(admission.body.get("stream"))
     try:
-        if pdf:
-            data = pdf_of(body)
-            assert data is not None  # checked above
-            # Opened in its own render process, off the event loop; 400 or 413 when it cannot or may not be.
-            document = await services.gateway.documents.prepare(data, body,
-                                                                stream=openai and bool(body.get("stream")))
-        elif openai and body.get("stream"):
+        if stream and not admission.pdf:
             # The final usage chunk is asked for, to count the tokens; passed on only when the client asked.
-            raw, meter.client_wants_usage = ask_for_usage(raw, body)
+            raw, admission.meter.client_wants_usage = ask_for_usage(admission.raw, admission.body)
+            admission = replace(admission, raw=raw)
+        admission = await open_document(services, admission, stream=stream)
     except BaseException:
-        release_quota(meter)
+        release_quota(admission.meter)
         raise
-    ADMITTED.set(meter)  # taken by the request the gateway creates next, in this task (aigwd/usage/meter.py)
-    return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=claims.sub,
-                     account=claims.uid, document=document, meter=meter)
+    ADMITTED.set(admission.meter)  # taken by the request the gateway creates next, in this task (usage/meter.py)
+    return admission
+
+
+def metered(services: Services, admission: Admission, api_key: str) -> Admission:
+    """The quotas of the request's user, API key and client (429 when one is used up), and its meter."""
+    meter = services.gateway.usage.admit(admission.subject, api_key, admission.headers.client_id,
+                                         _completion_bound(admission.body, admission.backend.cfg.max_tokens_limit))
+    return replace(admission, meter=meter)
 
 
 def _completion_bound(body: dict[str, Any], limit: int) -> int:
@@ -160,3 +146,64 @@ def _completion_bound(body: dict[str, Any], limit: int) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return limit
+
+
+def check_body(services: Services, raw: bytes, parsed: RequestHeaders, headers: Mapping[str, str],
+               kind: str | None, *, admin: bool, subject: str, account: str) -> Admission:
+    """The body's checks and the choice of backend: the same for a request on a route and a batch line."""
+    body = validation.parse_json(raw)
+    openai = kind is None
+    model = validation.chat_body(body, allow_stream=openai)
+    validation.forwarded_fields(body, admin=admin)
+    if kind is None:
+        name = services.gateway.model_index.get(model)
+        kind = services.cfg.backends[name].kind if name else "chat"
+        if kind == "ocr":
+            parsed = with_resolution(parsed, headers, services.cfg.ocr.default_resolution)
+    pdf = False
+    if kind == "ocr":
+        ocr = services.cfg.ocr
+        pdf = validation.ocr_image(body, len(raw), max_pixels=ocr.max_image_pixels, max_side=ocr.max_image_side)
+    elif validation.image_parts(body):
+        raise bad_request(f"Model {model} takes text only; images go to the OCR model" if openai
+                          else "Images go to /api/ocr; /api/chat takes text messages")
+    rt = services.gateway.backend_for(model, kind, parsed.client_id, subject)
+    validation.max_tokens_bound(body, model, rt.cfg.max_tokens_limit)
+    return Admission(kind=kind, model=model, body=body, raw=raw, backend=rt, headers=parsed, subject=subject,
+                     account=account, pdf=pdf)
+
+
+async def open_document(services: Services, admission: Admission, *, stream: bool) -> Admission:
+    """A PDF's pages, opened in its own render process off the event loop; 400 or 413 when it cannot or may
+    not be. Anything else passes as it is."""
+    if not admission.pdf:
+        return admission
+    data = pdf_of(admission.body)
+    assert data is not None  # checked by check_body
+    document = await services.gateway.documents.prepare(data, admission.body, stream=stream)
+    return replace(admission, document=document)
+
+
+def batch_line_submitter(services: Services) -> Callable[[bytes, str, str, str], Awaitable[Live]]:
+    """How a batch line enters: the checks of /v1/chat/completions (no rate limit: a batch feeds a bounded
+    number of lines at a time), then the gateway at the lowest class, as background work."""
+
+    async def submit(raw: bytes, subject: str, account: str, client_id: str) -> Live:
+        parsed = RequestHeaders(client_id, Priority.LOW)
+        admission = check_body(services, raw, parsed, {}, None, admin=False, subject=subject, account=account)
+        if admission.body.get("stream"):
+            raise bad_request("stream is not available in a batch; its answers go to the output file")
+        if admission.pdf:
+            raise bad_request("a PDF is not available in a batch line; send its pages as images, or the PDF "
+                              "to /v1/chat/completions")
+        admission = metered(services, admission, "")  # a batch's lines count against its owner's quotas
+        ADMITTED.set(admission.meter)
+        try:
+            return await services.gateway.submit(admission.backend, subject=subject, headers=admission.headers,
+                                                 model=admission.model, payload=raw, sync=True, account=account,
+                                                 background=True)
+        except BaseException:
+            release_quota(admission.meter)
+            raise
+
+    return submit

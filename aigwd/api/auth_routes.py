@@ -42,12 +42,14 @@ async def token(request: web.Request) -> web.Response:
     fields = await _fields(request)
     username, password = _text(fields, "username", MAX_USERNAME), _text(fields, "password", MAX_PASSWORD)
     auth = services.cfg.auth
-    throttle, address = request.app[THROTTLE], client_address(request)
+    # Not `or`: a throttle with no entries has length 0.
+    throttle = services.login_throttle if services.login_throttle is not None else request.app[THROTTLE]
+    address = client_address(request)
     throttle.configure(per_user=auth.login_attempts_per_user, per_address=auth.login_attempts_per_address,
                        in_flight=auth.login_checks_in_flight_per_address, max_s=auth.login_lockout_max_s)
     try:
         # Counted here, before the hash runs: concurrent guesses see each other's count.
-        attempt = throttle.begin(username, address)
+        attempt = await throttle.enter(username, address)
     except Throttled as exc:
         wait = max(1, math.ceil(exc.retry_after))
         raise ApiError(429, f"{exc.why}; retry in {wait} s", {"Retry-After": str(wait)}) from None
@@ -55,7 +57,7 @@ async def token(request: web.Request) -> web.Response:
     try:
         user = await services.users.authenticate(username, password)
     finally:
-        attempt.end(ok=user is not None)
+        await throttle.leave(attempt, ok=user is not None)
     if user is None:
         logs.event("login_failed", user=username, peer=address)
         raise ApiError(401, "Incorrect username or password", {"WWW-Authenticate": "Bearer"})

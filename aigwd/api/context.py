@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..auth.apikeys import ApiKeyDirectory
+from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenService
 from ..auth.users import UserDirectory
 from ..autoswitch import AutoSwitcher
@@ -20,6 +21,7 @@ from ..gpu import GpuMonitor
 from ..scheduling.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from ..batches import BatchRunner
     from ..control.plane import ControlPlane
 
 
@@ -38,6 +40,10 @@ class Services:
     manager: ModelManager | None = None
     # The admin commands; set by the daemon, served on /admin/* and on the control socket.
     control: ControlPlane | None = None
+    # The OpenAI Batch API's runner; set by the daemon.
+    batches: BatchRunner | None = None
+    # Counts failed logins in the shared store (fleet mode); None: the login route's own, in memory.
+    login_throttle: LoginThrottle | None = None
 
 
 SERVICES = web.AppKey("services", Services)

@@ -18,6 +18,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json"})
 # Submissions read their body themselves, after the rate limit: a limited client's body is never read.
 SUBMISSION_PATHS = frozenset({"/api/chat", "/api/ocr", "/v1/chat/completions"})
+# Uploads streamed to disk by their handler, within their own bound: never read into memory here.
+STREAMED_PATHS = frozenset({"/v1/files"})
+# Room for the multipart framing and the purpose field around an uploaded file.
+MULTIPART_SLACK = 64 * 1024
 CLAIMS = web.RequestKey("claims", Claims)
 ROLE = web.RequestKey("role", str)
 API_KEY = web.RequestKey("api_key", apikeys.ApiKey)
@@ -118,6 +122,9 @@ def body_limit(request: web.Request) -> tuple[int, str]:
     cfg = request.app[SERVICES].cfg.server
     if request.path in SUBMISSION_PATHS:
         return int(cfg.max_body_mib * 1024 * 1024), f"{cfg.max_body_mib:g} MiB"
+    if request.path in STREAMED_PATHS and request.method == "POST":
+        mib = request.app[SERVICES].cfg.batches.max_file_mib
+        return int(mib * 1024 * 1024) + MULTIPART_SLACK, f"{mib:g} MiB for a file (batches.max_file_mib)"
     return int(cfg.max_small_body_kib * 1024), f"{cfg.max_small_body_kib:g} KiB on this route"
 
 
@@ -160,7 +167,8 @@ async def client_layer(request: web.Request, handler: Handler) -> web.StreamResp
     layer, as every layer costs every request."""
     try:
         check_length(request)
-        small = request.path not in SUBMISSION_PATHS
+        small = request.path not in SUBMISSION_PATHS and not (request.path in STREAMED_PATHS
+                                                              and request.method == "POST")
         if small and request.body_exists:
             # The same request with the small bound, which aiohttp enforces while it reads chunks.
             request = request.clone(client_max_size=body_limit(request)[0])

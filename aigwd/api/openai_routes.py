@@ -106,7 +106,7 @@ async def _stream_to(request: web.Request, resp: web.StreamResponse, services: S
     assert chunks is not None
     while True:
         if live.started.is_set() or live.done.is_set():
-            chunk = await chunks.get()
+            chunk = await chunks.take()
         else:
             # Queued: say where it stands as SSE comments, which every client ignores.
             position = rt.queues.position(live.record.id) if live.document is None else \
@@ -114,7 +114,7 @@ async def _stream_to(request: web.Request, resp: web.StreamResponse, services: S
             if position is not None:
                 await resp.write(f": queued position={position}\n\n".encode())
             try:
-                chunk = await chunks.get(POSITION_INTERVAL_S)
+                chunk = await chunks.take(POSITION_INTERVAL_S)
             except TimeoutError:
                 continue
         if chunk is None:

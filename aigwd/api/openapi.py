@@ -17,6 +17,7 @@ from ..control.catalog import default_registry
 from ..control.http import NDJSON, NEXT_CURSOR
 from ..control.registry import Arg, Command
 from ..priority import LABELS
+from .openapi_batches import batch_paths
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -217,7 +218,7 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    paths = _client_paths()
+    paths = {**_client_paths(), **batch_paths()}
     for cmd in default_registry():
         if cmd.path is not None:
             paths.setdefault(cmd.path, {})[cmd.method.lower()] = _admin_operation(cmd)

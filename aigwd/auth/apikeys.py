@@ -64,6 +64,23 @@ class ApiKeyDirectory:
         if key.revoked_at is None:
             self._by_hash[key.key_hash] = key
 
+    def put(self, key: ApiKey) -> None:
+        """Add or replace one key as stored (another host created or revoked it)."""
+        old = self._by_id.get(key.id)
+        if old is not None:
+            self._by_hash.pop(old.key_hash, None)
+        self.add(key)
+
+    def replace(self, keys: Iterable[ApiKey]) -> None:
+        """Every key as stored: what a full reload from the shared store finds."""
+        by_hash: dict[str, ApiKey] = {}
+        by_id: dict[str, ApiKey] = {}
+        for key in keys:
+            by_id[key.id] = key
+            if key.revoked_at is None:
+                by_hash[key.key_hash] = key
+        self._by_hash, self._by_id = by_hash, by_id
+
     def lookup(self, secret: str) -> ApiKey | None:
         return self._by_hash.get(digest(secret))
 

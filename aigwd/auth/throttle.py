@@ -130,6 +130,15 @@ class LoginThrottle:
         self._in_flight[address] = self._in_flight.get(address, 0) + 1
         return attempt
 
+    async def enter(self, username: str, address: str) -> Attempt:
+        """begin() as the login route calls it; a throttle whose counters are shared by a fleet of hosts
+        overrides it to count in the shared store."""
+        return self.begin(username, address)
+
+    async def leave(self, attempt: Attempt, ok: bool) -> None:
+        """End an attempt from enter()."""
+        attempt.end(ok)
+
     def _end(self, attempt: Attempt, ok: bool) -> None:
         left = self._in_flight.get(attempt._address, 0) - 1
         if left > 0:

@@ -102,6 +102,10 @@ class TokenService:
         """Bring revocations recorded before a restart into memory."""
         self._revoked |= await self._ledger.revoked_families()
 
+    def mark_revoked(self, families: set[str]) -> None:
+        """Families another host revoked: refused here from now on."""
+        self._revoked |= families
+
     async def issue_pair(self, sub: str, role: str, uid: str) -> dict[str, str]:
         """Tokens for a fresh login of account `uid` (named `sub`): a new family."""
         if not uid:

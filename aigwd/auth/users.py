@@ -67,6 +67,13 @@ class UserDirectory:
             new[user.name] = user
         self._users = new
 
+    def put(self, user: User) -> None:
+        """Add or replace one user (another host changed it)."""
+        self._users = {**self._users, user.name: user}
+
+    def drop(self, name: str) -> None:
+        self._users = {n: u for n, u in self._users.items() if n != name}
+
     def names(self) -> list[str]:
         return sorted(self._users)
 

@@ -57,6 +57,9 @@ class Job:
     data: Any = field(default=None, repr=False)
     # Who sent it (token subject or API key's subject): the bound on a subject's share of the waiting room.
     subject: str = ""
+    # False for background work (batch lines): it stays in its class however long it waits, so it never
+    # moves ahead of interactive requests; its own deadline bounds the wait instead.
+    ages: bool = True
     # The class the job sits in now; differs from `priority` once aged, and then
     # the job waits in that class's aged lane.
     cls: Priority = field(init=False)
@@ -262,7 +265,8 @@ class FairQueue:
         c, lane = job.cls, _lane_of(job)
         seq = next(self._seq)
         self._entry[job.id] = (since, seq)
-        heapq.heappush(self._arrivals[c], (since, seq, job))
+        if job.ages:
+            heapq.heappush(self._arrivals[c], (since, seq, job))
         self._sizes[c][lane] += 1
         clients = self._lanes[c][lane].get(job.subject)
         if clients is None:

@@ -151,6 +151,11 @@ class RateLimiter:
             own.tokens -= 1.0
         return 0.0, ""
 
+    async def take(self, subject: str, client_id: str) -> tuple[float, str]:
+        """admit() as the request path calls it; a limiter whose buckets are shared by a fleet of hosts
+        overrides it to lease tokens from the shared store."""
+        return self.admit(subject, client_id)
+
     def check(self, subject: str, client_id: str) -> float:
         """0.0 when allowed (a token is taken); else seconds until a token is available."""
         return self.admit(subject, client_id)[0]

@@ -133,7 +133,49 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 9: which server of a model crashed (a model may run several replicas); NULL in older records.
     ("ALTER TABLE crashes ADD COLUMN replica INTEGER",),
-    # 10: usage counters per UTC hour (flushes add to them), and quotas set at run time.
+    # 10: the OpenAI Batch API: uploaded and written files (bodies under <state_dir>/files) and batches.
+    (
+        """CREATE TABLE batch_files (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX batch_files_account ON batch_files(account, created_at)",
+        """CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            input_file_id TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            completion_window TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            out_id TEXT NOT NULL,
+            err_id TEXT NOT NULL,
+            in_progress_at REAL,
+            finalizing_at REAL,
+            completed_at REAL,
+            failed_at REAL,
+            expired_at REAL,
+            cancelling_at REAL,
+            cancelled_at REAL,
+            output_file_id TEXT,
+            error_file_id TEXT,
+            total INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            errors TEXT,
+            metadata TEXT
+        )""",
+        "CREATE INDEX batches_account ON batches(account, created_at)",
+        "CREATE INDEX batches_status ON batches(status)",
+    ),
+    # 11: usage counters per UTC hour (flushes add to them), and quotas set at run time.
     (
         """CREATE TABLE usage_hourly (
             hour INTEGER NOT NULL,

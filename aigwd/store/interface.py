@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ..auth.apikeys import ApiKey
 from ..auth.ledger import RefreshLedger
+from .batches import BatchRecord, FileRecord
 from .records import AuditRecord, CrashRecord, MissingModelRecord, Position, RequestRecord, UserRecord
 from .usagerows import QuotaRecord, UsageRow, UsageTotal
 
@@ -27,6 +28,45 @@ class ApiKeyStore(Protocol):
 
     async def all(self) -> list[ApiKey]:
         """Every key, revoked ones too, oldest first."""
+        ...
+
+
+class BatchStore(Protocol):
+    """The Batch API's files and batches (aigwd/store/batches.py has the records)."""
+
+    async def add_file(self, rec: FileRecord) -> None:
+        ...
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        ...
+
+    async def files(self, account: str, limit: int, *, purpose: str | None = None, after: str | None = None,
+                    newest_first: bool = True) -> list[FileRecord]:
+        ...
+
+    async def count_files(self, account: str) -> int:
+        ...
+
+    async def delete_file(self, file_id: str) -> bool:
+        ...
+
+    async def file_in_use(self, file_id: str) -> bool:
+        ...
+
+    async def add_batch(self, rec: BatchRecord) -> None:
+        ...
+
+    async def save_batch(self, rec: BatchRecord) -> None:
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        ...
+
+    async def batches(self, limit: int, *, account: str | None = None, after: str | None = None,
+                      open_only: bool = False) -> list[BatchRecord]:
+        ...
+
+    async def count_open(self, account: str) -> int:
         ...
 
 
@@ -102,6 +142,9 @@ class Store(Protocol):
         ...
 
     def refresh_ledger(self) -> RefreshLedger:
+        ...
+
+    def batches(self) -> BatchStore:
         ...
 
     def api_keys(self) -> ApiKeyStore:

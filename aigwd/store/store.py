@@ -17,6 +17,7 @@ from types import TracebackType
 
 from .. import logs
 from . import db
+from .batches import BatchTable
 from .keys import ApiKeyTable
 from .ledger import SqliteRefreshLedger
 from .missing import MissingLogBound, row_bytes
@@ -147,6 +148,9 @@ class SqliteStore:
 
     def api_keys(self) -> ApiKeyTable:
         return ApiKeyTable(self._writer, self._readers)
+
+    def batches(self) -> BatchTable:
+        return BatchTable(self._writer, self._readers)
 
     def usage(self) -> SqliteUsageTable:
         return SqliteUsageTable(self._writer, self._readers)

@@ -75,3 +75,29 @@ async def test_cancelled_reader_loses_nothing() -> None:
         await reader
     await s.put(b"kept")
     assert await s.get() == b"kept"
+
+
+async def test_take_hands_over_everything_buffered_at_once() -> None:
+    s = ChunkStream(4)
+    await s.put(b"a")
+    await s.put(b"b")
+    await s.put(b"c")
+    await s.put(b"d")
+    writer = asyncio.ensure_future(s.put(b"e"))  # the stream is full: it waits
+    await asyncio.sleep(0)
+    assert not writer.done()
+    assert await s.take() == b"abcd"
+    await asyncio.wait_for(writer, 5)  # room again: the writer goes on
+    s.close()
+    assert [await s.take(), await s.take()] == [b"e", None]
+
+
+async def test_take_waits_for_the_first_chunk() -> None:
+    s = ChunkStream(4)
+    with pytest.raises(TimeoutError):
+        await s.take(0.01)
+    reader = asyncio.ensure_future(s.take())
+    await asyncio.sleep(0)
+    assert not reader.done()
+    await s.put(b"x")
+    assert await asyncio.wait_for(reader, 5) == b"x"

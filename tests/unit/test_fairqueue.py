@@ -582,3 +582,15 @@ def test_requeued_aged_job_goes_back_to_its_own_class_and_ages_again() -> None:
     q.aging_s = 0
     q.push(lo)
     assert drain(q, 100.0) == ["n", "lo"]
+
+
+def test_background_job_never_ages_past_interactive_work() -> None:
+    q = FairQueue(aging_s=10.0)
+    batch_line = Job(id="line", client_id="batch_x", priority=Priority.LOW, enqueued_at=0.0, deadline=1e9,
+                     subject="alice", ages=False)
+    q.push(batch_line)
+    q.push(job("c", Priority.LOW, at=0.0, name="interactive-low"))
+    q.push(job("c", Priority.NORMAL, at=1000.0, name="interactive-normal"))
+    # Long past two aging steps: the interactive low job is high by now, the batch line is still low.
+    assert drain(q, now=1000.0) == ["interactive-low", "interactive-normal", "line"]
+    assert batch_line.cls == Priority.LOW

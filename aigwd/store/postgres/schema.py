@@ -121,7 +121,70 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE TABLE ocr_demand (timestamp {_T} NOT NULL, resolution TEXT NOT NULL)",
         "CREATE INDEX ocr_demand_timestamp ON ocr_demand(timestamp)",
     ),
-    # 2: usage counters per UTC hour (every host's flushes add to them), and quotas set at run time.
+    (  # 2: the OpenAI Batch API: files and batches, each on the host that holds its files (node)
+        """CREATE TABLE batch_files (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            bytes BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            node TEXT NOT NULL
+        )""",
+        "CREATE INDEX batch_files_account ON batch_files(node, account, created_at)",
+        """CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            input_file_id TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            completion_window TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            out_id TEXT NOT NULL,
+            err_id TEXT NOT NULL,
+            in_progress_at DOUBLE PRECISION,
+            finalizing_at DOUBLE PRECISION,
+            completed_at DOUBLE PRECISION,
+            failed_at DOUBLE PRECISION,
+            expired_at DOUBLE PRECISION,
+            cancelling_at DOUBLE PRECISION,
+            cancelled_at DOUBLE PRECISION,
+            output_file_id TEXT,
+            error_file_id TEXT,
+            total INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            errors TEXT,
+            metadata TEXT,
+            node TEXT NOT NULL
+        )""",
+        "CREATE INDEX batches_account ON batches(node, account, created_at)",
+        "CREATE INDEX batches_status ON batches(status)",
+    ),
+    (  # 3: fleet-wide rate limits and login throttling
+        # Fleet-wide rate limits: one token bucket per key, leased out to hosts in small batches. per_s and
+        # burst are the limits last used, so full buckets (which carry no state) can be purged.
+        f"""CREATE TABLE rate_buckets (
+            key TEXT PRIMARY KEY,
+            tokens {_T} NOT NULL,
+            updated {_T} NOT NULL,
+            per_s {_T} NOT NULL,
+            burst {_T} NOT NULL,
+            granted INTEGER NOT NULL
+        )""",
+        # Fleet-wide login throttling: the failed-check counters of every host.
+        f"""CREATE TABLE login_failures (
+            key TEXT PRIMARY KEY,
+            charges INTEGER NOT NULL,
+            locked_until {_T} NOT NULL,
+            last {_T} NOT NULL
+        )""",
+        "CREATE INDEX login_failures_last ON login_failures(last)",
+    ),
+    # 4: usage counters per UTC hour (every host's flushes add to them), and quotas set at run time.
     (
         f"""CREATE TABLE usage_hourly (
             hour BIGINT NOT NULL,

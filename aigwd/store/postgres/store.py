@@ -37,8 +37,9 @@ from ..records import (
     request_values,
 )
 from . import schema
+from .batches import PgBatchTable
 from .connect import PgTarget
-from .tables import PgApiKeyTable, PgRefreshLedger, affected
+from .tables import PgApiKeyTable, PgRefreshLedger, affected, announce
 from .usage import PgUsageTable
 from .writer import CONNECTION_ERRORS, PgWriter
 
@@ -154,6 +155,9 @@ class PostgresStore:
 
     def api_keys(self) -> PgApiKeyTable:
         return PgApiKeyTable(self._writer, self._read)
+
+    def batches(self) -> PgBatchTable:
+        return PgBatchTable(self._writer, self._read, self.node)
 
     def usage(self) -> PgUsageTable:
         return PgUsageTable(self._writer, self._read)
@@ -333,6 +337,7 @@ class PostgresStore:
                     "OR users.password_hash <> excluded.password_hash OR users.source <> 'config'",
                     name, role, pw_hash, now, uuid.uuid4().hex)
             await conn.execute("DELETE FROM users WHERE source = 'config' AND NOT (name = ANY($1::text[]))", names)
+            await announce(conn, "users")
 
         await self._write(op)
 
@@ -342,6 +347,7 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> bool:
             status = await conn.execute(f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
                                         "ON CONFLICT DO NOTHING", *values)
+            await announce(conn, f"user:{rec.name}")
             return affected(status) == 1
 
         return await self._write(op)
@@ -354,12 +360,14 @@ class PostgresStore:
             status = await conn.execute(
                 "UPDATE users SET password_hash = COALESCE($1, password_hash), disabled = COALESCE($2, disabled), "
                 "updated_at = $3 WHERE name = $4", password_hash, disabled, now, name)
+            await announce(conn, f"user:{name}")
             return affected(status) == 1
 
         return await self._write(op)
 
     async def delete_user(self, name: str) -> bool:
         async def op(conn: asyncpg.Connection) -> bool:
+            await announce(conn, f"user:{name}")
             return affected(await conn.execute("DELETE FROM users WHERE name = $1", name)) == 1
 
         return await self._write(op)

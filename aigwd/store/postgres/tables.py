@@ -15,6 +15,14 @@ from .writer import PgWriter
 
 Read = Callable[[Callable[[asyncpg.Connection], Awaitable[Any]]], Awaitable[Any]]
 _KEY_COLUMNS = "id, key_hash, subject, client_ids, max_priority, created_at, revoked_at, hint, account"
+# Every change to users, API keys and revoked token families is announced here, in the transaction that
+# makes it (so only once committed); each host listens and reloads the item (aigwd/fleet/accounts.py).
+ACCOUNTS_CHANNEL = "aigw_accounts"
+
+
+async def announce(conn: asyncpg.Connection, item: str) -> None:
+    """Tell every host that `item` changed: user:NAME, users (all of them), key:ID or family:FAMILY."""
+    await conn.execute("SELECT pg_notify($1, $2)", ACCOUNTS_CHANNEL, item)
 
 
 def affected(status: str) -> int:
@@ -55,6 +63,7 @@ class PgRefreshLedger:
             # A second revocation keeps the first time: that is when the reuse was first seen.
             await conn.execute("INSERT INTO revoked_families (family, revoked_at) VALUES ($1, $2) "
                                "ON CONFLICT (family) DO NOTHING", family, now)
+            await announce(conn, f"family:{family}")
 
         await self._writer.submit(op)
 
@@ -86,6 +95,7 @@ class PgApiKeyTable:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                                *values)
+            await announce(conn, f"key:{key.id}")
 
         await self._writer.submit(op)
 
@@ -93,6 +103,7 @@ class PgApiKeyTable:
         async def op(conn: asyncpg.Connection) -> bool:
             status = await conn.execute("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
                                         at, key_id)
+            await announce(conn, f"key:{key_id}")
             return affected(status) == 1
 
         return bool(await self._writer.submit(op))

@@ -1,0 +1,252 @@
+"""The OpenAI Batch API: /v1/files (upload, list, retrieve, content, delete) and /v1/batches (create, list,
+retrieve, cancel), in OpenAI's shapes so its clients work unchanged, with the auth of the other /v1 routes.
+
+Files and batches belong to the account that made them: any other gets 404, as if they did not exist.
+An upload is streamed to <state_dir>/files within batches.max_file_mib and batches.upload_timeout_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from ..batches import BatchRunner
+from ..batches.files import TooLarge, new_file_id
+from ..batches.runner import deadline
+from ..batches.shapes import batch_object, file_object
+from ..errors import ApiError, bad_request
+from ..store.batches import BatchRecord, FileRecord
+from .context import SERVICES, Services
+from .middleware import CLAIMS
+from .validation import parse_json
+
+ENDPOINTS = ("/v1/chat/completions",)
+WINDOWS = ("24h",)
+MAX_FILENAME = 256
+MAX_METADATA = 16
+_PURPOSE_BYTES = 64
+_BATCH_FIELDS = frozenset({"input_file_id", "endpoint", "completion_window", "metadata"})
+
+
+def _runner(services: Services) -> BatchRunner:
+    if services.batches is None:
+        raise ApiError(503, "Batches are not available yet; retry in a moment", {"Retry-After": "1"})
+    return services.batches
+
+
+def _limit(request: web.Request, default: int, most: int) -> int:
+    text = request.query.get("limit", str(default))
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise bad_request(f"limit must be a whole number from 1 to {most}")
+    return int(text)
+
+
+def _page(items: list[dict[str, Any]], limit: int) -> web.Response:
+    more = len(items) > limit
+    items = items[:limit]
+    return web.json_response({"object": "list", "data": items, "has_more": more,
+                              "first_id": items[0]["id"] if items else None,
+                              "last_id": items[-1]["id"] if items else None})
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+async def _own_file(request: web.Request, runner: BatchRunner) -> FileRecord:
+    file_id = request.match_info["file_id"]
+    rec = await runner.table.get_file(file_id[:100])
+    if rec is None or rec.account != request[CLAIMS].uid:
+        raise ApiError(404, f"No such File object: {file_id[:100]}")
+    return rec
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
+    _check_room(await runner.table.count_files(claims.uid), 1, cfg.max_files_per_subject)
+    if not request.content_type.startswith("multipart/form-data"):
+        raise bad_request("Send the file as multipart/form-data with the fields purpose=batch and file")
+    file_id, limit = new_file_id(), int(cfg.max_file_mib * 1024 * 1024)
+    purpose: str | None = None
+    filename: str | None = None
+    size: int | None = None
+    try:
+        async with asyncio.timeout(cfg.upload_timeout_s):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise bad_request("Nested multipart bodies are not accepted")
+                if part.name == "purpose":
+                    purpose = (await _small_field(part)).decode("utf-8", "replace")
+                elif part.name == "file" and size is None:
+                    filename = os.path.basename(part.filename or "") or "input.jsonl"
+                    size = await runner.files.receive(file_id, part.read_chunk, limit)
+                else:
+                    raise bad_request(f"Unknown or repeated form field {str(part.name)[:64]!r}; send purpose "
+                                      "and one file")
+    except TimeoutError:
+        await runner.files.remove(file_id)
+        raise ApiError(408, f"The upload was not received within {cfg.upload_timeout_s:g} s "
+                            "(batches.upload_timeout_s)", {"Connection": "close"}) from None
+    except TooLarge:
+        raise ApiError(413, f"The file is larger than the limit of {cfg.max_file_mib:g} MiB "
+                            "(batches.max_file_mib)", {"Connection": "close"}) from None
+    except ApiError:
+        await runner.files.remove(file_id)
+        raise
+    except (ValueError, HttpProcessingError) as exc:  # aiohttp's word on a malformed multipart body
+        await runner.files.remove(file_id)
+        raise bad_request(f"Malformed multipart body: {str(exc)[:200]}") from None
+    if purpose != "batch" or size is None:
+        await runner.files.remove(file_id)
+        raise bad_request("purpose must be batch" if purpose != "batch" else "The form holds no file field")
+    rec = FileRecord(file_id, claims.uid, claims.sub, filename[:MAX_FILENAME] if filename else "input.jsonl",
+                     "batch", size, time.time())
+    await runner.table.add_file(rec)
+    return web.json_response(file_object(rec))
+
+
+def _check_room(kept: int, more: int, most: int) -> None:
+    """Disk is bounded per subject: its uploads and its batches' result files count together."""
+    if kept + more > most:
+        what = "this upload" if more == 1 else "a batch, with its two result files,"
+        raise bad_request(f"You keep {kept} files; {what} would pass {most}, the most one subject may "
+                          "(batches.max_files_per_subject); delete some with DELETE /v1/files/{file_id}")
+
+
+async def _small_field(part: BodyPartReader) -> bytes:
+    data = b""
+    while chunk := await part.read_chunk(_PURPOSE_BYTES):
+        data += chunk
+        if len(data) > _PURPOSE_BYTES:
+            raise bad_request(f"The field {part.name} is longer than {_PURPOSE_BYTES} bytes")
+    return data
+
+
+async def list_files(request: web.Request) -> web.Response:
+    runner = _runner(request.app[SERVICES])
+    limit = _limit(request, 100, 1000)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise bad_request("order must be asc or desc")
+    purpose = request.query.get("purpose") or None
+    after = request.query.get("after", "")[:100] or None
+    rows = await runner.table.files(request[CLAIMS].uid, limit + 1, purpose=purpose, after=after,
+                                    newest_first=order == "desc")
+    return _page([file_object(r) for r in rows], limit)
+
+
+async def retrieve_file(request: web.Request) -> web.Response:
+    runner = _runner(request.app[SERVICES])
+    return web.json_response(file_object(await _own_file(request, runner)))
+
+
+async def file_content(request: web.Request) -> web.StreamResponse:
+    runner = _runner(request.app[SERVICES])
+    rec = await _own_file(request, runner)
+    return web.FileResponse(runner.files.path(rec.id), headers={"Content-Type": "application/jsonl"})
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    runner = _runner(request.app[SERVICES])
+    rec = await _own_file(request, runner)
+    if await runner.table.file_in_use(rec.id):
+        raise bad_request(f"File {rec.id} is the input of a batch that has not ended; cancel the batch first")
+    await runner.table.delete_file(rec.id)
+    await runner.files.remove(rec.id)
+    return web.json_response({"id": rec.id, "object": "file", "deleted": True})
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+async def _own_batch(request: web.Request, runner: BatchRunner) -> BatchRecord:
+    batch_id = request.match_info["batch_id"][:100]
+    rec = runner.current(batch_id) or await runner.table.get_batch(batch_id)
+    if rec is None or rec.account != request[CLAIMS].uid:
+        raise ApiError(404, f"No such Batch object: {batch_id}")
+    return rec
+
+
+def _metadata(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or len(value) > MAX_METADATA
+            or not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                       for k, v in value.items())):
+        raise bad_request(f"metadata must be an object of at most {MAX_METADATA} string pairs, keys up to 64 "
+                          "characters, values up to 512")
+    return dict(value)
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
+    body = parse_json(await request.read())
+    unknown = sorted(set(body) - _BATCH_FIELDS)
+    if unknown:
+        raise bad_request(f"Unknown field {unknown[0][:64]!r}; a batch takes {', '.join(sorted(_BATCH_FIELDS))}")
+    if body.get("endpoint") not in ENDPOINTS:
+        raise bad_request(f"endpoint must be one of {', '.join(ENDPOINTS)}")
+    if body.get("completion_window") not in WINDOWS:
+        raise bad_request("completion_window must be 24h")
+    metadata = _metadata(body.get("metadata"))
+    file_id = body.get("input_file_id")
+    source = await runner.table.get_file(file_id[:100]) if isinstance(file_id, str) else None
+    if source is None or source.account != claims.uid:
+        raise ApiError(404, f"No such File object: {str(file_id)[:100]}")
+    if source.purpose != "batch":
+        raise bad_request(f"File {source.id} has purpose {source.purpose}; a batch reads a file uploaded with "
+                          "purpose batch")
+    _check_room(await runner.table.count_files(claims.uid), 2, cfg.max_files_per_subject)
+    if await runner.table.count_open(claims.uid) >= cfg.max_open_per_subject:
+        raise ApiError(429, f"You already have {cfg.max_open_per_subject} batches that have not ended, the most "
+                            "one subject may (batches.max_open_per_subject); wait for one to end or cancel one",
+                       {"Retry-After": "60"})
+    now = time.time()
+    rec = BatchRecord(id="batch_" + uuid.uuid4().hex[:24], account=claims.uid, subject=claims.sub,
+                      input_file_id=source.id, endpoint=body["endpoint"], completion_window="24h",
+                      status="validating", created_at=now, expires_at=deadline(now, cfg.window_s),
+                      out_id=new_file_id(), err_id=new_file_id(), metadata=metadata)
+    await runner.create(rec)
+    return web.json_response(batch_object(rec))
+
+
+async def retrieve_batch(request: web.Request) -> web.Response:
+    runner = _runner(request.app[SERVICES])
+    return web.json_response(batch_object(await _own_batch(request, runner)))
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    runner = _runner(request.app[SERVICES])
+    rec = await _own_batch(request, runner)
+    if rec.status in ("completed", "failed", "expired", "cancelled", "finalizing"):
+        raise ApiError(409, f"Batch {rec.id} is {rec.status}; only a batch that has not ended can be cancelled")
+    rec = await runner.cancel(rec.id) or rec
+    return web.json_response(batch_object(rec))
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    runner = _runner(request.app[SERVICES])
+    limit = _limit(request, 20, 100)
+    after = request.query.get("after", "")[:100] or None
+    rows = await runner.table.batches(limit + 1, account=request[CLAIMS].uid, after=after)
+    return _page([batch_object(runner.current(r.id) or r) for r in rows], limit)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/files", upload_file)
+    app.router.add_get("/v1/files", list_files)
+    app.router.add_get("/v1/files/{file_id}", retrieve_file)
+    app.router.add_delete("/v1/files/{file_id}", delete_file)
+    app.router.add_get("/v1/files/{file_id}/content", file_content)
+    app.router.add_post("/v1/batches", create_batch)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve_batch)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)

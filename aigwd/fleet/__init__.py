@@ -1,0 +1,1 @@
+"""Fleet mode: hosts sharing one PostgreSQL."""
