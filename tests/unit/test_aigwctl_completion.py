@@ -51,7 +51,7 @@ def test_split_keeps_the_word_being_typed() -> None:
     ("crashes ", ["--cursor", "--limit"]),
     ("crashes --limit ", []),
     ("help ", sorted({"status", "models", "start", "stop", "restart", "replica", "resolution", "queue", "crashes",
-                      "missing", "audit", "users", "tokens", "keys", "usage", "quota", "autoswitch", "reload",
+                      "missing", "audit", "users", "tokens", "keys", "batches", "usage", "quota", "autoswitch", "reload",
                       "logs"})),
     ("help users ", ["add", "del", "disable", "enable", "list", "passwd"]),
     ("watch ", []),
