@@ -30,8 +30,8 @@ ANSWER = json.dumps({
                  "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 21, "total_tokens": 171, "completion_tokens": 150}, "prompt_logprobs": None,
 }).encode()
-CHUNK = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gemma-3-4b-it",'
-         '"choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null}]}\n\n').encode()
+CHUNK = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gemma-3-4b-it",'
+         b'"choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null}]}\n\n')
 
 
 def accountant(quotas: QuotasConfig) -> Accountant:

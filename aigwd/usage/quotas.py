@@ -65,7 +65,7 @@ class QuotaBook:
         found = self.runtime.get((scope, name))
         if found is None:
             found = getattr(self._config(), _CONFIG_TABLES[scope]).get(name)
-        if found is None or not any(found.values().values()):
+        if found is None or not (found.tokens_per_day or found.requests_per_day or found.gpu_seconds_per_day):
             return None
         return found
 
