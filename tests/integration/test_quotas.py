@@ -83,6 +83,18 @@ async def test_runtime_quota_on_tokens_set_listed_cleared(make_daemon, session: 
     assert aigwctl(d, "quota", "clear", "client", "tok-app").returncode == 0
     status, _, _ = await admin.call("POST", "/api/chat", json_body=chat(), headers=admin.headers("tok-app"))
     assert status == 202
+    # an API key's quota, by its id
+    status, created, _ = await admin.call("POST", "/admin/api-keys", json_body={"subject": "svc", "clients": "svc"})
+    assert status == 201, created
+    assert aigwctl(d, "quota", "set", "key", created["id"], "requests_per_day=1").returncode == 0
+    service = Client(session, d.url)
+    service.token = created["key"]
+    status, _, _ = await service.call("POST", "/v1/chat/completions", json_body=chat(), headers=service.headers("svc"))
+    assert status == 200
+    status, body, _ = await service.call("POST", "/v1/chat/completions", json_body=chat(),
+                                         headers=service.headers("svc"))
+    assert status == 429 and f"API key {created['id']} requests_per_day: 1 of 1" in body["error"]["message"], body
+
     bad = aigwctl(d, "quota", "set", "client", "tok-app", "tokens=5")
     assert bad.returncode == 1 and "NAME=VALUE with NAME one of tokens_per_day" in bad.stderr
     missing = aigwctl(d, "quota", "clear", "client", "tok-app")
