@@ -21,6 +21,8 @@ _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 # A chat completion ends with its usage object and a few short fields after it.
 _RESULT_TAIL = 1024
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+# A stream's bytes are held until an event ends; a server that never ends one is not buffered past this.
+MAX_EVENT_BYTES = 1 << 20
 
 
 @dataclass(eq=False)
@@ -60,6 +62,9 @@ class Meter:
         data = self._pending + chunk if self._pending else chunk
         end = data.rfind(b"\n\n")
         if end < 0:
+            if len(data) > MAX_EVENT_BYTES:  # not SSE as vLLM writes it: passed on as it came, not held
+                self._pending = b""
+                return data
             self._pending = data
             return b""
         whole, self._pending = data[:end + 2], data[end + 2:]

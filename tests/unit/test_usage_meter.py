@@ -50,6 +50,16 @@ def test_a_stream_without_a_usage_chunk_counts_nothing() -> None:
     assert not meter.has_usage
 
 
+def test_bytes_without_event_ends_are_not_held_without_bound() -> None:
+    from aigwd.usage.meter import MAX_EVENT_BYTES
+
+    meter = Meter(client_wants_usage=False)
+    held = b"x" * (MAX_EVENT_BYTES // 2)
+    assert meter.pass_chunk(held) == b""
+    assert meter.pass_chunk(held + b"y") == held + held + b"y"
+    assert meter.stream_end() == b""
+
+
 def test_tokens_read_from_a_completion() -> None:
     meter = Meter()
     answer = {"id": "x", "choices": [{"message": {"content": "usage " * 500}}],
