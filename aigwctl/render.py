@@ -16,7 +16,13 @@ MODEL_COLUMNS: Columns = (("name", "MODEL"), ("status", "STATUS"), ("is_healthy"
 QUEUE_COLUMNS: Columns = (("model", "MODEL"), ("processing", "PROC"), ("max_concurrent", "MAX"),
                           ("waiting", "WAIT"), ("max_waiting", "MAXWAIT"), ("utilization", "UTIL"),
                           ("total_processed", "DONE"), ("total_failed", "FAILED"), ("total_timeout", "TIMEOUT"))
+FLEET_MODEL_COLUMNS: Columns = (("name", "MODEL"), ("node", "HOST"), ("host", "HOST STATE"), ("status", "STATUS"),
+                                ("is_healthy", "HEALTHY"), ("resolution", "RESOLUTION"), ("processing", "PROC"),
+                                ("waiting", "WAIT"), ("load", "LOAD"))
+FLEET_COLUMNS: Columns = (("node", "HOST"), ("state", "STATE"), ("address", "ADDRESS"), ("version", "VERSION"),
+                          ("last_heartbeat_s", "LAST BEAT (s)"), ("started_at", "STARTED"), ("models", "MODELS"))
 TABLES: dict[str, Columns] = {
+    "fleet": FLEET_COLUMNS,
     "crashes": (("timestamp", "TIME"), ("model", "MODEL"), ("replica", "REPLICA"), ("error", "ERROR"),
                 ("exit_code", "EXIT"), ("signal", "SIGNAL"), ("request_id", "REQUEST")),
     "missing": (("timestamp", "TIME"), ("model_name", "MODEL"), ("client_id", "CLIENT")),
@@ -77,8 +83,32 @@ def util_bar(fraction: float, width: int = 20) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def fleet_models_table(models: dict[str, Any]) -> str:
+    """Fleet mode: a row per model and host (HOST, and whether that host is live, lost or stopped); under a
+    host running several replicas of it, a row per replica; a model no live host serves says so."""
+    rows: list[dict[str, Any]] = []
+    for key, v in models.items():
+        if not isinstance(v, dict):
+            continue
+        name = v.get("name", key)
+        if not v.get("served_by"):
+            rows.append({"name": name, "node": "-", "host": "-", "status": "served by no live host"})
+        for node in v.get("nodes") or []:
+            if not isinstance(node, dict):
+                continue
+            rows.append(dict(node, name=name))
+            replicas = node.get("replicas")
+            if isinstance(replicas, list) and len(replicas) > 1:
+                rows += [dict(r, name=f"{name}/{r.get('index')}", node=node.get("node"), host=node.get("host"),
+                              status=r.get("state"), processing=r.get("in_flight"), waiting=None)
+                         for r in replicas if isinstance(r, dict)]
+    return table(rows, FLEET_MODEL_COLUMNS)
+
+
 def models_table(models: dict[str, Any]) -> str:
     """A row per model; under a model with several replicas, a row per replica (NAME/INDEX)."""
+    if any(isinstance(v, dict) and "nodes" in v for v in models.values()):
+        return fleet_models_table(models)
     rows: list[dict[str, Any]] = []
     for key, v in models.items():
         if not isinstance(v, dict):
@@ -113,8 +143,12 @@ def gpu_lines(gpus: Any) -> str:
 def status(body: dict[str, Any]) -> str:
     head = safe(f"aigwd {body.get('version', '?')}  pid {body.get('pid', '?')}  up {body.get('uptime_s', 0)} s  "
                 f"config {body.get('config', '?')}")
+    if body.get("node"):
+        head += safe(f"  host {body['node']}")
     parts = [head, "", models_table(body.get("models") or {}), "", queues_table(body.get("queues") or {}), "",
              gpu_lines(body.get("gpus"))]
+    if isinstance(body.get("hosts"), list):
+        parts += ["", table([h for h in body["hosts"] if isinstance(h, dict)], FLEET_COLUMNS)]
     return "\n".join(parts)
 
 

@@ -29,10 +29,19 @@ COLUMNS = (("name", "MODEL"), ("status", "STATUS"), ("healthy", "HEALTHY"), ("pr
            ("timeout", "TIMEOUT"), ("uptime", "UPTIME"))
 
 
+def columns(body: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """With a HOST column after MODEL in fleet mode (the daemon names its node)."""
+    if body is None or not body.get("node"):
+        return COLUMNS
+    return (COLUMNS[0], ("host", "HOST"), *COLUMNS[1:])
+
+
 def rows(body: dict[str, Any], sort: str) -> list[dict[str, Any]]:
-    """A row per model, sorted; under a model with several replicas, a row per replica (NAME/INDEX)."""
+    """A row per model, sorted; under a model with several replicas, a row per replica (NAME/INDEX); in fleet
+    mode, a row per other host that has the model (MODEL@HOST)."""
     models = body.get("models") or {}
     queues = body.get("queues") or {}
+    me = body.get("node")
     out = []
     for name in sorted(set(models) | set(queues)):
         m, q = models.get(name) or {}, queues.get(name) or {}
@@ -44,7 +53,7 @@ def rows(body: dict[str, Any], sort: str) -> list[dict[str, Any]]:
             "bar": f"{util_bar(util)} {util * 100:3.0f}%", "done": q.get("total_processed", 0),
             "failed": q.get("total_failed", 0), "timeout": q.get("total_timeout", 0),
             "uptime": f"{m.get('uptime_seconds', 0)} s", "_util": util, "_waiting": int(q.get("waiting", 0)),
-            "_replicas": replica_rows(name, m, q),
+            "_replicas": [*replica_rows(name, m, q), *host_rows(name, m, me)], "host": me if q else "",
         })
     if sort == "utilization":
         out.sort(key=lambda r: (-r["_util"], r["name"]))
@@ -65,6 +74,25 @@ def replica_rows(name: str, model: dict[str, Any], queue: dict[str, Any]) -> lis
         util = in_flight / limit if isinstance(limit, int) and limit > 0 else 0.0
         out.append({"name": f"{name}/{r.get('index')}", "status": r.get("state", "-"), "healthy": r.get("is_healthy"),
                     "proc": f"{in_flight}/{limit if limit is not None else '-'}", "wait": "",
+                    "bar": f"{util_bar(util)} {util * 100:3.0f}%", "done": "", "failed": "", "timeout": "",
+                    "uptime": ""})
+    return out
+
+
+def host_rows(name: str, model: dict[str, Any], me: Any) -> list[dict[str, Any]]:
+    """Fleet mode: the model on each other host (live, lost or stopped), from the registry."""
+    out = []
+    for node in model.get("nodes") or []:
+        if not isinstance(node, dict) or node.get("node") == me:
+            continue
+        load = node.get("load")
+        util = float(load) if isinstance(load, int | float) else 0.0
+        live = node.get("host") == "live"
+        out.append({"name": f"{name}@{node.get('node')}", "host": node.get("node"),
+                    "status": node.get("status", "-") if live else f"host {node.get('host')}",
+                    "healthy": node.get("is_healthy") if live else None,
+                    "proc": f"{node.get('processing') or 0}/{node.get('max_concurrent') or '-'}",
+                    "wait": f"{node.get('waiting') or 0}/{node.get('max_waiting') or '-'}",
                     "bar": f"{util_bar(util)} {util * 100:3.0f}%", "done": "", "failed": "", "timeout": "",
                     "uptime": ""})
     return out
@@ -101,7 +129,7 @@ class WatchView:
         if self.error:
             lines += [f"daemon not reachable: {self.error}", ""]
         if self.body is not None:
-            lines.append(table(rows(self.body, self.sort), COLUMNS))
+            lines.append(table(rows(self.body, self.sort), columns(self.body)))
             lines += ["", f"GPU: {cell(gpu_verdict(self.body.get('gpus')) or 'not monitored')}"]
         return "\n".join(lines)
 

@@ -50,8 +50,16 @@ def _check_store(cfg: config.Config) -> int:
     if not cfg.store.url:
         print(f"store: SQLite in {cfg.state_dir}")
         return EXIT_OK
+    from .fleet.forward import FleetSecretError, fleet_secret
     from .store import StoreError
     from .store.postgres import SCHEMA_VERSION, PgTarget, probe
+
+    try:
+        print("fleet secret: " + ("read" if fleet_secret(cfg.fleet.secret_file) else
+                                  "none ([fleet] secret_file is empty: admin actions cannot name other hosts)"))
+    except FleetSecretError as exc:
+        print(f"aigwd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
     target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s)
     try:

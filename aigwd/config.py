@@ -27,7 +27,7 @@ from .configfields import (
     type_ok,
 )
 from .pdf.settings import PdfConfig
-from .storeconfig import FleetConfig, StoreConfig, store_problem
+from .storeconfig import FleetConfig, StoreConfig, fleet_problem, store_problem
 from .usage.settings import QuotaLimit, QuotasConfig, UsageConfig
 
 try:
@@ -519,6 +519,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
     problem = store_problem(sections["store"])
     if problem:
         raise fail("store", problem)
+    problem = fleet_problem(sections["fleet"])
+    if problem:
+        raise fail("fleet", problem)
     for key, value in (overrides or {}).items():
         problem = dict(listen=_listen, state_dir=_non_empty, control_socket=_non_empty)[key](value)
         if problem:

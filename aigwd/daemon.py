@@ -23,8 +23,10 @@ from .autoswitch import AutoSwitcher, waiting_by_mode
 from .backends.supervisor import Supervisor
 from .batches import BatchRunner, FileStore
 from .config import Config, parse_listen
+from .control.cmd_models import models_view, queues_view
 from .control.loghub import publish_backend_line
 from .control.plane import ControlPlane
+from .fleet.view import host_summary
 from .gateway import Gateway
 from .gpu import GpuMonitor
 from .scheduling.placement import ReplicaView
@@ -187,7 +189,11 @@ class Daemon:
                 plane.reloader.reload, lambda: self._status_line(gateway))
             await plane.start()
             stack.callback(plane.hub.detach)
-            if cfg.store.url:  # limits, logins and account changes held in common with the other hosts
+            if cfg.store.url:
+                # Before the recovery: a second live host under this name must not run this one's requests.
+                await self._join_fleet(store, services)
+                stack.push_async_callback(self._leave_fleet, services)
+                # Limits, logins and account changes held in common with the other hosts.
                 from .fleet.clientstate import shared_client_state
                 from .store.postgres import PostgresStore
 
@@ -200,6 +206,36 @@ class Daemon:
             stack.push_async_callback(batches.close)  # before the gateway closes: no line is fed into it after
             services.batches = batches
             yield _Parts(services, gateway, supervisor, plane)
+
+    async def _join_fleet(self, store: Store, services: Services) -> None:
+        """Claim this host's node name in the registry, start its heartbeat, and set up forwarding."""
+        from .fleet.forward import FleetSecretError, Forwarder, fleet_secret
+        from .fleet.registry import FleetRegistry, NodeTaken, default_address
+        from .store.postgres import PostgresStore
+
+        cfg = self.cfg
+        assert isinstance(store, PostgresStore)
+        try:
+            secret = fleet_secret(cfg.fleet.secret_file)
+        except FleetSecretError as exc:
+            raise StartupError(str(exc)) from None
+        registry = FleetRegistry(
+            store, node=node_name(cfg.fleet), address=cfg.fleet.address or default_address(cfg.server.listen),
+            version=__version__, summary=lambda: host_summary(models_view(services), queues_view(services)),
+            heartbeat_s=cfg.fleet.heartbeat_s, lost_after_s=cfg.fleet.lost_after_s)
+        try:
+            await registry.claim()
+        except (NodeTaken, StoreError) as exc:
+            raise StartupError(str(exc)) from None
+        registry.start()
+        services.fleet = registry
+        services.forwarder = Forwarder(registry, secret, ca_file=cfg.fleet.ca_file,
+                                       timeout_s=cfg.server.admin_wait_s + 10)
+
+    @staticmethod
+    async def _leave_fleet(services: Services) -> None:
+        if services.fleet is not None:
+            await services.fleet.leave()
 
     @contextlib.asynccontextmanager
     async def _drain_on_stop(self, gateway: Gateway) -> AsyncIterator[None]:

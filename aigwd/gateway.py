@@ -39,6 +39,8 @@ FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
 # A request interrupted this many times by daemon restarts fails instead of running again.
 MAX_ATTEMPTS = 3
 STREAM_BUFFER_CHUNKS = 64
+# How long a stop waits for the outcomes not yet written; a store that cannot take them keeps them queued.
+SAVE_AT_STOP_S = 10.0
 
 
 @dataclass(eq=False)
@@ -486,7 +488,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Outcomes a full disk refused get a last try: a request left 'processing' on disk would run again.
-        await self.save_unsaved()
+        # Bounded: a database that cannot be reached must not hold the stop (its writes wait in the store).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.save_unsaved(), SAVE_AT_STOP_S)
         for rt in self.backends.values():
             await rt.close_connections()
 

@@ -9,11 +9,14 @@ import re
 import socket
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from .configfields import opt
+from .configfields import opt, positive
 
 SCHEMES = ("postgresql", "postgres")
+# Query options a [store] url may carry: TLS to the database (asyncpg reads them from the URL).
+URL_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -34,8 +37,20 @@ def url_problem(url: str) -> str | None:
         return "names no database; the form is postgresql://USER@HOST:PORT/DB"
     if port is not None and not 1 <= port <= 65535:
         return "port must be 1-65535"
-    if parts.query or parts.fragment:
-        return "takes no ?options or #fragment"
+    if parts.fragment:
+        return "takes no #fragment"
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if key not in URL_OPTIONS:
+            return f"takes no ?{key}=; the options it takes are {', '.join(URL_OPTIONS)}"
+        if key == "sslmode" and values[-1] not in SSLMODES:
+            return f"sslmode must be one of {', '.join(SSLMODES)}"
+    return None
+
+
+def fleet_problem(fleet: FleetConfig) -> str | None:
+    if fleet.lost_after_s < 2 * fleet.heartbeat_s:
+        return (f"lost_after_s ({fleet.lost_after_s:g}) must be at least twice heartbeat_s ({fleet.heartbeat_s:g}), "
+                "or one late heartbeat shows a live host as lost")
     return None
 
 
@@ -71,9 +86,34 @@ class StoreConfig:
     readers: int = opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
 
 
+def _address(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"is not a URL ({exc}); the form is http://HOST:PORT"
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+        return "must be http://HOST:PORT or https://HOST:PORT, nothing after the port"
+    return None
+
+
 @dataclass
 class FleetConfig:
     node: str = opt("", "This host's name among the hosts that share [store] url. Empty: the host name.", _node)
+    address: str = opt("", "URL the other hosts reach this host's API at, http://HOST:PORT (or https:// behind a "
+                           "TLS proxy); shown in /admin/fleet and used to forward admin actions that name this "
+                           "host. Empty: server.listen, with the host name when it listens on every address.",
+                        _address)
+    secret_file: str = opt("", "File holding the secret hosts present to each other when one forwards an admin "
+                               "action to another (the same file on every host, readable by the daemon only, "
+                               "at least 32 characters). Empty: actions naming another host are refused, and "
+                               "so are calls from other hosts.")
+    ca_file: str = opt("", "CA certificates to trust for https:// addresses of other hosts. Empty: the system's.")
+    heartbeat_s: float = opt(1.0, "How often this host writes its row in the fleet's registry.", positive)
+    lost_after_s: float = opt(5.0, "A host whose last heartbeat is older than this is shown as lost, and its node "
+                                   "name may be taken by another host. At least twice heartbeat_s.", positive)
 
 
 def node_name(fleet: FleetConfig) -> str:

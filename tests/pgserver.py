@@ -81,12 +81,24 @@ class PgServer:
         self._run(str(bindir / "initdb"), "-D", str(data), "-U", USER, "--auth-local=trust",
                   "--auth-host=scram-sha-256", f"--pwfile={self.password_file}", "-E", "UTF8", "--no-locale",
                   "--no-sync", owner=True)
+        self.resume()
+        self.started = True
+
+    def resume(self) -> None:
+        """Start the server (again, after pause) on the same port and data."""
+        bindir = bin_dir()
+        assert bindir is not None
         # fsync off: tests need speed, not durability across power loss.
         options = (f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.root / "log"), "-w",
-                  "start", owner=True)
-        self.started = True
+        self._run(str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l",
+                  str(self.root / "log"), "-w", "start", owner=True)
+
+    def pause(self) -> None:
+        """Stop the server as an operator's restart does (connections cut); resume() starts it again."""
+        bindir = bin_dir()
+        assert bindir is not None
+        self._run(str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop", owner=True)
 
     def url(self, database: str) -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"

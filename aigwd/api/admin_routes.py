@@ -50,6 +50,6 @@ async def commands(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/commands", commands)
-    for cmd in default_registry():
+    for cmd in default_registry(fleet=True):
         if cmd.path is not None:
             app.router.add_route(cmd.method, cmd.path, _handler(cmd))

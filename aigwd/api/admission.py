@@ -3,11 +3,11 @@
 Each step runs in this order for all of them, so a refusal is the same whichever route was used:
 the caller's identity (already checked by the middleware) and its headers, parsed once into
 RequestHeaders; the rate limits, before the body is read, so a client over its limit costs no upload;
-the body's checks; the choice of backend (404 for an unknown model, 400 for the wrong kind); then the
-gateway, which applies the waiting bound and the subject's share of it. The daily quotas of the user, API key
-and client are checked once the backend is known, before a PDF is opened or anything is queued. The OpenAI
-route learns the kind (chat or OCR) from the model, so it reads X-Resolution only once the body has named an
-OCR model.
+the store's availability (503 while its database cannot be reached); the body's checks; the choice of
+backend (404 for an unknown model, 400 for the wrong kind); then the gateway, which applies the waiting
+bound and the subject's share of it. The daily quotas of the user, API key and client are checked once the
+backend is known, before a PDF is opened or anything is queued. The OpenAI route learns the kind (chat or
+OCR) from the model, so it reads X-Resolution only once the body has named an OCR model.
 """
 
 from __future__ import annotations
@@ -112,6 +112,10 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     if kind == "ocr":
         parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
     await rate_limit(request, services, parsed.client_id)
+    store_down = services.gateway.store.unavailable
+    if store_down is not None:  # refused before the upload: nothing could be accepted anyway
+        raise ApiError(503, f"The gateway cannot accept requests right now: {store_down}; retry later",
+                       {"Retry-After": "5"})
     await read_body(request)
     raw = await request.read()
     admission = check_body(services, raw, parsed, request.headers, kind, admin=request[ROLE] == "admin",

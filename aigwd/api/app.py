@@ -8,7 +8,7 @@ from aiohttp import web, web_response
 
 from ..backends.report import replica_problems
 from ..metrics import CONTENT_TYPE
-from . import admin_routes, auth_routes, batch_routes, client_routes, openai_routes, usage_routes
+from . import admin_routes, auth_routes, batch_routes, client_routes, fleet_routes, openai_routes, usage_routes
 from .context import SERVICES, Services
 from .middleware import client_layer
 from .openapi import openapi_json
@@ -22,6 +22,12 @@ web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 async def health(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     problems = []
+    store_down = services.gateway.store.unavailable
+    if store_down is not None:
+        problems.append(f"store: {store_down}")
+    fleet = services.fleet
+    if fleet is not None and fleet.problem is not None:
+        problems.append(fleet.problem)
     for name in services.cfg.backends:
         status = admin_routes.model_status(services, name)
         if not status["is_healthy"]:
@@ -65,6 +71,7 @@ def build_app(services: Services) -> web.Application:
     auth_routes.add_routes(app)
     client_routes.add_routes(app)
     admin_routes.add_routes(app)
+    fleet_routes.add_routes(app)
     openai_routes.add_routes(app)
     batch_routes.add_routes(app)
     usage_routes.add_routes(app)

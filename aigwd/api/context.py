@@ -23,6 +23,8 @@ from ..scheduling.ratelimit import RateLimiter
 if TYPE_CHECKING:
     from ..batches import BatchRunner
     from ..control.plane import ControlPlane
+    from ..fleet.forward import Forwarder
+    from ..fleet.registry import FleetRegistry
 
 
 @dataclass(eq=False)
@@ -44,6 +46,9 @@ class Services:
     batches: BatchRunner | None = None
     # Counts failed logins in the shared store (fleet mode); None: the login route's own, in memory.
     login_throttle: LoginThrottle | None = None
+    # Fleet mode ([store] url): the registry of hosts, and the forwarding of admin actions to them.
+    fleet: FleetRegistry | None = None
+    forwarder: Forwarder | None = None
 
 
 SERVICES = web.AppKey("services", Services)

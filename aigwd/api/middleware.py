@@ -12,10 +12,12 @@ from .. import logs
 from ..auth import apikeys
 from ..auth.tokens import Claims, TokenError
 from ..errors import ApiError
+from ..store import StoreError
 from .context import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json"})
+# /fleet/v1/command takes no token: it checks the fleet secret itself (api/fleet_routes.py).
+PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json", "/fleet/v1/command"})
 # Submissions read their body themselves, after the rate limit: a limited client's body is never read.
 SUBMISSION_PATHS = frozenset({"/api/chat", "/api/ocr", "/v1/chat/completions"})
 # Uploads streamed to disk by their handler, within their own bound: never read into memory here.
@@ -66,6 +68,9 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The answer to an exception out of a handler; redirects and the like are raised again."""
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.detail, exc.headers, request.path)
+    if isinstance(exc, StoreError):  # e.g. a login while the fleet's database cannot be reached
+        return error_response(503, f"The state database is not available right now ({exc}); retry later",
+                              {"Retry-After": "5"}, request.path)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc

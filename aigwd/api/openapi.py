@@ -168,6 +168,12 @@ def _client_paths() -> dict[str, Any]:
                           **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504, openai=True)}}},
         "/admin/commands": {"get": {"summary": "Every admin command and its arguments", "responses": {
             "200": _json({"type": "object", "required": ["commands"]}, 200), **_errors(401, 403)}}},
+        "/fleet/v1/command": {"post": {
+            "summary": "Fleet mode, host to host: run an admin command another host forwarded (needs the fleet "
+                       "secret in X-Aigw-Fleet-Secret, not a token)",
+            "security": [{"fleet": []}],
+            "requestBody": _body({"type": "object", "required": ["command", "args", "actor", "from", "to"]}),
+            "responses": {"200": _json(OBJECT, 200), **_errors(400, 403, 409, 503)}}},
     }
 
 
@@ -213,13 +219,14 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
         success["headers"] = {NEXT_CURSOR: {
             "description": "The next page: send it back as cursor. Absent on the last page.",
             "schema": {"type": "string"}}}
-    op["responses"] = {str(ok): success, **_errors(400, 401, 403, 404, 409, 413, 503)}
+    forwarded = (502,) if cmd.arg("node") else ()  # fleet mode: the host it names did not answer
+    op["responses"] = {str(ok): success, **_errors(400, 401, 403, 404, 409, 413, 503, *forwarded)}
     return op
 
 
 def document() -> dict[str, Any]:
     paths = {**_client_paths(), **batch_paths()}
-    for cmd in default_registry():
+    for cmd in default_registry(fleet=True):
         if cmd.path is not None:
             paths.setdefault(cmd.path, {})[cmd.method.lower()] = _admin_operation(cmd)
     # A user's own usage: the admin report's arguments and answer, for the caller's subject only.
@@ -239,7 +246,9 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"schemas": _SCHEMAS,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                                           "fleet": {"type": "apiKey", "in": "header",
+                                                     "name": "X-Aigw-Fleet-Secret"}}},
     }
 
 

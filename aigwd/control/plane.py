@@ -26,7 +26,7 @@ class ControlPlane:
     def __init__(self, services: Services, *, registry: Registry | None = None, hub: LogHub | None = None,
                  on_config: Callable[[Config], None] | None = None) -> None:
         self.services = services
-        self.registry = registry or default_registry()
+        self.registry = registry or default_registry(fleet=bool(services.cfg.store.url))
         self.hub = hub or LogHub()
         self.accounts = Accounts(services.gateway.store, services.users, services.tokens)
         self.reloader = Reloader(services, self.accounts, [on_config] if on_config else [])

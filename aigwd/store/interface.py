@@ -120,6 +120,12 @@ class Store(Protocol):
         ...
 
     @property
+    def unavailable(self) -> str | None:
+        """Why the store cannot take new writes right now (its database unreachable); None while it can.
+        Writes that record accepted work wait for it meanwhile; others fail at once."""
+        ...
+
+    @property
     def commits(self) -> int:
         """Transactions committed so far; each may hold many writes."""
         ...

@@ -85,6 +85,10 @@ class SqliteStore:
         self._missing_bound.max_bytes = value  # read by the writer thread at its next add
 
     @property
+    def unavailable(self) -> str | None:
+        return None  # a local file: a failing disk shows in each write's error instead
+
+    @property
     def commits(self) -> int:
         """Transactions committed by the writer so far (each may hold many writes)."""
         return self._writer.commits

@@ -101,6 +101,11 @@ def test_store_and_fleet_settings(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, BACKEND + '[store]\nurl = "postgresql://aigw@db.internal:5433/aigw"\n'
                                         'password_file = "/etc/aigw/pg"\n[fleet]\nnode = "gpu-2.rack1"\n')
     assert cfg.store.url.endswith(":5433/aigw") and cfg.fleet.node == "gpu-2.rack1"
+    cfg = load_text(tmp_path, BACKEND + '[store]\nurl = "postgresql://aigw@db:5432/aigw?sslmode=verify-full'
+                                        '&sslrootcert=/etc/aigw/pg-ca.pem"\n[fleet]\naddress = "https://gpu2:8443"\n'
+                                        'secret_file = "/etc/aigw/fleet.secret"\nheartbeat_s = 2\nlost_after_s = 10\n')
+    assert cfg.store.url.endswith("sslrootcert=/etc/aigw/pg-ca.pem") and cfg.fleet.address == "https://gpu2:8443"
+    assert (cfg.fleet.heartbeat_s, cfg.fleet.lost_after_s) == (2.0, 10.0)
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -111,6 +116,12 @@ def test_store_and_fleet_settings(tmp_path: Path) -> None:
     ('[store]\nurl = "postgresql://a:secret@h/d"\npassword_file = "/p"\n', "keep only password_file"),
     ('[store]\npassword_file = "/p"\n', "only used with a PostgreSQL url"),
     ('[fleet]\nnode = "no spaces"\n', "fleet.node: must be 1-64 characters"),
+    ('[store]\nurl = "postgresql://a@h/d?application_name=x"\n', "store.url: takes no ?application_name="),
+    ('[store]\nurl = "postgresql://a@h/d?sslmode=sometimes"\n', "store.url: sslmode must be one of"),
+    ('[fleet]\naddress = "gpu2:8080"\n', "fleet.address: must be http://HOST:PORT"),
+    ('[fleet]\naddress = "http://gpu2:8080/admin"\n', "fleet.address: must be http://HOST:PORT"),
+    ('[fleet]\nheartbeat_s = 3\nlost_after_s = 5\n', "fleet: lost_after_s (5) must be at least twice"),
+    ('[fleet]\nheartbeat_s = 0\n', "fleet.heartbeat_s: must be greater than 0"),
 ])
 def test_store_and_fleet_settings_are_checked(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(config.ConfigError) as err:

@@ -184,7 +184,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX login_failures_last ON login_failures(last)",
     ),
-    # 4: usage counters per UTC hour (every host's flushes add to them), and quotas set at run time.
+    (  # 4: the fleet's registry of hosts
+        # The fleet's registry: one row per host name, written by its heartbeat (times by the database's
+        # clock, so hosts with skewed clocks still agree on who is live).
+        f"""CREATE TABLE fleet_hosts (
+            node TEXT PRIMARY KEY,
+            instance TEXT NOT NULL,
+            address TEXT NOT NULL,
+            hostname TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_at {_T} NOT NULL,
+            heartbeat_at {_T} NOT NULL,
+            stopped_at {_T},
+            models TEXT NOT NULL
+        )""",
+    ),
+    # 5: usage counters per UTC hour (every host's flushes add to them), and quotas set at run time.
     (
         f"""CREATE TABLE usage_hourly (
             hour BIGINT NOT NULL,

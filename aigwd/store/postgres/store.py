@@ -138,17 +138,36 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StoreError("store is not open")
-        try:
-            async with pool.acquire() as conn:
-                return await fn(conn)
-        except StoreError:
-            raise
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError, ValueError) as exc:
-            raise StoreError(str(exc) or type(exc).__name__) from exc
+        for attempt in (1, 2):
+            try:
+                async with pool.acquire() as conn:
+                    return await fn(conn)
+            except StoreError:
+                raise
+            except CONNECTION_ERRORS as exc:
+                if attempt == 1:
+                    continue  # a pooled connection cut by a server restart: the pool opens a new one
+                raise StoreError(str(exc) or type(exc).__name__) from exc
+            except (asyncpg.PostgresError, ValueError) as exc:
+                raise StoreError(str(exc) or type(exc).__name__) from exc
+        raise AssertionError("unreachable")
 
-    async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True) -> T:
-        result: T = await self._writer.submit(fn, urgent=urgent)
+    async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True,
+                     keep: bool = False) -> T:
+        result: T = await self._writer.submit(fn, urgent=urgent, keep=keep)
         return result
+
+    @property
+    def unavailable(self) -> str | None:
+        return self._writer.unavailable
+
+    async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, urgent: bool = True) -> T:
+        """Run fn(conn) in the writer's next transaction (other modules' tables, e.g. the fleet registry)."""
+        return await self._write(fn, urgent=urgent)
+
+    async def read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run fn(conn) on a reader connection; StoreError when the database cannot answer."""
+        return await self._read(fn)
 
     def refresh_ledger(self) -> PgRefreshLedger:
         return PgRefreshLedger(self._writer, self._read)
@@ -178,7 +197,7 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(_REQUEST_REPLACE, *values, None, node)
 
-        await self._write(op, urgent=False)
+        await self._write(op, urgent=False, keep=True)
 
     async def mark_started(self, request_id: str, started_at: float, attempts: int,
                            served_resolution: str | None = None) -> None:
@@ -187,7 +206,7 @@ class PostgresStore:
                                f"served_resolution = $3 WHERE id = $4 AND status IN {_UNFINISHED}",
                                started_at, attempts, served_resolution, request_id)
 
-        await self._write(op, urgent=False)
+        await self._write(op, urgent=False, keep=True)
 
     async def finish(self, request_id: str, status: str, finished_at: float, result: bytes | None,
                      error: str | None) -> None:
@@ -198,14 +217,14 @@ class PostgresStore:
             await conn.execute("UPDATE requests SET status = $1, finished_at = $2, result = $3, error = $4, "
                                "payload = NULL WHERE id = $5", status, finished_at, result, error, request_id)
 
-        await self._write(op, urgent=False)
+        await self._write(op, urgent=False, keep=True)
 
     async def requeue(self, request_id: str, attempts: int) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(f"UPDATE requests SET status = 'queued', started_at = NULL, attempts = $1 "
                                f"WHERE id = $2 AND status IN {_UNFINISHED}", attempts, request_id)
 
-        await self._write(op)
+        await self._write(op, keep=True)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         async def read(conn: asyncpg.Connection) -> RequestRecord | None:
@@ -264,7 +283,7 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> int:
             return int(await conn.fetchval(f"INSERT INTO crashes ({columns}) VALUES ({marks}) RETURNING id", *values))
 
-        return await self._write(op)
+        return await self._write(op, keep=True)
 
     async def crashes(self, limit: int, before: Position | None = None) -> list[CrashRecord]:
         where, params = _before(before, 1)
