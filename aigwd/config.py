@@ -28,6 +28,7 @@ from .configfields import (
 )
 from .pdf.settings import PdfConfig
 from .storeconfig import FleetConfig, StoreConfig, fleet_problem, serve_problem, store_problem
+from .usage.settings import QuotaLimit, QuotasConfig, UsageConfig
 
 try:
     import tomllib
@@ -428,6 +429,8 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
     batches: BatchConfig = field(default_factory=BatchConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -446,7 +449,7 @@ SECTIONS: dict[str, type] = {
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
     "store": StoreConfig, "fleet": FleetConfig,
     "pdf": PdfConfig,
-    "batches": BatchConfig,
+    "batches": BatchConfig, "usage": UsageConfig, "quotas": QuotasConfig,
 }
 
 
@@ -454,6 +457,9 @@ SECTIONS: dict[str, type] = {
 _NESTED_LIMITS: dict[tuple[type, str], tuple[type, str]] = {
     (RateLimitConfig, "clients"): (ClientLimit, "client IDs"),
     (RateLimitConfig, "subjects"): (SubjectLimit, "subjects (user names)"),
+    (QuotasConfig, "users"): (QuotaLimit, "user names"),
+    (QuotasConfig, "keys"): (QuotaLimit, "API key ids"),
+    (QuotasConfig, "clients"): (QuotaLimit, "client IDs"),
 }
 
 

@@ -172,6 +172,9 @@ class Daemon:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
             self.switcher = self._auto_switcher(gateway, supervisor, store)
+            # Usage counters are written last, once every request that could still end has ended.
+            await gateway.usage.start()
+            stack.push_async_callback(gateway.usage.close)
             if cfg.store.url:
                 from .store.postgres import PostgresStore
 

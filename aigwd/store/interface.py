@@ -15,6 +15,7 @@ from ..auth.apikeys import ApiKey
 from ..auth.ledger import RefreshLedger
 from .batches import BatchRecord, FileRecord
 from .records import AuditRecord, CrashRecord, MissingModelRecord, Position, RequestRecord, UserRecord
+from .usagerows import QuotaRecord, UsageRow, UsageTotal
 
 
 class ApiKeyStore(Protocol):
@@ -69,6 +70,39 @@ class BatchStore(Protocol):
         ...
 
 
+class UsageStore(Protocol):
+    """Usage counters per UTC hour, and the quotas set at run time (aigwd/store/usagerows.py)."""
+
+    async def add(self, rows: list[UsageRow]) -> None:
+        """Add each row's counters to the stored row of the same key (upsert), all in one transaction."""
+        ...
+
+    async def totals(self, group_by: str, granularity: str, start: int, end: int, limit: int, *,
+                     subject: str | None = None, after: tuple[int, str] | None = None) -> list[UsageTotal]:
+        """Counters summed per hour or day and group, hours in [start, end), ordered by (bucket, group);
+        `after`: the (bucket, group) of the previous page's last row; `subject`: that subject's rows only."""
+        ...
+
+    async def day_use(self, start: int, end: int, scope: str, names: list[str]
+                      ) -> dict[str, tuple[int, int, float]]:
+        """(requests, tokens, GPU-seconds) in [start, end) of each of `names` (users, keys or clients)."""
+        ...
+
+    async def purge(self, before: int) -> int:
+        """Delete hours before `before`; returns how many rows."""
+        ...
+
+    async def set_quota(self, rec: QuotaRecord) -> None:
+        ...
+
+    async def clear_quota(self, scope: str, name: str) -> bool:
+        """False when no quota was set for it at run time."""
+        ...
+
+    async def quotas(self) -> list[QuotaRecord]:
+        ...
+
+
 class Store(Protocol):
     # Request bodies longer than this are not kept in the daemon's memory while queued: they are read
     # back from the store when their request runs.
@@ -120,6 +154,9 @@ class Store(Protocol):
         ...
 
     def api_keys(self) -> ApiKeyStore:
+        ...
+
+    def usage(self) -> UsageStore:
         ...
 
     # --- requests ----------------------------------------------------------------------------------
