@@ -33,6 +33,7 @@ WINDOWS = ("24h",)
 MAX_FILENAME = 256
 MAX_METADATA = 16
 _PURPOSE_BYTES = 64
+BATCH_CLIENT_ID = "batches"
 _BATCH_FIELDS = frozenset({"input_file_id", "endpoint", "completion_window", "metadata"})
 
 
@@ -40,6 +41,19 @@ def _runner(services: Services) -> BatchRunner:
     if services.batches is None:
         raise ApiError(503, "Batches are not available yet; retry in a moment", {"Retry-After": "1"})
     return services.batches
+
+
+async def _rate_limit(request: web.Request, services: Services) -> None:
+    """The client rate limit of the submission routes. OpenAI's clients send no X-Client-ID: without one an
+    upload or a batch counts as its API key's first client, or as the client `batches`."""
+    key = request.get(API_KEY)
+    if "X-Client-ID" in request.headers:
+        client_id = read_headers(request.headers, key).client_id  # checked, and within the key's clients
+    elif key is not None and key.client_ids:
+        client_id = key.client_ids[0]
+    else:
+        client_id = BATCH_CLIENT_ID
+    await rate_limit(request, services, client_id)
 
 
 def _limit(request: web.Request, default: int, most: int) -> int:
@@ -72,7 +86,7 @@ async def _own_file(request: web.Request, runner: BatchRunner) -> FileRecord:
 async def upload_file(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
-    await rate_limit(request, services, read_headers(request.headers, request.get(API_KEY)).client_id)
+    await _rate_limit(request, services)
     if not request.content_type.startswith("multipart/form-data"):
         raise bad_request("Send the file as multipart/form-data with the fields purpose=batch and file")
     # Held from before the count until the row is written: parallel uploads cannot all pass the same count.
@@ -203,7 +217,7 @@ def _metadata(value: Any) -> dict[str, str] | None:
 async def create_batch(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
-    await rate_limit(request, services, read_headers(request.headers, request.get(API_KEY)).client_id)
+    await _rate_limit(request, services)
     body = parse_json(await request.read())
     unknown = sorted(set(body) - _BATCH_FIELDS)
     if unknown:
