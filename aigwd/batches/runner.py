@@ -218,6 +218,9 @@ class BatchRunner:
         finally:
             timer.cancel()
             await self._halt_lines(run, withdraw=False)  # at a stop, its lines stay queued and are recovered
+            if run.saver is not None:  # no write of this run's counts lands after the next run's
+                run.saver.cancel()
+                await asyncio.gather(run.saver, return_exceptions=True)
             await self._close_files(run)
             if self._runs.get(rec.id) is run:
                 del self._runs[rec.id]
@@ -262,6 +265,8 @@ class BatchRunner:
                 if rec is not None and rec.status in OPEN_STATUSES and batch_id not in self._runs:
                     logs.event("batch_restarted", batch_id=batch_id, status=rec.status)
                     self._spawn(rec)
+                else:
+                    self._faults.pop(batch_id, None)
                 return
 
         self._background(restart())
