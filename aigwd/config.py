@@ -239,7 +239,8 @@ def _at_least_64k(v: Any) -> str | None:
 
 @dataclass
 class ResultsConfig:
-    retention_h: float = opt(24.0, "Hours finished requests and their results are kept.", positive)
+    retention_h: float = opt(24.0, "Hours finished requests and their results, and ended batches with "
+                                  "their files, are kept.", positive)
     purge_interval_s: float = opt(300.0, "How often expired results are purged.", positive)
     missing_models_max_bytes: int = opt(8 * 1024 * 1024, "Bytes the log of requests for unserved models may "
                                          "hold (newest kept); any client can add to it.", _at_least_64k)

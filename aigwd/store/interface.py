@@ -50,6 +50,15 @@ class BatchStore(Protocol):
     async def delete_file(self, file_id: str) -> bool:
         ...
 
+    async def file_ids(self) -> set[str]:
+        """Every file id this host keeps (its disk holds these, and open batches' result files)."""
+        ...
+
+    async def purge_ended(self, older_than: float) -> list[str]:
+        """Delete batches ended before `older_than`, their result files' rows and their input files' rows no
+        remaining batch reads; the ids of the files whose bodies are to go from disk."""
+        ...
+
     async def file_in_use(self, file_id: str) -> bool:
         ...
 
