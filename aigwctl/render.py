@@ -179,8 +179,38 @@ def reload(body: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+USAGE_GROUPS = ("subject", "key", "client", "model", "class")
+USAGE_BAR = 30
+
+
+def usage_chart(rows: Sequence[dict[str, Any]]) -> str:
+    """Usage rows as a block per group: its totals, then a bar of tokens (GPU-seconds where a model counts no
+    tokens) per hour or day, scaled to the largest in the answer."""
+    if not rows:
+        return "(no usage in this range)"
+    group = next((g for g in USAGE_GROUPS if g in rows[0]), "subject")
+    measure = "total_tokens" if any(r.get("total_tokens") for r in rows) else "gpu_seconds"
+    top = max(float(r.get(measure) or 0) for r in rows) or 1.0
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        blocks.setdefault(str(r.get(group) or ""), []).append(r)
+    out = []
+    for name, items in blocks.items():
+        totals = {k: sum(float(i.get(k) or 0) for i in items) for k in ("requests", "total_tokens", "gpu_seconds")}
+        out.append(f"{group} {safe(name) or '-'}: {totals['requests']:.0f} requests, {totals['total_tokens']:.0f} "
+                   f"tokens, {totals['gpu_seconds']:.1f} GPU-seconds")
+        for i in items:
+            value = float(i.get(measure) or 0)
+            filled = max(1 if value else 0, round(value / top * USAGE_BAR))
+            shown = f"{value:.0f} tokens" if measure == "total_tokens" else f"{value:.1f} GPU-s"
+            out.append(f"  {cell(short_time(i.get('bucket')))[:16]}  {'#' * filled:<{USAGE_BAR}}  {shown}")
+    return "\n".join(out)
+
+
 def render(command: str, body: Any) -> str:
     """The answer to `command` for a terminal."""
+    if command == "usage" and isinstance(body, list):
+        return usage_chart(body)
     if command == "status" and isinstance(body, dict):
         return status(body)
     if command == "models" and isinstance(body, dict):

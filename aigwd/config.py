@@ -28,6 +28,7 @@ from .configfields import (
 )
 from .pdf.settings import PdfConfig
 from .storeconfig import FleetConfig, StoreConfig, fleet_problem, serve_problem, store_problem
+from .usage.settings import QuotaLimit, QuotasConfig, UsageConfig
 
 try:
     import tomllib
@@ -238,7 +239,8 @@ def _at_least_64k(v: Any) -> str | None:
 
 @dataclass
 class ResultsConfig:
-    retention_h: float = opt(24.0, "Hours finished requests and their results are kept.", positive)
+    retention_h: float = opt(24.0, "Hours finished requests and their results, and ended batches with "
+                                  "their files, are kept.", positive)
     purge_interval_s: float = opt(300.0, "How often expired results are purged.", positive)
     missing_models_max_bytes: int = opt(8 * 1024 * 1024, "Bytes the log of requests for unserved models may "
                                          "hold (newest kept); any client can add to it.", _at_least_64k)
@@ -428,6 +430,8 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     pdf: PdfConfig = field(default_factory=PdfConfig)
     batches: BatchConfig = field(default_factory=BatchConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -446,7 +450,7 @@ SECTIONS: dict[str, type] = {
     "results": ResultsConfig, "ocr": OcrConfig, "gpu": GpuConfig, "auto_switch": AutoSwitchConfig,
     "store": StoreConfig, "fleet": FleetConfig,
     "pdf": PdfConfig,
-    "batches": BatchConfig,
+    "batches": BatchConfig, "usage": UsageConfig, "quotas": QuotasConfig,
 }
 
 
@@ -454,6 +458,9 @@ SECTIONS: dict[str, type] = {
 _NESTED_LIMITS: dict[tuple[type, str], tuple[type, str]] = {
     (RateLimitConfig, "clients"): (ClientLimit, "client IDs"),
     (RateLimitConfig, "subjects"): (SubjectLimit, "subjects (user names)"),
+    (QuotasConfig, "users"): (QuotaLimit, "user names"),
+    (QuotasConfig, "keys"): (QuotaLimit, "API key ids"),
+    (QuotasConfig, "clients"): (QuotaLimit, "client IDs"),
 }
 
 

@@ -172,6 +172,9 @@ class Daemon:
                 gpu.on_change = supervisor.gpu_verdict_changed
             gateway.metrics.bind(gateway, supervisor, gpu)
             self.switcher = self._auto_switcher(gateway, supervisor, store)
+            # Usage counters are written last, once every request that could still end has ended.
+            await gateway.usage.start()
+            stack.push_async_callback(gateway.usage.close)
             if cfg.store.url:
                 from .store.postgres import PostgresStore
 
@@ -302,7 +305,7 @@ class Daemon:
             if self.switcher is not None:
                 switcher_task = asyncio.create_task(self.switcher.run())
                 stack.callback(switcher_task.cancel)
-            maintenance = asyncio.create_task(self._maintain(parts.gateway))
+            maintenance = asyncio.create_task(self._maintain(parts.gateway, parts.services))
             stack.callback(maintenance.cancel)
             yield
 
@@ -352,12 +355,14 @@ class Daemon:
                 return
             await asyncio.sleep(0.05)
 
-    async def _maintain(self, gateway: Gateway) -> None:
+    async def _maintain(self, gateway: Gateway, services: Services) -> None:
         last_purge = 0.0
         while True:
             if time.monotonic() - last_purge >= self.cfg.results.purge_interval_s:
                 last_purge = time.monotonic()
                 await gateway.maintain_once()
+                if services.batches is not None:  # ended batches are kept as long as finished requests
+                    await services.batches.purge(time.time() - self.cfg.results.retention_h * 3600)
             else:
                 await gateway.save_unsaved()  # a refused outcome is written as soon as the disk takes it
             self.notifier.status(self._status_line(gateway))

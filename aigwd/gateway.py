@@ -35,6 +35,7 @@ from .scheduling.fairqueue import Job
 from .scheduling.modelqueue import REQUEUED, QueueFull
 from .service import Events, ModelService, Replica
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
+from .usage import Accountant, Meter, take_admitted
 
 FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
 # A request interrupted this many times by daemon restarts fails instead of running again.
@@ -69,6 +70,8 @@ class Live:
     yielded: bool = False
     # Fleet mode: the token of this host's lease on it in the shared queue; its outcome is written fenced.
     lease: int | None = None
+    # Its accounting: API key, quota held, tokens reported (made by the admission, aigwd/usage/meter.py).
+    meter: Meter = field(default_factory=take_admitted)
 
 
 class Gateway:
@@ -90,6 +93,7 @@ class Gateway:
         self.fleet: SharedQueue | None = None
         self.metrics = Metrics()
         self.documents = Documents(self)
+        self.usage = Accountant(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -326,7 +330,11 @@ class Gateway:
             # not when the garbage collector finalises the generator.
             async with contextlib.aclosing(replica.upstream.stream(body, live.record.id)) as chunks:
                 async for chunk in chunks:
-                    await live.chunks.put(chunk)
+                    # Whole events, its usage counted (and dropped when asked for on the client's behalf).
+                    if events := live.meter.pass_chunk(chunk):
+                        await live.chunks.put(events)
+            if rest := live.meter.stream_end():
+                await live.chunks.put(rest)
         except UpstreamStatus as exc:
             live.upstream_error = (exc.status, exc.body)
             await self._finish(live, "failed", error=f"backend {rt.cfg.name} answered {exc.status}: "
@@ -377,6 +385,7 @@ class Gateway:
         logs.event("request_finished", request_id=rec.id, client=rec.client_id, model=rec.model,
                    priority=rec.priority, outcome=status, wait_s=round(wait_s, 4),
                    service_s=round(service_s, 4), error=error)
+        self.usage.finished(live)
         service = self.backends.get(rec.backend)
         if service is not None and live.document is None:  # a PDF's pages told it of themselves
             service.finished(status, rec.started_at is not None, live.replica)

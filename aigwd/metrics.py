@@ -41,6 +41,7 @@ class Metrics:
                                    "cancelled)", ["outcome"], registry=self.registry)
         # Bounded: backends x 3 priorities x the few outcomes.
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self.usage = UsageCounters(self.registry)
 
     def bind(self, gateway: Gateway, supervisor: Supervisor | None, gpu: GpuMonitor | None) -> None:
         """Gauges of the live state, read when Prometheus scrapes."""
@@ -69,6 +70,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class UsageCounters:
+    """Usage by model and class (never by user or client: those are unbounded)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.prompt = Counter("aigw_usage_prompt_tokens", "Prompt tokens of requests that reached a model server, "
+                              "as the server counted them", ["model", "class"], registry=registry)
+        self.completion = Counter("aigw_usage_completion_tokens", "Completion tokens of requests that reached a "
+                                  "model server, as the server counted them", ["model", "class"], registry=registry)
+        self.gpu = Counter("aigw_usage_gpu_seconds", "Seconds requests held a model-server slot",
+                           ["model", "class"], registry=registry)
+        # Bounded: served models x 3 classes.
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
+    def count(self, model: str, priority: str, prompt: int, completion: int, gpu_s: float) -> None:
+        children = self._children.get((model, priority))
+        if children is None:
+            children = self._children[(model, priority)] = (
+                self.prompt.labels(model, priority), self.completion.labels(model, priority),
+                self.gpu.labels(model, priority))
+        if prompt:
+            children[0].inc(prompt)
+        if completion:
+            children[1].inc(completion)
+        if gpu_s > 0:
+            children[2].inc(gpu_s)
 
 
 class _StateCollector(Collector):

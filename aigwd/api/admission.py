@@ -5,15 +5,16 @@ the caller's identity (already checked by the middleware) and its headers, parse
 RequestHeaders; the rate limits, before the body is read, so a client over its limit costs no upload;
 the store's availability (503 while its database cannot be reached); the body's checks; the choice of
 backend (404 for an unknown model, 400 for the wrong kind); then the gateway, which applies the waiting
-bound and the subject's share of it. The OpenAI route learns the kind (chat or OCR) from the model, so it
-reads X-Resolution only once the body has named an OCR model.
+bound and the subject's share of it. The daily quotas of the user, API key and client are checked once the
+backend is known, before a PDF is opened or anything is queued. The OpenAI route learns the kind (chat or
+OCR) from the model, so it reads X-Resolution only once the body has named an OCR model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from ..pdf.document import Prepared
 from ..pdf.documents import pdf_of
 from ..priority import Priority
 from ..service import ModelService
+from ..usage import ADMITTED, Meter, ask_for_usage
 from . import validation
 from .context import SERVICES, Services
 from .middleware import API_KEY, CLAIMS, ROLE, read_body
@@ -80,12 +82,26 @@ class Admission:
     account: str  # the account id that owns the request (a user's id, or an API key's account)
     pdf: bool = False  # the image slot holds a PDF: opened by open_document before the gateway takes it
     document: Prepared | None = None  # a PDF, opened and within its bounds: its pages are OCR'd one by one
+    meter: Meter = field(default_factory=Meter)  # its accounting, and what it holds against quotas
 
     def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
         """The gateway's submit, not yet awaited: a route holding the connection shields it."""
-        return services.gateway.submit(self.backend, subject=self.subject, headers=self.headers, model=self.model,
-                                       payload=self.raw, sync=sync, stream=stream, account=self.account,
-                                       document=self.document)
+        return self._submit(services, sync, stream)
+
+    async def _submit(self, services: Services, sync: bool, stream: bool) -> Live:
+        try:
+            return await services.gateway.submit(self.backend, subject=self.subject, headers=self.headers,
+                                                  model=self.model, payload=self.raw, sync=sync, stream=stream,
+                                                  account=self.account, document=self.document)
+        except BaseException:
+            release_quota(self.meter)  # not accepted: it holds nothing
+            raise
+
+
+def release_quota(meter: Meter) -> None:
+    if meter.release is not None:
+        meter.release()
+        meter.release = None
 
 
 async def admit(request: web.Request, kind: str | None) -> Admission:
@@ -104,7 +120,36 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     raw = await request.read()
     admission = check_body(services, raw, parsed, request.headers, kind, admin=request[ROLE] == "admin",
                            subject=claims.sub, account=claims.uid)
-    return await open_document(services, admission, stream=kind is None and bool(admission.body.get("stream")))
+    key = request.get(API_KEY)
+    admission = metered(services, admission, key.id if key is not None else "")
+    stream = kind is None and bool(admission.body.get("stream"))
+    try:
+        if stream and not admission.pdf:
+            # The final usage chunk is asked for, to count the tokens; passed on only when the client asked.
+            raw, admission.meter.client_wants_usage = ask_for_usage(admission.raw, admission.body)
+            admission = replace(admission, raw=raw)
+        admission = await open_document(services, admission, stream=stream)
+    except BaseException:
+        release_quota(admission.meter)
+        raise
+    ADMITTED.set(admission.meter)  # taken by the request the gateway creates next, in this task (usage/meter.py)
+    return admission
+
+
+def metered(services: Services, admission: Admission, api_key: str) -> Admission:
+    """The quotas of the request's user, API key and client (429 when one is used up), and its meter."""
+    meter = services.gateway.usage.admit(admission.subject, api_key, admission.headers.client_id,
+                                         _completion_bound(admission.body, admission.backend.cfg.max_tokens_limit))
+    return replace(admission, meter=meter)
+
+
+def _completion_bound(body: dict[str, Any], limit: int) -> int:
+    """The most completion tokens a request may produce: what it asks for, else the backend's bound."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return limit
 
 
 def check_body(services: Services, raw: bytes, parsed: RequestHeaders, headers: Mapping[str, str],
@@ -155,8 +200,14 @@ def batch_line_submitter(services: Services) -> Callable[[bytes, str, str, str],
         if admission.pdf:
             raise bad_request("a PDF is not available in a batch line; send its pages as images, or the PDF "
                               "to /v1/chat/completions")
-        return await services.gateway.submit(admission.backend, subject=subject, headers=admission.headers,
-                                             model=admission.model, payload=raw, sync=True, account=account,
-                                             background=True)
+        admission = metered(services, admission, "")  # a batch's lines count against its owner's quotas
+        ADMITTED.set(admission.meter)
+        try:
+            return await services.gateway.submit(admission.backend, subject=subject, headers=admission.headers,
+                                                 model=admission.model, payload=raw, sync=True, account=account,
+                                                 background=True)
+        except BaseException:
+            release_quota(admission.meter)
+            raise
 
     return submit

@@ -8,7 +8,7 @@ from aiohttp import web, web_response
 
 from ..backends.report import replica_problems
 from ..metrics import CONTENT_TYPE
-from . import admin_routes, auth_routes, batch_routes, client_routes, fleet_routes, openai_routes
+from . import admin_routes, auth_routes, batch_routes, client_routes, fleet_routes, openai_routes, usage_routes
 from .context import SERVICES, Services
 from .middleware import client_layer
 from .openapi import openapi_json
@@ -74,4 +74,5 @@ def build_app(services: Services) -> web.Application:
     fleet_routes.add_routes(app)
     openai_routes.add_routes(app)
     batch_routes.add_routes(app)
+    usage_routes.add_routes(app)
     return app

@@ -18,12 +18,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..batches import BatchRunner
 from ..batches.files import TooLarge, new_file_id
+from ..batches.room import FILES, OPEN_BATCHES
 from ..batches.runner import deadline
 from ..batches.shapes import batch_object, file_object
 from ..errors import ApiError, bad_request
 from ..store.batches import BatchRecord, FileRecord
+from .admission import rate_limit, read_headers
 from .context import SERVICES, Services
-from .middleware import CLAIMS
+from .middleware import API_KEY, CLAIMS
 from .validation import parse_json
 
 ENDPOINTS = ("/v1/chat/completions",)
@@ -31,6 +33,7 @@ WINDOWS = ("24h",)
 MAX_FILENAME = 256
 MAX_METADATA = 16
 _PURPOSE_BYTES = 64
+BATCH_CLIENT_ID = "batches"
 _BATCH_FIELDS = frozenset({"input_file_id", "endpoint", "completion_window", "metadata"})
 
 
@@ -40,9 +43,23 @@ def _runner(services: Services) -> BatchRunner:
     return services.batches
 
 
+async def _rate_limit(request: web.Request, services: Services) -> None:
+    """The client rate limit of the submission routes. OpenAI's clients send no X-Client-ID: without one an
+    upload or a batch counts as its API key's first client, or as the client `batches`."""
+    key = request.get(API_KEY)
+    if "X-Client-ID" in request.headers:
+        client_id = read_headers(request.headers, key).client_id  # checked, and within the key's clients
+    elif key is not None and key.client_ids:
+        client_id = key.client_ids[0]
+    else:
+        client_id = BATCH_CLIENT_ID
+    await rate_limit(request, services, client_id)
+
+
 def _limit(request: web.Request, default: int, most: int) -> int:
     text = request.query.get("limit", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= most:
+    # ASCII digits only: "²" and "٣" are digits to str.isdigit but not numbers to int().
+    if not (text.isascii() and text.isdecimal()) or not 1 <= int(text) <= most:
         raise bad_request(f"limit must be a whole number from 1 to {most}")
     return int(text)
 
@@ -69,10 +86,30 @@ async def _own_file(request: web.Request, runner: BatchRunner) -> FileRecord:
 async def upload_file(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
-    _check_room(await runner.table.count_files(claims.uid), 1, cfg.max_files_per_subject)
+    await _rate_limit(request, services)
     if not request.content_type.startswith("multipart/form-data"):
         raise bad_request("Send the file as multipart/form-data with the fields purpose=batch and file")
-    file_id, limit = new_file_id(), int(cfg.max_file_mib * 1024 * 1024)
+    # Held from before the count until the row is written: parallel uploads cannot all pass the same count.
+    with runner.room.hold(FILES, claims.uid, 1):
+        kept = await runner.table.count_files(claims.uid) + runner.room.held(FILES, claims.uid) - 1
+        _check_room(kept, 1, cfg.max_files_per_subject)
+        file_id = new_file_id()
+        recorded = False
+        try:
+            rec = await _receive(request, runner, file_id)
+            await runner.table.add_file(rec)
+            recorded = True
+        finally:
+            # Whatever stopped it (a bad body, a client gone, the database), a file without its row goes.
+            if not recorded:
+                await runner.files.remove(file_id)
+    return web.json_response(file_object(rec))
+
+
+async def _receive(request: web.Request, runner: BatchRunner, file_id: str) -> FileRecord:
+    """The multipart upload streamed to disk as `file_id`, and the record to write for it."""
+    cfg, claims = runner.cfg, request[CLAIMS]
+    limit = int(cfg.max_file_mib * 1024 * 1024)
     purpose: str | None = None
     filename: str | None = None
     size: int | None = None
@@ -91,25 +128,17 @@ async def upload_file(request: web.Request) -> web.Response:
                     raise bad_request(f"Unknown or repeated form field {str(part.name)[:64]!r}; send purpose "
                                       "and one file")
     except TimeoutError:
-        await runner.files.remove(file_id)
         raise ApiError(408, f"The upload was not received within {cfg.upload_timeout_s:g} s "
                             "(batches.upload_timeout_s)", {"Connection": "close"}) from None
     except TooLarge:
         raise ApiError(413, f"The file is larger than the limit of {cfg.max_file_mib:g} MiB "
                             "(batches.max_file_mib)", {"Connection": "close"}) from None
-    except ApiError:
-        await runner.files.remove(file_id)
-        raise
     except (ValueError, HttpProcessingError) as exc:  # aiohttp's word on a malformed multipart body
-        await runner.files.remove(file_id)
         raise bad_request(f"Malformed multipart body: {str(exc)[:200]}") from None
     if purpose != "batch" or size is None:
-        await runner.files.remove(file_id)
         raise bad_request("purpose must be batch" if purpose != "batch" else "The form holds no file field")
-    rec = FileRecord(file_id, claims.uid, claims.sub, filename[:MAX_FILENAME] if filename else "input.jsonl",
-                     "batch", size, time.time())
-    await runner.table.add_file(rec)
-    return web.json_response(file_object(rec))
+    return FileRecord(file_id, claims.uid, claims.sub, filename[:MAX_FILENAME] if filename else "input.jsonl",
+                      "batch", size, time.time())
 
 
 def _check_room(kept: int, more: int, most: int) -> None:
@@ -188,6 +217,7 @@ def _metadata(value: Any) -> dict[str, str] | None:
 async def create_batch(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
+    await _rate_limit(request, services)
     body = parse_json(await request.read())
     unknown = sorted(set(body) - _BATCH_FIELDS)
     if unknown:
@@ -204,17 +234,21 @@ async def create_batch(request: web.Request) -> web.Response:
     if source.purpose != "batch":
         raise bad_request(f"File {source.id} has purpose {source.purpose}; a batch reads a file uploaded with "
                           "purpose batch")
-    _check_room(await runner.table.count_files(claims.uid), 2, cfg.max_files_per_subject)
-    if await runner.table.count_open(claims.uid) >= cfg.max_open_per_subject:
-        raise ApiError(429, f"You already have {cfg.max_open_per_subject} batches that have not ended, the most "
-                            "one subject may (batches.max_open_per_subject); wait for one to end or cancel one",
-                       {"Retry-After": "60"})
-    now = time.time()
-    rec = BatchRecord(id="batch_" + uuid.uuid4().hex[:24], account=claims.uid, subject=claims.sub,
-                      input_file_id=source.id, endpoint=body["endpoint"], completion_window="24h",
-                      status="validating", created_at=now, expires_at=deadline(now, cfg.window_s),
-                      out_id=new_file_id(), err_id=new_file_id(), metadata=metadata)
-    await runner.create(rec)
+    # Held from before the counts until the batch is written: parallel creates cannot all pass them.
+    with runner.room.hold(FILES, claims.uid, 2), runner.room.hold(OPEN_BATCHES, claims.uid, 1):
+        kept = await runner.table.count_files(claims.uid) + runner.room.held(FILES, claims.uid) - 2
+        _check_room(kept, 2, cfg.max_files_per_subject)
+        running = await runner.table.count_open(claims.uid) + runner.room.held(OPEN_BATCHES, claims.uid) - 1
+        if running >= cfg.max_open_per_subject:
+            raise ApiError(429, f"You already have {cfg.max_open_per_subject} batches that have not ended, the "
+                                "most one subject may (batches.max_open_per_subject); wait for one to end or "
+                                "cancel one", {"Retry-After": "60"})
+        now = time.time()
+        rec = BatchRecord(id="batch_" + uuid.uuid4().hex[:24], account=claims.uid, subject=claims.sub,
+                          input_file_id=source.id, endpoint=body["endpoint"], completion_window="24h",
+                          status="validating", created_at=now, expires_at=deadline(now, cfg.window_s),
+                          out_id=new_file_id(), err_id=new_file_id(), metadata=metadata)
+        await runner.create(rec)
     return web.json_response(batch_object(rec))
 
 
@@ -228,7 +262,7 @@ async def cancel_batch(request: web.Request) -> web.Response:
     rec = await _own_batch(request, runner)
     if rec.status in ("completed", "failed", "expired", "cancelled", "finalizing"):
         raise ApiError(409, f"Batch {rec.id} is {rec.status}; only a batch that has not ended can be cancelled")
-    rec = await runner.cancel(rec.id) or rec
+    rec = await runner.cancel(rec.id) or rec  # None: it ended meanwhile (or is another host's)
     return web.json_response(batch_object(rec))
 
 

@@ -214,7 +214,8 @@ def _admin_operation(cmd: Command) -> dict[str, Any]:
     success = _json(ANY, ok, media=NDJSON if cmd.stream else JSON)
     if cmd.stream:
         success["content"][NDJSON]["schema"] = {"type": "string"}
-    if cmd.paged:
+    if cmd.paged:  # a list: also as CSV with Accept: text/csv
+        success["content"]["text/csv"] = {"schema": {"type": "string"}}
         success["headers"] = {NEXT_CURSOR: {
             "description": "The next page: send it back as cursor. Absent on the last page.",
             "schema": {"type": "string"}}}
@@ -228,6 +229,9 @@ def document() -> dict[str, Any]:
     for cmd in default_registry(fleet=True):
         if cmd.path is not None:
             paths.setdefault(cmd.path, {})[cmd.method.lower()] = _admin_operation(cmd)
+    # A user's own usage: the admin report's arguments and answer, for the caller's subject only.
+    paths["/api/usage"] = {"get": {**paths["/admin/usage"]["get"], "operationId": "own_usage",
+                                   "summary": "Your own usage (your token's subject) per hour or day"}}
     for ops in paths.values():
         for op in ops.values():
             if op.get("requestBody"):

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..store.db import private_dir
 
 FILES_DIR = "files"
 _SAFE_ID = re.compile(r"^(file-|batch_)[0-9a-f]{24}$")
 CHUNK = 64 * 1024
+T = TypeVar("T")
 
 
 def new_file_id() -> str:
@@ -39,6 +41,17 @@ class FileStore:
             with contextlib.suppress(OSError):
                 leftover.unlink()
 
+    def sweep(self, known: set[str]) -> int:
+        """Delete the files no record names (blocking: run it in a thread), such as an upload whose record was
+        never written; the number deleted. `known`: the ids of every file row and open batch's result files."""
+        count = 0
+        for entry in self.dir.iterdir():
+            if _SAFE_ID.match(entry.name) and entry.name not in known:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    count += 1
+        return count
+
     def path(self, file_id: str) -> Path:
         # The id becomes a file name: refuse anything that could leave the directory.
         if not _SAFE_ID.match(file_id):
@@ -46,25 +59,31 @@ class FileStore:
         return self.dir / file_id
 
     async def receive(self, file_id: str, read_chunk: Callable[[int], Awaitable[bytes]], limit: int) -> int:
-        """Stream an upload to disk under a temporary name, then rename it; TooLarge past `limit` bytes."""
+        """Stream an upload to disk under a temporary name, then rename it; TooLarge past `limit` bytes.
+        Cancelled at any point, it leaves nothing behind (the caller writes no record then)."""
         final = self.path(file_id)
         tmp = final.with_name(f".upload-{final.name}")
-        fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = await settle(asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), os.close)
         size = 0
         try:
             while chunk := await read_chunk(CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise TooLarge(f"{size} bytes")
-                await asyncio.to_thread(_write_all, fd, chunk)
-            await asyncio.to_thread(os.close, fd)
-            fd = -1
-            await asyncio.to_thread(os.replace, tmp, final)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+                await settle(asyncio.to_thread(_write_all, fd, chunk))
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        try:
+            # The descriptor is handed to the thread: nothing here closes it again, whatever happens.
+            await settle(asyncio.to_thread(_seal, fd, tmp, final))
+        except BaseException:
+            for leftover in (tmp, final):
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    leftover.unlink()
+            raise
         return size
 
     async def remove(self, file_id: str) -> None:
@@ -76,6 +95,30 @@ class FileStore:
             return (await asyncio.to_thread(self.path(file_id).stat)).st_size
         except OSError:
             return 0
+
+
+async def settle(work: Awaitable[T], undo: Callable[[T], object] | None = None) -> T:
+    """Await work in a thread to its end even when cancelled (then raise the cancel once it is over), so a
+    descriptor or a file name it was handed is never reused or removed while the thread still acts on it.
+    `undo` gets what the work made when its caller is gone (a descriptor to close)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is None and undo is not None:
+            undo(task.result())
+        raise
+
+
+def _seal(fd: int, tmp: Path, final: Path) -> None:
+    try:
+        os.close(fd)
+        os.replace(tmp, final)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -123,19 +166,31 @@ def _read_line(fh: Any, max_line: int) -> bytes | None:
 
 class ResultFile:
     """A batch's output or error file, appended one JSON line at a time with one write each, so a daemon
-    killed at any moment leaves whole lines (and at most one cut-off last line, which `scan` drops)."""
+    killed at any moment leaves whole lines (and at most one cut-off last line, which `scan` drops). The
+    writes run in a thread, one at a time in the order asked, so the event loop never waits on the disk."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = fd
+        self._lock = asyncio.Lock()  # first come, first written: the lines keep their order
 
-    def append(self, obj: dict[str, Any]) -> None:
-        _write_all(self._fd, json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+    @classmethod
+    async def open(cls, path: Path) -> ResultFile:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        return cls(path, await settle(asyncio.to_thread(os.open, path, flags, 0o600), os.close))
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    async def append(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        async with self._lock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, f"{self.path.name} is closed")
+            await settle(asyncio.to_thread(_write_all, self._fd, data))
+
+    async def close(self) -> None:
+        async with self._lock:  # after the write in progress, never during it
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                await settle(asyncio.to_thread(os.close, fd))
 
 
 def scan(path: Path) -> set[str]:

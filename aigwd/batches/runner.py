@@ -24,10 +24,11 @@ from ..config import BatchConfig
 from ..errors import ApiError
 from ..gateway import Gateway, Live
 from ..store import StoreError
-from ..store.batches import BatchRecord, FileRecord
+from ..store.batches import OPEN_STATUSES, BatchRecord, FileRecord
 from ..store.interface import BatchStore
 from . import files, shapes, validate
 from .files import FileStore, ResultFile
+from .room import Room
 
 # (line body, subject, account, client ID) -> the accepted request; ApiError when refused.
 LineSubmitter = Callable[[bytes, str, str, str], Awaitable[Live]]
@@ -36,6 +37,10 @@ RETRY_S = 1.0
 # A running batch's counts are written at most this often (the files are the record; the counts are
 # rebuilt from them at a restart).
 SAVE_EVERY_S = 0.5
+# A batch whose run stopped on a fault (the database away, a bug) starts again from its record after this
+# long, doubled at each fault in a row up to RESTART_MAX_S.
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
 _FAILURE_STATUS = {"timeout": 504, "cancelled": 499, "failed": 502}
 _END_FIELD = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at",
               "failed": "failed_at"}
@@ -54,6 +59,7 @@ class _Run:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     lives: dict[str, Live] = field(default_factory=dict)  # its lines in the gateway now
     lines: set[asyncio.Task[None]] = field(default_factory=set)
+    fault: BaseException | None = None  # what a line's task raised: the run stops on it
     done: set[str] = field(default_factory=set)  # custom_ids with a result line
     out: ResultFile | None = None
     err: ResultFile | None = None
@@ -69,6 +75,8 @@ class BatchRunner:
         self._submit = submit
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._faults: dict[str, int] = {}  # batch id -> faults in a row of its runs
+        self.room = Room()
 
     @property
     def cfg(self) -> BatchConfig:
@@ -80,9 +88,16 @@ class BatchRunner:
     # --- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume every batch an earlier run left open."""
+        """Resume every batch an earlier run left open; delete the files no record names (an upload cut off
+        before its row was written, a result file of a batch gone)."""
         await asyncio.to_thread(self.files.open)
         resumed = await self.table.batches(1 << 30, open_only=True)
+        # This host's rows only, as its disk holds this host's files only.
+        known = await self.table.file_ids()
+        known.update(i for rec in resumed for i in (rec.out_id, rec.err_id))
+        swept = await asyncio.to_thread(self.files.sweep, known)
+        if swept:
+            logs.event("batch_files_swept", count=swept)
         for rec in resumed:
             self._spawn(rec)
         if resumed:
@@ -97,7 +112,20 @@ class BatchRunner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for run in list(self._runs.values()):
-            self._close_files(run)
+            await self._close_files(run)
+
+    async def purge(self, older_than: float) -> None:
+        """Delete batches that ended before `older_than`, with their result files and the input files no
+        remaining batch reads (records and bodies)."""
+        try:
+            gone = await self.table.purge_ended(older_than)
+        except StoreError as exc:
+            logs.event("purge_failed", reason=str(exc))
+            return
+        for file_id in gone:
+            await self.files.remove(file_id)
+        if gone:
+            logs.event("batch_files_purged", count=len(gone))
 
     # --- what the routes ask -------------------------------------------------------------------
 
@@ -112,10 +140,21 @@ class BatchRunner:
         self._spawn(rec)
 
     async def cancel(self, batch_id: str) -> BatchRecord | None:
-        """Cancel a batch that has not ended; None when it is not running here."""
+        """Cancel a batch that has not ended; None when this host has no such batch."""
         run = self._runs.get(batch_id)
         if run is None:
-            return None
+            # Not running (its run stopped on a fault and waits to start again): cancelling is written
+            # here, and a run started now sweeps its lines and ends it as cancelled.
+            stored = await self.table.get_batch(batch_id)
+            if stored is None or stored.status not in ("validating", "in_progress"):
+                return stored
+            stored.status, stored.cancelling_at = "cancelling", time.time()
+            await self.table.save_batch(stored)
+            logs.event("batch_cancelling", batch_id=batch_id)
+            if batch_id in self._runs:  # a restart began it meanwhile, from the record before this cancel
+                return await self.cancel(batch_id)
+            self._spawn(stored)
+            return stored
         rec = run.rec
         if rec.status in ("validating", "in_progress"):
             rec.status, rec.cancelling_at = "cancelling", time.time()
@@ -142,14 +181,13 @@ class BatchRunner:
         for live in list(run.lives.values()):
             # Expired: nothing more runs. Cancelled: lines still waiting are dropped, running ones finish.
             if why == "expired" or live.record.status == "queued":
-                task = asyncio.ensure_future(self.gateway.cancel(live.record.id))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._background(self.gateway.cancel(live.record.id))
 
     async def _drive(self, run: _Run) -> None:
         rec = run.rec
         timer = asyncio.get_running_loop().call_later(max(0.0, rec.expires_at - time.time()),
                                                       self._stop, run, "expired")
+        fault = False
         try:
             if rec.status == "validating":
                 await self._validate(run)
@@ -160,21 +198,83 @@ class BatchRunner:
             if rec.status == "finalizing":
                 await self._finalize(run, "completed")
         except StoreError as exc:
-            # Left as it is on disk: it resumes at the next start.
             logs.event("batch_store_failed", batch_id=rec.id, reason=str(exc))
+            await self._halt_lines(run, withdraw=True)
+            fault = True
         except OSError as exc:
             logs.event("batch_file_failed", batch_id=rec.id, reason=str(exc))
-            with contextlib.suppress(StoreError):
-                await self._end(run, "failed", [{"code": "file_error", "message": "cannot read or write the "
-                                                 f"batch's files: {exc.strerror or exc}", "param": None,
-                                                 "line": None}])
+            await self._halt_lines(run, withdraw=True)
+            try:
+                await self._finalize(run, "failed", [{
+                    "code": "file_error", "message": "cannot read or write the batch's files: "
+                    f"{exc.strerror or exc}", "param": None, "line": None}])
+            except Exception as again:  # the record could not be written: all of it again later
+                logs.event("batch_store_failed", batch_id=rec.id, reason=str(again))
+                fault = True
         except Exception:
-            # A fault of the gateway itself: logged; the batch stays as it is on disk and resumes at the next start.
             _log.exception("batch %s stopped inside the gateway", rec.id)
+            await self._halt_lines(run, withdraw=True)
+            fault = True
         finally:
             timer.cancel()
-            self._close_files(run)
-            self._runs.pop(rec.id, None)
+            await self._halt_lines(run, withdraw=False)  # at a stop, its lines stay queued and are recovered
+            if run.saver is not None:  # no write of this run's counts lands after the next run's
+                run.saver.cancel()
+                await asyncio.gather(run.saver, return_exceptions=True)
+            await self._close_files(run)
+            if self._runs.get(rec.id) is run:
+                del self._runs[rec.id]
+        if fault:
+            self._restart_later(rec.id)
+        else:
+            self._faults.pop(rec.id, None)
+
+    async def _halt_lines(self, run: _Run, *, withdraw: bool) -> None:
+        """Stop a run's lines: their tasks end (none writes to a closed file or feeds its line again);
+        withdraw: what they still wait for in the queues is cancelled too (a line that was running runs again
+        when the batch does)."""
+        tasks = list(run.lines)
+        for task in tasks:
+            task.cancel()
+        if withdraw:
+            for live in list(run.lives.values()):
+                if live.record.status == "queued":
+                    self._background(self.gateway.cancel(live.record.id))
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _restart_later(self, batch_id: str) -> None:
+        """Run the batch again from its record once the fault may have passed, so it does not stay open
+        and untouched until the daemon restarts."""
+        faults = self._faults[batch_id] = self._faults.get(batch_id, 0) + 1
+        wait = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (faults - 1))
+        logs.event("batch_restart_scheduled", batch_id=batch_id, in_s=wait, faults=faults)
+
+        async def restart() -> None:
+            delay = wait
+            while True:
+                await asyncio.sleep(delay)
+                if batch_id in self._runs:
+                    return  # a cancel started it already
+                try:
+                    rec = await self.table.get_batch(batch_id)
+                except StoreError as exc:
+                    logs.event("batch_store_failed", batch_id=batch_id, reason=str(exc))
+                    delay = min(RESTART_MAX_S, delay * 2)
+                    continue
+                if rec is not None and rec.status in OPEN_STATUSES and batch_id not in self._runs:
+                    logs.event("batch_restarted", batch_id=batch_id, status=rec.status)
+                    self._spawn(rec)
+                else:
+                    self._faults.pop(batch_id, None)
+                return
+
+        self._background(restart())
+
+    def _background(self, aw: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _validate(self, run: _Run) -> None:
         rec = run.rec
@@ -197,9 +297,10 @@ class BatchRunner:
         ok, failed = await asyncio.to_thread(files.scan, out_path), await asyncio.to_thread(files.scan, err_path)
         run.done = ok | failed
         rec.completed, rec.failed = len(ok), len(failed)
-        run.out, run.err = ResultFile(out_path), ResultFile(err_path)
+        run.out, run.err = await ResultFile.open(out_path), await ResultFile.open(err_path)
         source = self.files.path(rec.input_file_id)
         async for _number, raw in files.lines(source, self._max_line()):
+            _raise_fault(run)
             if run.stop:
                 break
             parsed = _parse(raw, rec.endpoint)
@@ -207,13 +308,14 @@ class BatchRunner:
                 continue
             while len(run.lines) >= self.cfg.max_queued_lines and not run.stop:
                 await asyncio.wait(set(run.lines), return_when=asyncio.FIRST_COMPLETED)
+            _raise_fault(run)
             if run.stop:
                 break
             task = asyncio.ensure_future(self._line(run, parsed[0], json.dumps(parsed[1]).encode()))
             run.lines.add(task)
-            task.add_done_callback(run.lines.discard)
-        if run.lines:
-            await asyncio.gather(*run.lines)
+            task.add_done_callback(lambda done: _line_done(run, done))
+        while not _raise_fault(run) and run.lines:
+            await asyncio.wait(set(run.lines), return_when=asyncio.FIRST_COMPLETED)
         if run.stop is not None:
             await self._sweep(run, source)
             await self._finalize(run, run.stop)
@@ -234,7 +336,7 @@ class BatchRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(run.stopped.wait(), RETRY_S)
                     continue
-                self._record(run, custom_id, shapes.answered(
+                await self._record(run, custom_id, shapes.answered(
                     custom_id, exc.status, None, shapes.error_body(exc.status, exc.detail)), ok=False)
                 return
             run.lives[live.record.id] = live
@@ -248,13 +350,14 @@ class BatchRunner:
             if r.status == "cancelled" and run.stop:
                 return  # the sweep writes it as cancelled or expired
             line = _outcome(custom_id, live)
-            self._record(run, custom_id, line, ok=line["response"]["status_code"] == 200)
+            await self._record(run, custom_id, line, ok=line["response"]["status_code"] == 200)
             return
 
-    def _record(self, run: _Run, custom_id: str, line: dict[str, Any], *, ok: bool, outcome: str = "") -> None:
+    async def _record(self, run: _Run, custom_id: str, line: dict[str, Any], *, ok: bool,
+                      outcome: str = "") -> None:
         target = run.out if ok else run.err
         assert target is not None
-        target.append(line)
+        await target.append(line)
         run.done.add(custom_id)
         if ok:
             run.rec.completed += 1
@@ -270,12 +373,13 @@ class BatchRunner:
         async for _number, raw in files.lines(source, self._max_line()):
             parsed = _parse(raw, run.rec.endpoint)
             if parsed is not None and parsed[0] not in run.done:
-                self._record(run, parsed[0], shapes.not_run(parsed[0], code, message), ok=False,
+                await self._record(run, parsed[0], shapes.not_run(parsed[0], code, message), ok=False,
                              outcome=str(run.stop))
 
-    async def _finalize(self, run: _Run, end: str) -> None:
+    async def _finalize(self, run: _Run, end: str, errors: list[dict[str, Any]] | None = None) -> None:
+        """Record the result files that hold lines (the empty ones go), then the end."""
         rec = run.rec
-        self._close_files(run)
+        await self._close_files(run)
         now = time.time()
         for file_id, attr, kind in ((rec.out_id, "output_file_id", "output"), (rec.err_id, "error_file_id", "error")):
             size = await self.files.size(file_id)
@@ -285,7 +389,7 @@ class BatchRunner:
                 setattr(rec, attr, file_id)
             else:
                 await self.files.remove(file_id)
-        await self._end(run, end, None)
+        await self._end(run, end, errors)
 
     async def _end(self, run: _Run, status: str, errors: list[dict[str, Any]] | None) -> None:
         rec = run.rec
@@ -324,10 +428,23 @@ class BatchRunner:
             await asyncio.shield(run.saver)
 
     @staticmethod
-    def _close_files(run: _Run) -> None:
+    async def _close_files(run: _Run) -> None:
         for result in (run.out, run.err):
             if result is not None:
-                result.close()
+                await result.close()
+
+
+def _line_done(run: _Run, task: asyncio.Task[None]) -> None:
+    run.lines.discard(task)
+    if not task.cancelled() and task.exception() is not None and run.fault is None:
+        run.fault = task.exception()
+
+
+def _raise_fault(run: _Run) -> bool:
+    """A line's task that raised (its file could not be written, a fault of the gateway) stops the run."""
+    if run.fault is not None:
+        raise run.fault
+    return False
 
 
 def _parse(raw: bytes, endpoint: str) -> tuple[str, dict[str, Any]] | None:

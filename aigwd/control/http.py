@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import bad_request
+from ..usage.report import to_csv
 from .registry import Result
 
 NDJSON = "application/x-ndjson"
@@ -31,9 +32,16 @@ async def json_args(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def wants_csv(request: web.Request) -> bool:
+    """The caller asked for CSV (Accept: text/csv) rather than JSON."""
+    return "text/csv" in request.headers.get("Accept", "")
+
+
 async def respond(request: web.Request, result: Result) -> web.StreamResponse:
     if result.stream is None:
         headers = {NEXT_CURSOR: result.next_cursor} if result.next_cursor else None
+        if isinstance(result.body, list) and wants_csv(request):  # a list: one line per row
+            return web.Response(text=to_csv(result.body), content_type="text/csv", headers=headers)
         return web.json_response(result.body, status=result.status, headers=headers)
     resp = web.StreamResponse(status=result.status, headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
     resp.enable_chunked_encoding()

@@ -29,7 +29,8 @@ LIVE_BACKEND = ("max_concurrent", "max_waiting")
 ROLLING_BACKEND = ("command", "env")
 # Which servers a backend has, where they listen and which GPU each uses: fixed until the daemon restarts.
 LAYOUT_BACKEND = ("replicas", "gpus", "port", "gpu", "host", "external")
-LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch", "pdf", "batches")  # pdf: read as each PDF comes in
+# pdf: read as each PDF comes in; usage and quotas: read at each flush and each admission
+LIVE_SECTIONS = ("queue", "results", "ocr", "auto_switch", "pdf", "batches", "usage", "quotas")
 # Fixed at start: the queue layout follows the OCR policy.
 RESTART_KEYS = frozenset({"ocr.policy"})
 # Fixed at start: the GPU monitor is built once; the store is opened once, and the host keeps its name.

@@ -92,6 +92,8 @@ class Document:
     emitted: int = 0  # pages already streamed
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: bool = False  # cancelled or shut down: nothing more is rendered or queued
+    pages_sent: int = 0  # pages sent to a model server, for usage accounting
+    gpu_seconds: float = 0.0  # the time its pages held a server slot, summed
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:

@@ -188,6 +188,7 @@ class Documents:
         rt = self.gw.backends[rec.backend]
         replica = rt.acquire(job.id, rec.resolution)
         page.replica = live.replica = replica.index
+        held_from = time.monotonic()
         try:
             if rec.status == "queued":  # its first page to run: the request is processing
                 rec.status, rec.started_at = "processing", time.time()
@@ -198,6 +199,8 @@ class Documents:
                     self.gw._background(self.gw.store.mark_started(rec.id, rec.started_at, rec.attempts,
                                                                    rec.served_resolution))
             body = self.gw._upstream_body(rt, page.body, job.priority)
+            if not page.requeued:  # a page sent again after its server died counts once
+                doc.pages_sent += 1
             status, answer = await replica.upstream.chat(body, job.id)
             outcome = page_outcome(rt.cfg.name, status, answer)
         except UpstreamError as exc:
@@ -214,6 +217,7 @@ class Documents:
             outcome = PageOutcome("failed", error="internal error in the gateway; it was logged")
         finally:
             rt.release(replica, job.id)
+            doc.gpu_seconds += time.monotonic() - held_from
         self._settle(page, outcome, sent=True)
         return outcome.status
 

@@ -16,6 +16,9 @@ from .writer import Txn, Writer
 OPEN_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 ENDED_STATUSES = ("completed", "failed", "expired", "cancelled")
 _OPEN = "('" + "', '".join(OPEN_STATUSES) + "')"
+_ENDED = "('" + "', '".join(ENDED_STATUSES) + "')"
+# When a batch ended, whichever way.
+ENDED_AT = "COALESCE(completed_at, failed_at, expired_at, cancelled_at, created_at)"
 
 
 @dataclass
@@ -138,6 +141,13 @@ class BatchTable:
 
         return await self._writer.submit(op)
 
+    async def file_ids(self) -> set[str]:
+        """The id of every file kept: what its directory may hold besides open batches' result files."""
+        def read(conn: sqlite3.Connection) -> set[str]:
+            return {str(r[0]) for r in conn.execute("SELECT id FROM batch_files")}
+
+        return await self._readers.run(read)
+
     async def file_in_use(self, file_id: str) -> bool:
         """Whether a batch not yet ended reads this file."""
         def read(conn: sqlite3.Connection) -> bool:
@@ -204,3 +214,20 @@ class BatchTable:
             return int(row[0])
 
         return await self._readers.run(read)
+
+    async def purge_ended(self, older_than: float) -> list[str]:
+        """Delete the batches that ended before `older_than`, their result files' rows, and the rows of their
+        input files no remaining batch reads; the ids of the files whose bodies are to go from disk."""
+        def op(txn: Txn) -> list[str]:
+            rows = txn.conn.execute(f"SELECT id, input_file_id, out_id, err_id FROM batches WHERE status IN "
+                                    f"{_ENDED} AND {ENDED_AT} < ?", (older_than,)).fetchall()
+            txn.conn.executemany("DELETE FROM batches WHERE id = ?", [(r[0],) for r in rows])
+            gone = [f for r in rows for f in (r[2], r[3])]
+            for input_id in {r[1] for r in rows}:
+                if txn.conn.execute("SELECT 1 FROM batches WHERE input_file_id = ? LIMIT 1",
+                                    (input_id,)).fetchone() is None:
+                    gone.append(input_id)
+            txn.conn.executemany("DELETE FROM batch_files WHERE id = ?", [(f,) for f in gone])
+            return gone
+
+        return await self._writer.submit(op)

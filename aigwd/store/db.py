@@ -175,6 +175,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_account ON batches(account, created_at)",
         "CREATE INDEX batches_status ON batches(status)",
     ),
+    # 11: usage counters per UTC hour (flushes add to them), and quotas set at run time.
+    (
+        """CREATE TABLE usage_hourly (
+            hour INTEGER NOT NULL,
+            subject TEXT NOT NULL,
+            api_key TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            resolution TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            completed INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            timeout INTEGER NOT NULL,
+            cancelled INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            gpu_seconds REAL NOT NULL,
+            queue_wait_s REAL NOT NULL,
+            ocr_pages INTEGER NOT NULL,
+            PRIMARY KEY (hour, subject, api_key, client_id, model, priority, resolution)
+        )""",
+        """CREATE TABLE quotas (
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            tokens_per_day INTEGER NOT NULL,
+            requests_per_day INTEGER NOT NULL,
+            gpu_seconds_per_day REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (scope, name)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

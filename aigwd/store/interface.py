@@ -15,6 +15,7 @@ from ..auth.apikeys import ApiKey
 from ..auth.ledger import RefreshLedger
 from .batches import BatchRecord, FileRecord
 from .records import AuditRecord, CrashRecord, MissingModelRecord, Position, RequestRecord, UserRecord
+from .usagerows import QuotaRecord, UsageRow, UsageTotal
 
 
 class ApiKeyStore(Protocol):
@@ -49,6 +50,15 @@ class BatchStore(Protocol):
     async def delete_file(self, file_id: str) -> bool:
         ...
 
+    async def file_ids(self) -> set[str]:
+        """Every file id this host keeps (its disk holds these, and open batches' result files)."""
+        ...
+
+    async def purge_ended(self, older_than: float) -> list[str]:
+        """Delete batches ended before `older_than`, their result files' rows and their input files' rows no
+        remaining batch reads; the ids of the files whose bodies are to go from disk."""
+        ...
+
     async def file_in_use(self, file_id: str) -> bool:
         ...
 
@@ -66,6 +76,39 @@ class BatchStore(Protocol):
         ...
 
     async def count_open(self, account: str) -> int:
+        ...
+
+
+class UsageStore(Protocol):
+    """Usage counters per UTC hour, and the quotas set at run time (aigwd/store/usagerows.py)."""
+
+    async def add(self, rows: list[UsageRow]) -> None:
+        """Add each row's counters to the stored row of the same key (upsert), all in one transaction."""
+        ...
+
+    async def totals(self, group_by: str, granularity: str, start: int, end: int, limit: int, *,
+                     subject: str | None = None, after: tuple[int, str] | None = None) -> list[UsageTotal]:
+        """Counters summed per hour or day and group, hours in [start, end), ordered by (bucket, group);
+        `after`: the (bucket, group) of the previous page's last row; `subject`: that subject's rows only."""
+        ...
+
+    async def day_use(self, start: int, end: int, scope: str, names: list[str]
+                      ) -> dict[str, tuple[int, int, float]]:
+        """(requests, tokens, GPU-seconds) in [start, end) of each of `names` (users, keys or clients)."""
+        ...
+
+    async def purge(self, before: int) -> int:
+        """Delete hours before `before`; returns how many rows."""
+        ...
+
+    async def set_quota(self, rec: QuotaRecord) -> None:
+        ...
+
+    async def clear_quota(self, scope: str, name: str) -> bool:
+        """False when no quota was set for it at run time."""
+        ...
+
+    async def quotas(self) -> list[QuotaRecord]:
         ...
 
 
@@ -120,6 +163,9 @@ class Store(Protocol):
         ...
 
     def api_keys(self) -> ApiKeyStore:
+        ...
+
+    def usage(self) -> UsageStore:
         ...
 
     # --- requests ----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from .records import (
     request_values,
 )
 from .spool import Spool
+from .usage import SqliteUsageTable
 from .writer import Txn, Writer
 
 _REQUEST_SELECT = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests"
@@ -154,6 +155,9 @@ class SqliteStore:
 
     def batches(self) -> BatchTable:
         return BatchTable(self._writer, self._readers)
+
+    def usage(self) -> SqliteUsageTable:
+        return SqliteUsageTable(self._writer, self._readers)
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -117,6 +117,26 @@ async def test_batch_completes_through_the_openai_client(make_daemon, session: a
         await api.files.retrieve(batch.input_file_id)
 
 
+async def test_an_ended_batch_is_purged_after_the_results_retention(make_daemon, session) -> None:
+    d = make_daemon([chat_backend()], sections={"results": {"retention_h": 0.0005, "purge_interval_s": 0.2}})
+    client = Client(session, d.url)
+    await client.login("alice", "alice-pw")
+    api = oai(d.url, client.token)
+    batch = await ended(api, await start_batch(api, [chat_line("a")]))
+    assert batch.status == "completed" and batch.output_file_id is not None
+
+    async def purged() -> bool:
+        try:
+            await api.batches.retrieve(batch.id)
+        except openai.NotFoundError:
+            return True
+        return False
+
+    await async_wait_until(purged, 30, "the ended batch to be purged")
+    assert [f.id async for f in api.files.list()] == []
+    assert list((d.state_dir / "files").iterdir()) == []
+
+
 async def test_another_subject_sees_nothing(make_daemon, session: aiohttp.ClientSession) -> None:
     d = make_daemon([chat_backend()])
     alice, bob = Client(session, d.url), Client(session, d.url)

@@ -26,7 +26,9 @@ def test_split_keeps_the_word_being_typed() -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("st", ["start", "status", "stop"]),
-    ("u", ["users"]),
+    ("u", ["usage", "users"]),
+    ("quota ", ["clear", "list", "set"]),
+    ("quota set ", ["client", "key", "user"]),
     ("users ", ["add", "del", "disable", "enable", "list", "passwd"]),
     ("users d", ["del", "disable"]),
     ("tokens ", ["revoke"]),
@@ -49,7 +51,8 @@ def test_split_keeps_the_word_being_typed() -> None:
     ("crashes ", ["--cursor", "--limit"]),
     ("crashes --limit ", []),
     ("help ", sorted({"status", "models", "start", "stop", "restart", "replica", "resolution", "queue", "crashes",
-                      "missing", "audit", "users", "tokens", "keys", "autoswitch", "reload", "logs"})),
+                      "missing", "audit", "users", "tokens", "keys", "batches", "usage", "quota", "autoswitch",
+                      "reload", "logs"})),
     ("help users ", ["add", "del", "disable", "enable", "list", "passwd"]),
     ("watch ", []),
     ("nonsense ", []),

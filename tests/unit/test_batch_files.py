@@ -3,21 +3,26 @@ line-numbered validation errors, and the deadline of a batch."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from aigwd.batches import files, validate
 from aigwd.batches.runner import deadline
 
 
-def test_scan_cuts_a_line_left_half_written(tmp_path: Path) -> None:
+async def test_scan_cuts_a_line_left_half_written(tmp_path: Path) -> None:
     path = tmp_path / "out"
-    result = files.ResultFile(path)
-    result.append({"custom_id": "a"})
-    result.append({"custom_id": "b"})
-    result.close()
-    with open(path, "ab") as fh:
-        fh.write(b'{"custom_id": "c", "resp')  # a kill in the middle of a write
+    result = await files.ResultFile.open(path)
+    await result.append({"custom_id": "a"})
+    await result.append({"custom_id": "b"})
+    await result.close()
+    path.write_bytes(path.read_bytes() + b'{"custom_id": "c", "resp')  # a kill in the middle of a write
     whole = path.read_bytes()[: path.read_bytes().rindex(b"\n") + 1]
     assert files.scan(path) == {"a", "b"}
     assert path.read_bytes() == whole  # the next append starts a fresh line
@@ -61,3 +66,81 @@ async def test_check_counts_a_good_file_and_refuses_an_empty_one(tmp_path: Path)
 
 def test_the_deadline_is_the_window_after_creation() -> None:
     assert deadline(1_000.0, 86_400.0) == 87_400.0
+
+
+async def test_result_lines_are_written_off_the_event_loop_in_order(tmp_path: Path, monkeypatch) -> None:
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+    real_open, real_write, real_close = os.open, os.write, os.close
+
+    def watch(name: str, real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(name)
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(files.os, "open", watch("open", real_open))
+    monkeypatch.setattr(files.os, "write", watch("write", real_write))
+    monkeypatch.setattr(files.os, "close", watch("close", real_close))
+    path = tmp_path / "out"
+    result = await files.ResultFile.open(path)
+    await asyncio.gather(*(result.append({"custom_id": str(i)}) for i in range(20)))
+    await result.close()
+    assert on_loop == []
+    assert [json.loads(line)["custom_id"] for line in path.read_bytes().splitlines()] == [str(i) for i in range(20)]
+    with pytest.raises(OSError):
+        await result.append({"custom_id": "late"})  # closed: never a write to a descriptor reused since
+
+
+@pytest.mark.parametrize("step", ["close", "replace"])
+async def test_an_upload_cancelled_while_it_is_sealed_leaves_nothing(tmp_path: Path, monkeypatch, step: str) -> None:
+    store = files.FileStore(tmp_path)
+    store.open()
+    entered, release = threading.Event(), threading.Event()
+    closed: list[int] = []
+    real_close, real_replace = os.close, os.replace
+
+    def close(fd: int) -> None:
+        if threading.get_ident() != loop_thread:
+            closed.append(fd)
+            if step == "close":
+                entered.set()
+                release.wait(10)
+        else:
+            closed.append(fd)
+        real_close(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        if step == "replace":
+            entered.set()
+            release.wait(10)
+        real_replace(src, dst)
+
+    loop_thread = threading.get_ident()
+    monkeypatch.setattr(files.os, "close", close)
+    monkeypatch.setattr(files.os, "replace", replace)
+    chunks = [b'{"a": 1}\n', b""]
+
+    async def read_chunk(_size: int) -> bytes:
+        return chunks.pop(0)
+
+    upload = asyncio.ensure_future(store.receive(files.new_file_id(), read_chunk, 1000))
+    await asyncio.to_thread(entered.wait, 10)
+    upload.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    assert len(closed) == 1  # closed once: a second close could hit another file's descriptor
+    assert list(store.dir.iterdir()) == []
+
+
+def test_sweep_deletes_files_no_record_names(tmp_path: Path) -> None:
+    store = files.FileStore(tmp_path)
+    store.open()
+    kept, stray = files.new_file_id(), files.new_file_id()
+    for name in (kept, stray, "notes.txt"):
+        (store.dir / name).write_bytes(b"x")
+    assert store.sweep({kept}) == 1
+    assert sorted(p.name for p in store.dir.iterdir()) == sorted([kept, "notes.txt"])

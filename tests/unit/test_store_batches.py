@@ -64,3 +64,22 @@ async def test_batches_move_and_open_ones_are_found(store: Store) -> None:
     assert [b.id for b in await table.batches(10, account="u-alice", after="batch_2")] == ["batch_1", "batch_0"]
     assert await table.count_open("u-alice") == 2
     assert await table.count_open("u-bob") == 0
+
+
+async def test_ended_batches_are_purged_with_their_files(store: Store) -> None:
+    table = store.batches()
+    old, recent, running, sharing = _batch(1, "completed"), _batch(2, "cancelled"), _batch(3), _batch(4, "failed")
+    old.completed_at, recent.cancelled_at, sharing.failed_at = 10.0, 1000.0, 10.0
+    old.output_file_id = "file-out1"
+    sharing.input_file_id = "file-3"  # read by the open batch 3 as well: its input stays
+    for rec in (old, recent, running, sharing):
+        await table.add_batch(rec)
+    for file_id in ("file-1", "file-2", "file-3", "file-out1", "file-kept"):
+        await table.add_file(FileRecord(file_id, "u-alice", "alice", "f.jsonl", "batch", 1, 1.0))
+    gone = await table.purge_ended(500.0)
+    assert set(gone) == {"file-out1", "file-err1", "file-1", "file-out4", "file-err4"}
+    assert await table.get_batch("batch_1") is None and await table.get_batch("batch_4") is None
+    assert [b.id for b in await table.batches(10)] == ["batch_3", "batch_2"]
+    assert {f.id for f in await table.files("u-alice", 10)} == {"file-2", "file-3", "file-kept"}
+    assert await table.file_ids() == {"file-2", "file-3", "file-kept"}
+    assert await table.purge_ended(500.0) == []

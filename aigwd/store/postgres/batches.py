@@ -12,11 +12,21 @@ from typing import Any
 
 import asyncpg
 
-from ..batches import BATCH_COLUMNS, FILE_COLUMNS, JSON_COLUMNS, OPEN_STATUSES, BatchRecord, FileRecord
+from ..batches import (
+    BATCH_COLUMNS,
+    ENDED_AT,
+    ENDED_STATUSES,
+    FILE_COLUMNS,
+    JSON_COLUMNS,
+    OPEN_STATUSES,
+    BatchRecord,
+    FileRecord,
+)
 from .tables import Read, affected
 from .writer import PgWriter
 
 _OPEN = "('" + "', '".join(OPEN_STATUSES) + "')"
+_ENDED = "('" + "', '".join(ENDED_STATUSES) + "')"
 
 
 def _marks(n: int, first: int = 1) -> str:
@@ -105,6 +115,15 @@ class PgBatchTable:
 
         return bool(await self._writer.submit(op))
 
+    async def file_ids(self) -> set[str]:
+        """The id of every file this host keeps: what its directory may hold besides open batches' result
+        files (the other hosts' files are on their own disks)."""
+        async def read(conn: asyncpg.Connection) -> set[str]:
+            return {str(r[0]) for r in await conn.fetch("SELECT id FROM batch_files WHERE node = $1", self._node)}
+
+        result: set[str] = await self._read(read)
+        return result
+
     async def file_in_use(self, file_id: str) -> bool:
         """Whether a batch not yet ended reads this file."""
         async def read(conn: asyncpg.Connection) -> bool:
@@ -174,4 +193,20 @@ class PgBatchTable:
                                            f"AND status IN {_OPEN}", account, self._node))
 
         result: int = await self._read(read)
+        return result
+
+    async def purge_ended(self, older_than: float) -> list[str]:
+        """This host's batches that ended before `older_than`, their result files' rows, and the rows of
+        their input files no remaining batch reads, deleted; the ids of the files whose bodies are to go."""
+        async def op(conn: asyncpg.Connection) -> list[str]:
+            rows = await conn.fetch(f"DELETE FROM batches WHERE node = $1 AND status IN {_ENDED} AND {ENDED_AT} < $2 "
+                                    "RETURNING input_file_id, out_id, err_id", self._node, older_than)
+            gone = [f for r in rows for f in (r["out_id"], r["err_id"])]
+            for input_id in {r["input_file_id"] for r in rows}:
+                if await conn.fetchval("SELECT 1 FROM batches WHERE input_file_id = $1 LIMIT 1", input_id) is None:
+                    gone.append(input_id)
+            await conn.execute("DELETE FROM batch_files WHERE node = $1 AND id = ANY($2::text[])", self._node, gone)
+            return gone
+
+        result: list[str] = await self._writer.submit(op)
         return result

@@ -217,6 +217,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "WHERE fleet AND status = 'processing'",
         "CREATE INDEX requests_fleet_leases ON requests(lease_until) WHERE fleet AND status = 'processing'",
     ),
+    # 6: usage counters per UTC hour (every host's flushes add to them), and quotas set at run time.
+    (
+        f"""CREATE TABLE usage_hourly (
+            hour BIGINT NOT NULL,
+            subject TEXT NOT NULL,
+            api_key TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            resolution TEXT NOT NULL,
+            requests BIGINT NOT NULL,
+            completed BIGINT NOT NULL,
+            failed BIGINT NOT NULL,
+            timeout BIGINT NOT NULL,
+            cancelled BIGINT NOT NULL,
+            prompt_tokens BIGINT NOT NULL,
+            completion_tokens BIGINT NOT NULL,
+            gpu_seconds {_T} NOT NULL,
+            queue_wait_s {_T} NOT NULL,
+            ocr_pages BIGINT NOT NULL,
+            PRIMARY KEY (hour, subject, api_key, client_id, model, priority, resolution)
+        )""",
+        f"""CREATE TABLE quotas (
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            tokens_per_day BIGINT NOT NULL,
+            requests_per_day BIGINT NOT NULL,
+            gpu_seconds_per_day {_T} NOT NULL,
+            updated_at {_T} NOT NULL,
+            PRIMARY KEY (scope, name)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -40,6 +40,7 @@ from . import schema
 from .batches import PgBatchTable
 from .connect import PgTarget
 from .tables import PgApiKeyTable, PgRefreshLedger, affected, announce
+from .usage import PgUsageTable
 from .writer import CONNECTION_ERRORS, PgWriter
 
 T = TypeVar("T")
@@ -178,6 +179,9 @@ class PostgresStore:
 
     def batches(self) -> PgBatchTable:
         return PgBatchTable(self._writer, self._read, self.node)
+
+    def usage(self) -> PgUsageTable:
+        return PgUsageTable(self._writer, self._read)
 
     # --- requests ------------------------------------------------------------------------------
 
