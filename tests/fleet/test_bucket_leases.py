@@ -182,3 +182,27 @@ async def test_an_unreachable_database_leaves_the_host_counting_alone(pool: asyn
         await t.leave(await t.enter("alice", "10.0.0.1"), ok=False)
     with pytest.raises(Throttled):
         await t.enter("alice", "10.0.0.1")
+
+
+async def test_a_client_that_hangs_up_mid_check_gives_its_place_back(pool: asyncpg.Pool, pg_target: PgTarget
+                                                                     ) -> None:
+    clock = DbClock()
+    t = throttle(pool, clock)  # 4 checks in flight per address
+    blocker = await pg_target.connect()
+    try:
+        # The counters' rows cannot be locked: each check waits in its round trip, as on a slow database.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE login_failures IN ACCESS EXCLUSIVE MODE")
+        for _ in range(t.in_flight_max + 1):
+            task = asyncio.ensure_future(t.enter("alice", "10.0.0.1"))
+            while t.in_flight("10.0.0.1") == 0:
+                await asyncio.sleep(0.01)
+            task.cancel()  # what aiohttp does to the handler when the client disconnects
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert t.in_flight("10.0.0.1") == 0
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    await t.leave(await t.enter("alice", "10.0.0.1"), ok=True)  # not 429: nothing is left counted
