@@ -4,7 +4,8 @@ As with SQLite, a burst of requests pays for one commit instead of one each, and
 writes no client's answer waits on (a request's start, its outcome) stays open up to LINGER_S for more.
 A batch runs without savepoints (each would cost a round trip); if one of its writes fails, PostgreSQL
 throws the whole transaction away, so the batch is run again one write per transaction: the failing
-write gets its error and the others commit.
+write gets its error and the others commit. A connection lost part way through that rerun leaves the
+writes already done alone answered as they ended (a committed one is neither failed nor run twice).
 
 A lost connection (the server restarting, the network gone) puts the writer in the "unavailable" state:
 the writes that record work already accepted (keep=True: a request's start and outcome, a crash) stay in
@@ -52,6 +53,7 @@ class _Item:
     keep: bool = False
     value: Any = None
     error: BaseException | None = field(default=None)
+    alone: bool = False  # committed, or failed on its own, in a transaction of its own: its answer is known
 
 
 def as_store_error(exc: BaseException) -> StoreError:
@@ -185,6 +187,10 @@ class PgWriter:
             except (StoreError, *CONNECTION_ERRORS) as exc:
                 self.failed_batches += 1
                 await self._drop_connection()
+                # Writes run alone before the connection went keep their answer: neither failed nor run twice.
+                batch = self._settle_alone(batch)
+                if not batch:
+                    return
                 if not retried_at_once and self._down is None:
                     retried_at_once = True  # a cut connection to a healthy server: a new one serves at once
                     for item in batch:
@@ -210,7 +216,7 @@ class PgWriter:
                 logs.event("store_write_failed", level=logging.WARNING, reason=str(exc) or type(exc).__name__,
                            ops=len(batch))
                 for item in batch:
-                    if item.error is None:
+                    if item.error is None and not item.alone:
                         item.error = exc
             self._came_back()
             self._settle(batch)
@@ -227,6 +233,11 @@ class PgWriter:
         if self._down is not None:
             logs.event("store_reconnected", down_s=round(time.monotonic() - self._down_since, 3), held=self._held)
             self._down = None
+
+    def _settle_alone(self, batch: list[_Item]) -> list[_Item]:
+        """Answer the writes whose own transaction ended; the rest of the batch, still to run."""
+        self._settle([item for item in batch if item.alone])
+        return [item for item in batch if not item.alone]
 
     def _fail_all_but_kept(self, batch: list[_Item], exc: BaseException, keep: bool = True) -> list[_Item]:
         """Fail the writes nobody should wait on; the ones that record accepted work stay for a retry."""
@@ -276,7 +287,9 @@ class PgWriter:
             raise
         except Exception as exc:
             item.error = exc
+            item.alone = True
         else:
+            item.alone = True
             self.commits += 1
 
 
