@@ -49,7 +49,8 @@ def build_store(cfg: Config) -> Store:
     if cfg.store.url:
         from .store.postgres import PgTarget, PostgresStore
 
-        target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s)
+        target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s,
+                          cfg.store.statement_timeout_s)
         return PostgresStore(target, node=node_name(cfg.fleet), readers=cfg.store.readers,
                              missing_max_bytes=cfg.results.missing_models_max_bytes)
     return SqliteStore(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)

@@ -13,6 +13,7 @@ from aigwd.auth.throttle import Throttled
 from aigwd.fleet.limits import FleetRateLimiter, lease_size
 from aigwd.fleet.logins import FleetLoginThrottle
 from aigwd.store.postgres import PgTarget, PostgresStore
+from tests.integration.conftest import async_wait_until
 
 
 class DbClock:
@@ -196,8 +197,7 @@ async def test_a_client_that_hangs_up_mid_check_gives_its_place_back(pool: async
         await blocker.execute("LOCK TABLE login_failures IN ACCESS EXCLUSIVE MODE")
         for _ in range(t.in_flight_max + 1):
             task = asyncio.ensure_future(t.enter("alice", "10.0.0.1"))
-            while t.in_flight("10.0.0.1") == 0:
-                await asyncio.sleep(0.01)
+            await async_wait_until(lambda: t.in_flight("10.0.0.1") == 1, 10, "the check under way")
             task.cancel()  # what aiohttp does to the handler when the client disconnects
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -17,6 +17,13 @@ import asyncpg
 from ..records import StoreError
 
 CONNECT_TIMEOUT_S = 10.0
+# Each statement's bound (asyncpg's command_timeout): a server that stops answering (a half-open TCP
+# connection, a lock never released) fails the call with TimeoutError, a connection error, instead of
+# holding the one writer, and every write queued behind it, forever.
+STATEMENT_TIMEOUT_S = 5.0
+# Asks the server to probe an idle client's connection, so a host that vanished does not keep its
+# session (and any row locks it held) until the kernel gives up hours later.
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class PgTarget:
     url: str
     password_file: str = ""
     connect_timeout_s: float = CONNECT_TIMEOUT_S
+    statement_timeout_s: float = STATEMENT_TIMEOUT_S
 
     @property
     def where(self) -> str:
@@ -56,7 +64,8 @@ class PgTarget:
         return text
 
     def connect_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"dsn": self.url, "timeout": self.connect_timeout_s}
+        args: dict[str, Any] = {"dsn": self.url, "timeout": self.connect_timeout_s,
+                                "command_timeout": self.statement_timeout_s, "server_settings": dict(KEEPALIVES)}
         password = self.password()
         if password is not None:
             args["password"] = password

@@ -7,7 +7,8 @@ throws the whole transaction away, so the batch is run again one write per trans
 write gets its error and the others commit. A connection lost part way through that rerun leaves the
 writes already done alone answered as they ended (a committed one is neither failed nor run twice).
 
-A lost connection (the server restarting, the network gone) puts the writer in the "unavailable" state:
+A lost connection (the server restarting, the network gone, a statement past [store] statement_timeout_s)
+puts the writer in the "unavailable" state:
 the writes that record work already accepted (keep=True: a request's start and outcome, a crash) stay in
 memory, at most KEEP_MAX of them, and their batch is run again once a new connection opens, tried with a
 doubling back-off from RETRY_MIN_S up to RETRY_MAX_S. Every other write (a new request, a login, an admin
@@ -188,9 +189,7 @@ class PgWriter:
                 self.failed_batches += 1
                 await self._drop_connection()
                 # Writes run alone before the connection went keep their answer: neither failed nor run twice.
-                batch = self._settle_alone(batch)
-                if not batch:
-                    return
+                batch = self._settle_alone(batch)  # left empty, the loop below still probes until it is back
                 if not retried_at_once and self._down is None:
                     retried_at_once = True  # a cut connection to a healthy server: a new one serves at once
                     for item in batch:
@@ -258,7 +257,7 @@ class PgWriter:
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await _close(conn)
+            conn.terminate()  # it just failed or stopped answering: a goodbye could wait as long again
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         conn = await self._connection()
