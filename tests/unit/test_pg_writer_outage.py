@@ -159,3 +159,31 @@ async def test_writes_committed_alone_keep_their_answer_when_the_connection_drop
     await until(lambda: writer.unavailable is None, "the reconnect")
     assert await writer.submit(insert("after")) == "after"
     assert db.rows == ["a", "kept", "after"]  # each written once
+
+
+@pytest.mark.timeout(60)  # the guard: before, the queued write waited for the database to come back
+async def test_writes_queued_behind_a_batch_that_lost_the_database_fail_at_once(
+        db_and_writer: tuple[Database, PgWriter]) -> None:
+    db, writer = db_and_writer
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(conn: FakeConnection) -> str:
+        running.set()
+        await release.wait()
+        if not conn.db.up:
+            raise ConnectionResetError("connection reset by peer")
+        conn.db.rows.append("slow")
+        return "slow"
+
+    kept = asyncio.ensure_future(writer.submit(slow, keep=True))
+    await running.wait()
+    queued = asyncio.ensure_future(writer.submit(insert("new request")))
+    await until(lambda: writer._queue.qsize() == 1, "the write queued behind the batch")
+    db.up = False
+    release.set()
+    with pytest.raises(StoreError, match="cannot reach PostgreSQL"):
+        await queued  # refused with the reason, as one submitted after the outage began
+    assert not kept.done()  # accepted work waits for the database
+    db.up = True
+    assert await kept == "slow"
+    assert db.rows == ["slow"]

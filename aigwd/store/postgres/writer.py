@@ -12,7 +12,8 @@ puts the writer in the "unavailable" state:
 the writes that record work already accepted (keep=True: a request's start and outcome, a crash) stay in
 memory, at most KEEP_MAX of them, and their batch is run again once a new connection opens, tried with a
 doubling back-off from RETRY_MIN_S up to RETRY_MAX_S. Every other write (a new request, a login, an admin
-change) fails at once with the reason, so its caller answers 503 instead of hanging.
+change), queued already or submitted later, fails at once with the reason, so its caller answers 503
+instead of hanging.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class PgWriter:
                         item.value, item.error = None, None
                     continue
                 self._went_down(exc)
+                self._fail_queued(exc)
                 # Even with nothing kept, the loop goes on probing, so the writer notices the database is back.
                 batch = self._fail_all_but_kept(batch, exc)
                 if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
@@ -232,6 +234,20 @@ class PgWriter:
         if self._down is not None:
             logs.event("store_reconnected", down_s=round(time.monotonic() - self._down_since, 3), held=self._held)
             self._down = None
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        """The writes queued behind the failed batch that nobody should wait on fail now, as one submitted
+        after it would, instead of waiting out the outage; those of accepted work stay queued, in order."""
+        waiting: list[_Item | None] = []
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        failed = [item for item in waiting if item is not None and not item.keep]
+        for item in failed:
+            item.error = exc
+        self._settle(failed)
+        for left in waiting:
+            if left is None or left.keep:
+                self._queue.put_nowait(left)
 
     def _settle_alone(self, batch: list[_Item]) -> list[_Item]:
         """Answer the writes whose own transaction ended; the rest of the batch, still to run."""
