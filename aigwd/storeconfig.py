@@ -86,7 +86,8 @@ class StoreConfig:
     statement_timeout_s: float = opt(5.0, "Longest one PostgreSQL statement (or the wait for a reader connection) "
                                           "may take; past it the connection counts as lost: requests that need "
                                           "the database get 503 and the writer reconnects with back-off, instead "
-                                          "of every write waiting on a server that stopped answering.",
+                                          "of every write waiting on a server that stopped answering. A "
+                                          "request's body is sent in one statement: allow for the largest.",
                                       lambda v: None if 0 < v <= 3600 else "must be greater than 0 and at most 3600")
     readers: int = opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
 
