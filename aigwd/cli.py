@@ -61,7 +61,8 @@ def _check_store(cfg: config.Config) -> int:
         print(f"aigwd: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
-    target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s)
+    target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s,
+                      statement_timeout_s=cfg.store.statement_timeout_s)
     try:
         found = asyncio.run(probe(target))
     except StoreError as exc:

@@ -51,7 +51,8 @@ def build_store(cfg: Config) -> Store:
         from .store.postgres import PgTarget, PostgresStore
 
         target = PgTarget(cfg.store.url, cfg.store.password_file, cfg.store.connect_timeout_s,
-                          cfg.store.synchronous_commit)
+                          synchronous_commit=cfg.store.synchronous_commit,
+                          statement_timeout_s=cfg.store.statement_timeout_s)
         return PostgresStore(target, node=node_name(cfg.fleet), readers=cfg.store.readers,
                              missing_max_bytes=cfg.results.missing_models_max_bytes)
     return SqliteStore(cfg.state_dir, missing_max_bytes=cfg.results.missing_models_max_bytes)

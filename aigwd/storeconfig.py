@@ -83,6 +83,12 @@ class StoreConfig:
                                   "start. Empty: the URL's password, or none (trust, peer or .pgpass).")
     connect_timeout_s: float = opt(10.0, "How long connecting to PostgreSQL may take before the start fails.",
                                     lambda v: None if v > 0 else "must be greater than 0")
+    statement_timeout_s: float = opt(5.0, "Longest one PostgreSQL statement (or the wait for a reader connection) "
+                                          "may take; past it the connection counts as lost: requests that need "
+                                          "the database get 503 and the writer reconnects with back-off, instead "
+                                          "of every write waiting on a server that stopped answering. A "
+                                          "request's body is sent in one statement: allow for the largest.",
+                                      lambda v: None if 0 < v <= 3600 else "must be greater than 0 and at most 3600")
     readers: int = opt(4, "PostgreSQL connections for reads (writes use one more, batched).", _readers)
     synchronous_commit: bool = opt(True, "true: a write returns once PostgreSQL has flushed it to disk. false: "
                                          "once it is committed, the flush following within a fraction of a "

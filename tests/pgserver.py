@@ -7,6 +7,7 @@ need a password (scram), which the tests pass the way production does: in a pass
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -16,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+import psutil
 
 USER = "aigw"
 PASSWORD = "test-password-of-the-suite"
@@ -102,6 +105,22 @@ class PgServer:
         bindir = bin_dir()
         assert bindir is not None
         self._run(str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop", owner=True)
+
+    def _processes(self) -> list[psutil.Process]:
+        postmaster = psutil.Process(int((self.root / "data" / "postmaster.pid").read_text().split()[0]))
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> None:
+        """Stop the server and its sessions answering, connections left open: what a half-open network
+        connection or a hung host looks like to a client. thaw() lets them go on."""
+        for proc in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.suspend()
+
+    def thaw(self) -> None:
+        for proc in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.resume()
 
     def url(self, database: str) -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"

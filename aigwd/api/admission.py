@@ -184,7 +184,8 @@ async def open_document(services: Services, admission: Admission, *, stream: boo
         return admission
     data = pdf_of(admission.body)
     assert data is not None  # checked by check_body
-    document = await services.gateway.documents.prepare(data, admission.body, stream=stream)
+    document = await services.gateway.documents.prepare(data, admission.body, stream=stream,
+                                                        subject=admission.subject)
     return replace(admission, document=document)
 
 

@@ -81,6 +81,12 @@ class ApiKeyDirectory:
                 by_hash[key.key_hash] = key
         self._by_hash, self._by_id = by_hash, by_id
 
+    def drop(self, key_id: str) -> None:
+        """Forget one key: it is no longer admitted."""
+        key = self._by_id.pop(key_id, None)
+        if key is not None and self._by_hash.get(key.key_hash) is key:
+            del self._by_hash[key.key_hash]
+
     def lookup(self, secret: str) -> ApiKey | None:
         return self._by_hash.get(digest(secret))
 

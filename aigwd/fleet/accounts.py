@@ -6,6 +6,10 @@ on the aigw_accounts channel in the transaction that makes it (NOTIFY is deliver
 LISTENs on a connection of its own and reloads the item named. A notification sent while a host was not
 listening (its connection dropped, PostgreSQL restarted) is lost, so the host reloads everything after
 each (re)connect, and every FULL_RELOAD_S as well.
+
+Whatever goes wrong, the listener logs it and starts again after a bounded back-off: a host that stopped
+listening would go on admitting disabled users and revoked keys. A stored row that cannot be read is
+logged and left out (the user or key cannot be used on this host) while every other row is applied.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import asyncpg
 
@@ -28,11 +35,13 @@ from ..store.postgres.writer import CONNECTION_ERRORS
 from ..store.records import StoreError
 
 FULL_RELOAD_S = 60.0
+RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
 MAX_PENDING = 10_000  # notifications waiting to be applied; beyond it, one full reload replaces them
 _USER = "SELECT name, role, password_hash, disabled, id FROM users"
 _KEY = "SELECT id, key_hash, subject, client_ids, max_priority, created_at, revoked_at, hint, account FROM api_keys"
 _ERRORS = (*CONNECTION_ERRORS, asyncpg.PostgresError, StoreError)
+T = TypeVar("T")
 
 
 def _user(row: asyncpg.Record) -> User:
@@ -40,10 +49,30 @@ def _user(row: asyncpg.Record) -> User:
 
 
 def _key(row: asyncpg.Record) -> ApiKey:
+    client_ids = json.loads(row["client_ids"])
+    if not isinstance(client_ids, list) or not all(isinstance(c, str) for c in client_ids):
+        raise ValueError(f"client_ids is not a list of strings: {row['client_ids'][:100]!r}")
     return ApiKey(id=row["id"], key_hash=row["key_hash"], subject=row["subject"],
-                  client_ids=json.loads(row["client_ids"]), max_priority=Priority.parse(row["max_priority"]),
+                  client_ids=client_ids, max_priority=Priority.parse(row["max_priority"]),
                   created_at=row["created_at"], revoked_at=row["revoked_at"], hint=row["hint"],
                   account=row["account"] or f"key-{row['id']}")
+
+
+def _readable(rows: Iterable[asyncpg.Record], parse: Callable[[asyncpg.Record], T], what: str, field: str
+              ) -> list[T]:
+    """Each row parsed; one that cannot be is logged and left out, the others kept."""
+    out = []
+    for row in rows:
+        try:
+            out.append(parse(row))
+        except Exception as exc:  # any bad column; the row's name goes in the log
+            _unreadable(what, str(row[field]), exc)
+    return out
+
+
+def _unreadable(what: str, name: str, exc: BaseException) -> None:
+    logs.event("accounts_row_unreadable", logging.ERROR, kind=what, item=name[:100],
+               reason=f"{type(exc).__name__}: {exc}"[:300])
 
 
 class AccountSync:
@@ -69,25 +98,29 @@ class AccountSync:
                 await task
 
     async def _run(self) -> None:
-        backoff = 0.5
+        backoff = RETRY_MIN_S
         while True:
             try:
                 conn = await self._target.connect()
-            except StoreError as exc:
-                logs.event("accounts_listen_failed", reason=str(exc)[:300], retry_s=backoff)
+            except Exception as exc:  # the task must outlive any one failure
+                logs.event("accounts_listen_failed", reason=f"{type(exc).__name__}: {exc}"[:300], retry_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(RETRY_MAX_S, backoff * 2)
                 continue
             try:
                 await self._listen(conn)
-                backoff = 0.5
             except _ERRORS as exc:
-                logs.event("accounts_listen_lost", reason=f"{type(exc).__name__}: {exc}"[:300])
+                logs.event("accounts_listen_lost", reason=f"{type(exc).__name__}: {exc}"[:300], retry_s=backoff)
+            except Exception as exc:  # logged with its reason; the listener starts again
+                logs.event("accounts_sync_failed", logging.ERROR, reason=f"{type(exc).__name__}: {exc}"[:300],
+                           retry_s=backoff)
             finally:
+                if self.listening.is_set():
+                    backoff = RETRY_MIN_S  # it worked a while: a new failure starts the back-off again
                 self.listening.clear()
-                with contextlib.suppress(*_ERRORS):
-                    await conn.close(timeout=2.0)
+                conn.terminate()  # it failed: a goodbye could wait on a server that stopped answering
             await asyncio.sleep(backoff)
+            backoff = min(RETRY_MAX_S, backoff * 2)
 
     async def _listen(self, conn: asyncpg.Connection) -> None:
         pending: asyncio.Queue[str] = asyncio.Queue()
@@ -128,18 +161,24 @@ class AccountSync:
         kind, _, name = item.partition(":")
         if kind == "user":
             row = await conn.fetchrow(f"{_USER} WHERE name = $1", name, timeout=5.0)
-            if row is None:
-                self._users.drop(name)
+            users = _readable([row] if row is not None else [], _user, "user", "name")
+            if users:
+                self._users.put(users[0])
             else:
-                self._users.put(_user(row))
+                self._users.drop(name)  # gone, or unreadable: it cannot log in here
         elif kind == "key":
             row = await conn.fetchrow(f"{_KEY} WHERE id = $1", name, timeout=5.0)
             if row is not None:
-                self._keys.put(_key(row))
+                keys = _readable([row], _key, "key", "id")
+                if keys:
+                    self._keys.put(keys[0])
+                else:
+                    self._keys.drop(name)  # unreadable: refused here rather than admitted as it was
         elif kind == "family":
             self._tokens.mark_revoked({name})
         elif kind == "users":
-            self._users.replace(_user(r) for r in await conn.fetch(f"{_USER} ORDER BY name", timeout=10.0))
+            self._users.replace(_readable(await conn.fetch(f"{_USER} ORDER BY name", timeout=10.0), _user, "user",
+                                          "name"))
         else:
             logs.event("accounts_unknown_notice", item=item[:100])
             return
@@ -147,8 +186,8 @@ class AccountSync:
 
     async def reload_all(self, conn: asyncpg.Connection) -> None:
         """Every user, key and revoked family, as stored."""
-        users = [_user(r) for r in await conn.fetch(f"{_USER} ORDER BY name", timeout=10.0)]
-        keys = [_key(r) for r in await conn.fetch(f"{_KEY} ORDER BY created_at", timeout=10.0)]
+        users = _readable(await conn.fetch(f"{_USER} ORDER BY name", timeout=10.0), _user, "user", "name")
+        keys = _readable(await conn.fetch(f"{_KEY} ORDER BY created_at", timeout=10.0), _key, "key", "id")
         families = {str(r[0]) for r in await conn.fetch("SELECT family FROM revoked_families", timeout=10.0)}
         self._users.replace(users)
         self._keys.replace(keys)

@@ -63,13 +63,14 @@ class FleetLoginThrottle(LoginThrottle):
         self._in_flight[address] = self._in_flight.get(address, 0) + 1
         try:
             pair, by_address = await self._charge(pair_key(username, address), address_key(address))
-        except Throttled:
-            self._release(address)
-            raise
         except _ERRORS as exc:
             self._release(address)
             logs.event("login_throttle_local", reason=f"{type(exc).__name__}: {exc}"[:300])
             return self.begin(username, address)
+        except BaseException:
+            # Throttled, and a client that hung up mid round trip (the handler cancelled): no check runs.
+            self._release(address)
+            raise
         return _SharedAttempt(self, address, pair, by_address)
 
     def _release(self, address: str) -> None:

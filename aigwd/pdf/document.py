@@ -63,6 +63,7 @@ class Prepared:
     stream: bool
     include_usage: bool
     reserved: bool = False  # holds one of pdf.max_documents until queued or given up
+    subject: str = ""  # whose it is: it counts toward that subject's pdf.max_documents_per_subject
 
 
 def page_template(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -42,10 +42,12 @@ class Documents:
         self.pages: dict[str, PageJob] = {}  # page job id -> its page, while queued or running
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0  # admissions between their render process starting and their request being queued
+        self._by_subject: dict[str, int] = {}  # documents reserved or active, per token subject
 
     # --- admission -------------------------------------------------------------------------------
 
-    async def prepare(self, pdf: bytes, body: dict[str, Any], *, stream: bool, reserve: bool = True) -> Prepared:
+    async def prepare(self, pdf: bytes, body: dict[str, Any], *, stream: bool, reserve: bool = True,
+                      subject: str = "") -> Prepared:
         """Open the PDF in a render process and check its bounds; ApiError (400, 413, 503) when refused.
         The caller either queues it (`start`) or gives it up (`abandon`)."""
         cfg = self.gw.cfg.pdf
@@ -53,7 +55,12 @@ class Documents:
             if len(self.active) + self._reserved >= cfg.max_documents:
                 raise ApiError(503, f"{cfg.max_documents} PDFs are being processed, the most at once "
                                     "(pdf.max_documents); retry shortly", {"Retry-After": "5"})
+            if self._by_subject.get(subject, 0) >= cfg.max_documents_per_subject:
+                raise ApiError(503, f"{cfg.max_documents_per_subject} of your PDFs are being processed, the most "
+                                    "one subject may have at once (pdf.max_documents_per_subject); retry when "
+                                    "one has finished", {"Retry-After": "5"})
             self._reserved += 1
+            self._hold(subject)
         renderer = Renderer(pdf, cfg)
         try:
             facts = await renderer.open()
@@ -64,26 +71,30 @@ class Documents:
             await renderer.close()
             if reserve:
                 self._reserved -= 1
+                self._let_go(subject)
             if isinstance(exc, PdfRefused):
                 raise ApiError(exc.status, exc.detail) from None
             raise
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         template, _slot = page_template(body)  # without the PDF's base64: the body is not held on
-        return Prepared(renderer, facts, template, stream, include_usage, reserved=reserve)
+        return Prepared(renderer, facts, template, stream, include_usage, reserved=reserve, subject=subject)
 
     async def abandon(self, prepared: Prepared) -> None:
         """A prepared PDF that was not queued after all (queue full, store down, client gone)."""
         if prepared.reserved:
             prepared.reserved = False
             self._reserved -= 1
+            self._let_go(prepared.subject)
         await prepared.renderer.close()
 
     def start(self, live: Live, job: Job, prepared: Prepared) -> None:
         """Run an accepted PDF request: its driver renders and queues the pages."""
         if prepared.reserved:
             prepared.reserved = False
-            self._reserved -= 1
+            self._reserved -= 1  # its subject's hold passes to the active document
+        else:
+            self._hold(prepared.subject)  # recovered at start: it counts like the others
         rec = live.record
         doc = Document(rec.id, rec.model, prepared, job.priority, job.deadline)
         live.document = doc
@@ -105,7 +116,7 @@ class Documents:
         if pdf is None:
             return False
         try:
-            prepared = await self.prepare(pdf, body, stream=False, reserve=False)
+            prepared = await self.prepare(pdf, body, stream=False, reserve=False, subject=live.record.subject)
         except ApiError as exc:
             await self.gw._finish(live, "failed", error=exc.detail)
             return True
@@ -285,9 +296,24 @@ class Documents:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _hold(self, subject: str) -> None:
+        self._by_subject[subject] = self._by_subject.get(subject, 0) + 1
+
+    def _let_go(self, subject: str) -> None:
+        left = self._by_subject.get(subject, 0) - 1
+        if left > 0:
+            self._by_subject[subject] = left
+        else:
+            self._by_subject.pop(subject, None)
+
+    def held_by(self, subject: str) -> int:
+        """PDFs of `subject` admitted or being processed now."""
+        return self._by_subject.get(subject, 0)
+
     def _forget(self, doc: Document) -> None:
         doc.stopped = True
-        self.active.pop(doc.request_id, None)
+        if self.active.pop(doc.request_id, None) is not None:
+            self._let_go(doc.prepared.subject)
         self._drivers.pop(doc.request_id, None)
         for page_id in list(doc.in_flight):
             self.pages.pop(page_id, None)

@@ -35,5 +35,9 @@ class PdfConfig:
                                    "when one finishes, so a document never holds more rendered pages.", 1, 64)
     max_documents: int = _opt(4, "PDFs being processed at once, gateway-wide, each with its own render "
                                  "process; one more is refused with 503 and Retry-After.", 1, 256)
+    max_documents_per_subject: int = _opt(2, "PDFs of one token subject (a user, or an API key's subject) being "
+                                             "processed at once; one more from it is refused with 503 and "
+                                             "Retry-After, so no subject takes every place of max_documents.",
+                                          1, 256)
     worker_memory_mib: int = _opt(1024, "Address space each render process may use, in MiB; a page that needs "
                                         "more fails.", 256, 65_536)

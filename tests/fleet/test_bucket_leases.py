@@ -13,6 +13,7 @@ from aigwd.auth.throttle import Throttled
 from aigwd.fleet.limits import FleetRateLimiter, lease_size
 from aigwd.fleet.logins import FleetLoginThrottle
 from aigwd.store.postgres import PgTarget, PostgresStore
+from tests.integration.conftest import async_wait_until
 
 
 class DbClock:
@@ -182,3 +183,26 @@ async def test_an_unreachable_database_leaves_the_host_counting_alone(pool: asyn
         await t.leave(await t.enter("alice", "10.0.0.1"), ok=False)
     with pytest.raises(Throttled):
         await t.enter("alice", "10.0.0.1")
+
+
+async def test_a_client_that_hangs_up_mid_check_gives_its_place_back(pool: asyncpg.Pool, pg_target: PgTarget
+                                                                     ) -> None:
+    clock = DbClock()
+    t = throttle(pool, clock)  # 4 checks in flight per address
+    blocker = await pg_target.connect()
+    try:
+        # The counters' rows cannot be locked: each check waits in its round trip, as on a slow database.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE login_failures IN ACCESS EXCLUSIVE MODE")
+        for _ in range(t.in_flight_max + 1):
+            task = asyncio.ensure_future(t.enter("alice", "10.0.0.1"))
+            await async_wait_until(lambda: t.in_flight("10.0.0.1") == 1, 10, "the check under way")
+            task.cancel()  # what aiohttp does to the handler when the client disconnects
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert t.in_flight("10.0.0.1") == 0
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    await t.leave(await t.enter("alice", "10.0.0.1"), ok=True)  # not 429: nothing is left counted

@@ -1,5 +1,6 @@
 """PDFs over a bound are refused before any page is rendered or sent: 413 naming the bound and its setting;
-encrypted and broken PDFs get 400 saying what to send; PDFs at once are bounded gateway-wide."""
+encrypted and broken PDFs get 400 saying what to send; PDFs at once are bounded gateway-wide
+and per subject."""
 
 from __future__ import annotations
 
@@ -59,4 +60,28 @@ async def test_pdfs_at_once_are_bounded(make_daemon, session: aiohttp.ClientSess
     status, _, _ = await client.call("DELETE", f"/api/requests/{first['request_id']}")
     assert status == 200
     status, answer, _ = await client.call("POST", "/api/ocr", json_body=pdf)  # its place is free again
+    assert status == 202, answer
+
+
+async def test_one_subject_cannot_take_every_pdf_place(make_daemon, session: aiohttp.ClientSession) -> None:
+    backend = ocr_backend("--hang")
+    d = make_daemon([backend], sections={"pdf": {"max_documents": 4}})  # 2 per subject: the default
+    alice, bob = Client(session, d.url), Client(session, d.url)
+    await alice.login("alice", "alice-pw")
+    await bob.login("bob", "bob-pw")
+    pdf = body(make_pdf([200, 200]))
+    held = []
+    for _ in range(2):
+        status, answer, _ = await alice.call("POST", "/api/ocr", json_body=pdf)
+        assert status == 202, answer
+        held.append(answer["request_id"])
+    for path in ROUTES:
+        status, answer, headers = await alice.call("POST", path, json_body=pdf)
+        assert status == 503 and "pdf.max_documents_per_subject" in detail_of(path, answer), answer
+        assert headers.get("Retry-After")
+    status, answer, _ = await bob.call("POST", "/api/ocr", json_body=pdf)  # places are left for the others
+    assert status == 202, answer
+    status, _, _ = await alice.call("DELETE", f"/api/requests/{held[0]}")
+    assert status == 200
+    status, answer, _ = await alice.call("POST", "/api/ocr", json_body=pdf)  # one of hers ended: her turn again
     assert status == 202, answer

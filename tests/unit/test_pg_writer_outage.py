@@ -39,9 +39,11 @@ class FakeConnection:
     async def __aenter__(self) -> None:
         if not self.db.up:
             raise ConnectionResetError("connection reset by peer")
+        self.begun = len(self.db.rows)
 
-    async def __aexit__(self, *exc: Any) -> None:
-        return None
+    async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:
+            del self.db.rows[self.begun:]  # rolled back
 
     def is_closed(self) -> bool:
         return self.closed
@@ -133,3 +135,55 @@ async def test_a_stop_gives_up_held_writes_after_its_wait(db_and_writer: tuple[D
     await asyncio.wait_for(writer.stop(), 5)
     with pytest.raises(StoreError, match="cannot reach"):
         await outcome
+
+
+async def test_writes_committed_alone_keep_their_answer_when_the_connection_drops(
+        db_and_writer: tuple[Database, PgWriter]) -> None:
+    db, writer = db_and_writer
+
+    async def bad(conn: FakeConnection) -> None:
+        raise ValueError("violates a check")
+
+    async def cut(conn: FakeConnection) -> None:
+        conn.db.up = False  # the server goes away while the batch is run again one write at a time
+        raise ConnectionResetError("connection reset by peer")
+
+    # One batch: `bad` fails it, so each write runs alone; `a` and `kept` commit, then the connection drops.
+    a, kept, failed, dropped = await asyncio.gather(
+        writer.submit(insert("a")), writer.submit(insert("kept"), keep=True), writer.submit(bad),
+        writer.submit(cut), return_exceptions=True)
+    assert a == "a" and kept == "kept"  # committed: not reported as failed
+    assert isinstance(failed, StoreError) and "violates a check" in str(failed)
+    assert isinstance(dropped, StoreError)
+    db.up = True
+    await until(lambda: writer.unavailable is None, "the reconnect")
+    assert await writer.submit(insert("after")) == "after"
+    assert db.rows == ["a", "kept", "after"]  # each written once
+
+
+@pytest.mark.timeout(60)  # the guard: before, the queued write waited for the database to come back
+async def test_writes_queued_behind_a_batch_that_lost_the_database_fail_at_once(
+        db_and_writer: tuple[Database, PgWriter]) -> None:
+    db, writer = db_and_writer
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(conn: FakeConnection) -> str:
+        running.set()
+        await release.wait()
+        if not conn.db.up:
+            raise ConnectionResetError("connection reset by peer")
+        conn.db.rows.append("slow")
+        return "slow"
+
+    kept = asyncio.ensure_future(writer.submit(slow, keep=True))
+    await running.wait()
+    queued = asyncio.ensure_future(writer.submit(insert("new request")))
+    await until(lambda: writer._queue.qsize() == 1, "the write queued behind the batch")
+    db.up = False
+    release.set()
+    with pytest.raises(StoreError, match="cannot reach PostgreSQL"):
+        await queued  # refused with the reason, as one submitted after the outage began
+    assert not kept.done()  # accepted work waits for the database
+    db.up = True
+    assert await kept == "slow"
+    assert db.rows == ["slow"]

@@ -4,6 +4,7 @@ that cannot be used, `aigwd --check`, and writes of several hosts meeting in one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from aigwd import cli
 from aigwd.store import StoreError
 from aigwd.store.postgres import SCHEMA_VERSION, PgTarget, PostgresStore, probe
+from tests.integration.conftest import async_wait_until
 from tests.pgserver import PgServer
 from tests.unit.test_store import make_request
 
@@ -185,3 +187,48 @@ async def test_a_host_picks_up_again_only_the_requests_it_accepted(pg_target: Pg
         assert [r.id for r in await one.unfinished()] == [mine.id]
         assert [r.id for r in await two.unfinished()] == [theirs.id]
         assert await one.get_request(theirs.id) == theirs  # yet every host reads every result
+
+
+def _quick(target: PgTarget) -> PgTarget:
+    return dataclasses.replace(target, connect_timeout_s=0.5, statement_timeout_s=0.5)
+
+
+@pytest.mark.timeout(60)  # the guard: without a bound these calls wait for ever
+async def test_a_lock_never_released_fails_writes_and_reads_instead_of_hanging(pg_target: PgTarget) -> None:
+    async with PostgresStore(_quick(pg_target)) as store:
+        kept = make_request()
+        await store.add_request(kept, b"{}")
+        blocker = await pg_target.connect()
+        try:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreError):
+                await store.add_request(make_request(), b"{}")
+            with pytest.raises(StoreError):
+                await store.get_request(kept.id)
+            await tx.rollback()
+        finally:
+            await blocker.close()
+        await async_wait_until(lambda: store.unavailable is None, 30, "the writer back")
+        assert await store.get_request(kept.id) == kept
+        await store.add_request(make_request(), b"{}")
+
+
+@pytest.mark.timeout(60)
+async def test_a_server_that_stops_answering_fails_writes_instead_of_hanging(pg_server: PgServer,
+                                                                           pg_target: PgTarget) -> None:
+    async with PostgresStore(_quick(pg_target)) as store:
+        kept = make_request()
+        await store.add_request(kept, b"{}")
+        pg_server.freeze()  # connections stay open; nothing answers on them, new ones are never let in
+        try:
+            with pytest.raises(StoreError):
+                await store.add_request(make_request(), b"{}")
+            with pytest.raises(StoreError):
+                await store.get_request(kept.id)
+        finally:
+            pg_server.thaw()
+        await async_wait_until(lambda: store.unavailable is None, 30, "the writer back")
+        await store.add_request(make_request(), b"{}")
+        assert await store.get_request(kept.id) == kept

@@ -17,6 +17,13 @@ import asyncpg
 from ..records import StoreError
 
 CONNECT_TIMEOUT_S = 10.0
+# Each statement's bound (asyncpg's command_timeout): a server that stops answering (a half-open TCP
+# connection, a lock never released) fails the call with TimeoutError, a connection error, instead of
+# holding the one writer, and every write queued behind it, forever.
+STATEMENT_TIMEOUT_S = 5.0
+# Asks the server to probe an idle client's connection, so a host that vanished does not keep its
+# session (and any row locks it held) until the kernel gives up hours later.
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class PgTarget:
     password_file: str = ""
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     synchronous_commit: bool = True  # false: commits return before their WAL flush ([store] synchronous_commit)
+    statement_timeout_s: float = STATEMENT_TIMEOUT_S
 
     @property
     def where(self) -> str:
@@ -57,9 +65,10 @@ class PgTarget:
         return text
 
     def connect_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"dsn": self.url, "timeout": self.connect_timeout_s}
+        args: dict[str, Any] = {"dsn": self.url, "timeout": self.connect_timeout_s,
+                                "command_timeout": self.statement_timeout_s, "server_settings": dict(KEEPALIVES)}
         if not self.synchronous_commit:
-            args["server_settings"] = {"synchronous_commit": "off"}
+            args["server_settings"]["synchronous_commit"] = "off"
         password = self.password()
         if password is not None:
             args["password"] = password

@@ -16,6 +16,7 @@ from ..records import StoreError
 
 # Any constant both sides agree on: "aigw" in ASCII, the key of the advisory lock migrations take.
 MIGRATION_LOCK = 0x61696777
+MIGRATION_TIMEOUT_S = 3600.0
 
 _T = "DOUBLE PRECISION"
 # Each entry moves the schema one version up; append new ones, never edit applied ones.
@@ -286,7 +287,9 @@ async def inspect(conn: asyncpg.Connection) -> Found:
 
 async def migrate(conn: asyncpg.Connection, where: str) -> int:
     """Bring the schema to SCHEMA_VERSION, one transaction per step, under the fleet-wide lock."""
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    # Not [store] statement_timeout_s: waiting for another host's migration, or building an index on a
+    # large table, takes what it takes, once, at start.
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK, timeout=MIGRATION_TIMEOUT_S)
     try:
         found = await inspect(conn)
         problem = found.problem()
@@ -294,11 +297,11 @@ async def migrate(conn: asyncpg.Connection, where: str) -> int:
             raise StoreError(f"PostgreSQL at {where}: {problem}")
         version = found.schema_version or 0
         if found.schema_version is None:
-            await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)", timeout=MIGRATION_TIMEOUT_S)
         for number in range(version + 1, SCHEMA_VERSION + 1):
             async with conn.transaction():
                 for statement in MIGRATIONS[number - 1]:
-                    await conn.execute(statement)
+                    await conn.execute(statement, timeout=MIGRATION_TIMEOUT_S)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

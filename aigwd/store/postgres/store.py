@@ -44,6 +44,9 @@ from .usage import PgUsageTable
 from .writer import CONNECTION_ERRORS, PgWriter
 
 T = TypeVar("T")
+# The daily purge may delete many rows at once: longer than one statement's usual bound, or it would
+# never finish on a large table and the database would grow without end.
+PURGE_TIMEOUT_S = 120.0
 
 _REQUEST_SELECT = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests"
 _REQUEST_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload, node) "
@@ -140,7 +143,7 @@ class PostgresStore:
             raise StoreError("store is not open")
         for attempt in (1, 2):
             try:
-                async with pool.acquire() as conn:
+                async with pool.acquire(timeout=self.target.statement_timeout_s) as conn:
                     return await fn(conn)
             except StoreError:
                 raise
@@ -260,17 +263,17 @@ class PostgresStore:
         max_records = self.max_records
 
         async def op(conn: asyncpg.Connection) -> int:
-            now = time.time()
+            now, bound = time.time(), PURGE_TIMEOUT_S
             deleted = affected(await conn.execute(
-                f"DELETE FROM requests WHERE status IN {_FINISHED} AND finished_at < $1", older_than))
-            await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < $1", now)
+                f"DELETE FROM requests WHERE status IN {_FINISHED} AND finished_at < $1", older_than, timeout=bound))
+            await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < $1", now, timeout=bound)
             await conn.execute("DELETE FROM revoked_families WHERE revoked_at < $1 AND NOT EXISTS "
                                "(SELECT 1 FROM refresh_tokens t WHERE t.family = revoked_families.family)",
-                               older_than)
+                               older_than, timeout=bound)
             # Records a client can cause are kept by count, so no client can grow the database without end.
             for table in ("missing_models", "crashes", "audit"):
                 await conn.execute(f"DELETE FROM {table} WHERE id <= (SELECT id FROM {table} ORDER BY id DESC "
-                                   "LIMIT 1 OFFSET $1)", max_records)
+                                   "LIMIT 1 OFFSET $1)", max_records, timeout=bound)
             await _recount_missing(conn)
             return deleted
 

@@ -4,13 +4,16 @@ As with SQLite, a burst of requests pays for one commit instead of one each, and
 writes no client's answer waits on (a request's start, its outcome) stays open up to LINGER_S for more.
 A batch runs without savepoints (each would cost a round trip); if one of its writes fails, PostgreSQL
 throws the whole transaction away, so the batch is run again one write per transaction: the failing
-write gets its error and the others commit.
+write gets its error and the others commit. A connection lost part way through that rerun leaves the
+writes already done alone answered as they ended (a committed one is neither failed nor run twice).
 
-A lost connection (the server restarting, the network gone) puts the writer in the "unavailable" state:
+A lost connection (the server restarting, the network gone, a statement past [store] statement_timeout_s)
+puts the writer in the "unavailable" state:
 the writes that record work already accepted (keep=True: a request's start and outcome, a crash) stay in
 memory, at most KEEP_MAX of them, and their batch is run again once a new connection opens, tried with a
 doubling back-off from RETRY_MIN_S up to RETRY_MAX_S. Every other write (a new request, a login, an admin
-change) fails at once with the reason, so its caller answers 503 instead of hanging.
+change), queued already or submitted later, fails at once with the reason, so its caller answers 503
+instead of hanging.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class _Item:
     keep: bool = False
     value: Any = None
     error: BaseException | None = field(default=None)
+    alone: bool = False  # committed, or failed on its own, in a transaction of its own: its answer is known
 
 
 def as_store_error(exc: BaseException) -> StoreError:
@@ -185,12 +189,15 @@ class PgWriter:
             except (StoreError, *CONNECTION_ERRORS) as exc:
                 self.failed_batches += 1
                 await self._drop_connection()
+                # Writes run alone before the connection went keep their answer: neither failed nor run twice.
+                batch = self._settle_alone(batch)  # left empty, the loop below still probes until it is back
                 if not retried_at_once and self._down is None:
                     retried_at_once = True  # a cut connection to a healthy server: a new one serves at once
                     for item in batch:
                         item.value, item.error = None, None
                     continue
                 self._went_down(exc)
+                self._fail_queued(exc)
                 # Even with nothing kept, the loop goes on probing, so the writer notices the database is back.
                 batch = self._fail_all_but_kept(batch, exc)
                 if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
@@ -210,7 +217,7 @@ class PgWriter:
                 logs.event("store_write_failed", level=logging.WARNING, reason=str(exc) or type(exc).__name__,
                            ops=len(batch))
                 for item in batch:
-                    if item.error is None:
+                    if item.error is None and not item.alone:
                         item.error = exc
             self._came_back()
             self._settle(batch)
@@ -227,6 +234,25 @@ class PgWriter:
         if self._down is not None:
             logs.event("store_reconnected", down_s=round(time.monotonic() - self._down_since, 3), held=self._held)
             self._down = None
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        """The writes queued behind the failed batch that nobody should wait on fail now, as one submitted
+        after it would, instead of waiting out the outage; those of accepted work stay queued, in order."""
+        waiting: list[_Item | None] = []
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        failed = [item for item in waiting if item is not None and not item.keep]
+        for item in failed:
+            item.error = exc
+        self._settle(failed)
+        for left in waiting:
+            if left is None or left.keep:
+                self._queue.put_nowait(left)
+
+    def _settle_alone(self, batch: list[_Item]) -> list[_Item]:
+        """Answer the writes whose own transaction ended; the rest of the batch, still to run."""
+        self._settle([item for item in batch if item.alone])
+        return [item for item in batch if not item.alone]
 
     def _fail_all_but_kept(self, batch: list[_Item], exc: BaseException, keep: bool = True) -> list[_Item]:
         """Fail the writes nobody should wait on; the ones that record accepted work stay for a retry."""
@@ -247,7 +273,7 @@ class PgWriter:
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await _close(conn)
+            conn.terminate()  # it just failed or stopped answering: a goodbye could wait as long again
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         conn = await self._connection()
@@ -276,7 +302,9 @@ class PgWriter:
             raise
         except Exception as exc:
             item.error = exc
+            item.alone = True
         else:
+            item.alone = True
             self.commits += 1
 
 
