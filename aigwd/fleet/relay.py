@@ -145,8 +145,9 @@ class Relay:
                 raise ApiError(502, f"host {host.node} that serves {model} did not answer: "
                                     f"{str(exc) or type(exc).__name__}") from None
             try:
-                if resp.status == 503 and not last:
-                    # Refused before it was accepted there (queue full, model stopped meanwhile): the next.
+                if resp.status == 503 and "X-Request-Id" not in resp.headers and not last:
+                    # Refused before it was accepted there (queue full, model stopped meanwhile; an accepted
+                    # request's answer names its id, even a failed one's): the next host may take it.
                     failures.append(f"{host.node} answered 503")
                     continue
                 return await self._pass_on(request, resp, host)

@@ -5,7 +5,9 @@ secret; no live host serving the model is a 503 that says so; an unreachable hos
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,10 +181,16 @@ async def test_the_identity_headers_of_the_hop_are_refused_without_the_fleet_sec
     assert status == 403 and relay.SUBJECT_HEADER in answer["error"]["message"], answer
     status, answer, _ = await a.call("POST", "/api/chat", json_body=body(max_tokens=2), headers=a.headers(**trusted))
     assert status == 403, answer
-    # With the secret, a client this fleet does not know is still refused.
+    # With the secret, a client this fleet does not know is still refused ...
     async with session.post(a.url + relay.PATH, json=body(max_tokens=2),
                             headers={**trusted, SECRET_HEADER: SECRET}) as resp:
         assert resp.status == 401, await resp.text()
+    # ... and one it knows is admitted as its own.
+    claims = json.loads(base64.urlsafe_b64decode(a.token.split(".")[1] + "=="))
+    async with session.post(a.url + relay.PATH, json=body(max_tokens=2),
+                            headers={**trusted, relay.ACCOUNT_HEADER: claims["uid"], SECRET_HEADER: SECRET}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["choices"], resp
 
 
 async def test_no_live_host_with_the_model_is_a_503_and_an_unreachable_host_is_passed_over(
