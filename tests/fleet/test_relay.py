@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +213,22 @@ async def test_no_live_host_with_the_model_is_a_503_and_an_unreachable_host_is_p
     await async_wait_until(lambda: _is(served_by(c), []), 15, "no host serving gemma")
     status, answer, _ = await c.call("POST", V1, json_body=body(max_tokens=2))
     assert status == 503 and "not served by any live host" in answer["error"]["message"], answer
+
+
+async def test_a_relayed_request_is_charged_to_the_rate_limit_once(
+        make_host: Callable[..., Daemon], session: aiohttp.ClientSession, pg_target: PgTarget,
+        secret_file: Path) -> None:
+    limit = {"rate_limit": {"per_minute": 1, "burst": 3, "subject_per_minute": 1, "subject_burst": 3}}
+    serving = make_host(pg_target, "gpu1", secret_file, extra=limit)
+    front = make_host(pg_target, "front", secret_file, start=False, extra={**limit, "fleet": {"serve": []}})
+    front.start(wait_backends=False)
+    client = Client(session, front.url)
+    await client.login()
+    await async_wait_until(lambda: _is(served_by(client), ["gpu1"]), 15, "gpu1 registered")
+    # Its burst of three passes through both hosts: charged on the one that took it only.
+    for _ in range(3):
+        status, answer, headers = await client.call("POST", V1, json_body=body(max_tokens=2))
+        assert status == 200 and headers[relay.SERVED_BY_HEADER] == "gpu1", answer
+    status, answer, _ = await client.call("POST", V1, json_body=body(max_tokens=2))
+    assert status == 429, answer
+    assert serving.proc is not None and serving.proc.poll() is None
