@@ -9,6 +9,8 @@ refused it with a 503 before accepting it): nothing a host accepted is ever sent
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import ssl
 from collections.abc import Iterable
@@ -142,6 +144,7 @@ class Relay:
                 continue
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Sent and perhaps accepted there: never sent again.
+                logs.event("relay_failed", level=logging.WARNING, node=host.node, reason=str(exc))
                 raise ApiError(502, f"host {host.node} that serves {model} did not answer: "
                                     f"{str(exc) or type(exc).__name__}") from None
             try:
@@ -150,6 +153,8 @@ class Relay:
                     # request's answer names its id, even a failed one's): the next host may take it.
                     failures.append(f"{host.node} answered 503")
                     continue
+                logs.event("request_relayed", logging.DEBUG, node=host.node, status=resp.status,
+                           request_id=resp.headers.get("X-Request-Id"))
                 return await self._pass_on(request, resp, host)
             finally:
                 resp.close()  # at once, cancelled included: the other host sees the client gone
@@ -162,17 +167,26 @@ class Relay:
         out = web.StreamResponse(status=resp.status, headers={k: resp.headers[k] for k in _PASSED_HEADERS
                                                               if k in resp.headers})
         out.headers[SERVED_BY_HEADER] = host.node
-        await out.prepare(request)
         try:
+            await out.prepare(request)
             # Bounded: the next chunk is read only once this one is written to the client.
             while chunk := await resp.content.readany():
                 await out.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            logs.event("relay_cut", level=logging.WARNING, node=host.node, reason=str(exc) or type(exc).__name__)
-            if request.transport is not None:  # a cut answer must not pass as a whole one
-                request.transport.close()
-            return out
         except ConnectionError:  # the client went away: closing the hop cancels the request there
+            return out
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            logs.event("relay_cut", level=logging.WARNING, node=host.node, reason=reason)
+            if not out.prepared or out.content_type != "text/event-stream":
+                if request.transport is not None:  # a cut answer must not pass as a whole one
+                    request.transport.close()
+                return out
+            # A stream ends as a local one that failed: with an error event.
+            error = {"error": {"message": f"host {host.node} that ran the request stopped answering: {reason}",
+                               "type": "server_error", "param": None, "code": 502}}
+            with contextlib.suppress(ConnectionError):
+                await out.write(f"data: {json.dumps(error)}\n\n".encode())
+                await out.write_eof()
             return out
         await out.write_eof()
         return out

@@ -1,7 +1,8 @@
 """A held /v1 request on a host that does not serve its model is relayed to a live host that does: its answer
 (streamed or whole) comes back through the first host, queue-position comments included; a client gone on
 the first host ends the request on the other; the identity headers of the hop are refused without the fleet
-secret; no live host serving the model is a 503 that says so; an unreachable host is passed over once."""
+secret; no live host serving the model is a 503 that says so; an unreachable host is passed over once, and a
+host that dies mid-stream ends the stream with an error event; the rate limit is charged once."""
 
 from __future__ import annotations
 
@@ -193,7 +194,7 @@ async def test_the_identity_headers_of_the_hop_are_refused_without_the_fleet_sec
         assert (await resp.json())["choices"], resp
 
 
-async def test_no_live_host_with_the_model_is_a_503_and_an_unreachable_host_is_passed_over(
+async def test_an_unreachable_host_is_passed_over_a_dead_one_ends_its_stream_and_none_left_is_a_503(
         hosts: dict[str, Daemon], session: aiohttp.ClientSession) -> None:
     clients = {node: Client(session, d.url) for node, d in hosts.items()}
     await clients["host-c"].login()
@@ -208,9 +209,16 @@ async def test_no_live_host_with_the_model_is_a_503_and_an_unreachable_host_is_p
     status, answer, headers = await c.call("POST", V1, json_body=body(max_tokens=2))
     assert status == 200 and headers[relay.SERVED_BY_HEADER] == "host-b", (status, answer, headers)
 
-    status, answer, _ = await clients["host-b"].call("POST", "/admin/models/gemma/stop")
-    assert status == 200, answer
-    await async_wait_until(lambda: _is(served_by(c), []), 15, "no host serving gemma")
+    # host-b dies in the middle of a stream it runs: the client's stream ends with an error event.
+    async with session.post(c.url + V1, json=body(stream=True), headers=c.headers()) as resp:
+        assert resp.status == 200 and resp.headers[relay.SERVED_BY_HEADER] == "host-b", resp.headers
+        while not (await resp.content.readline()).startswith(b"data: {"):
+            pass
+        kill_all(hosts["host-b"])
+        rest = (await resp.read()).decode()
+    assert "host host-b that ran the request stopped answering" in rest, rest
+
+    await async_wait_until(lambda: _is(served_by(c), []), 15, "no live host serving gemma")
     status, answer, _ = await c.call("POST", V1, json_body=body(max_tokens=2))
     assert status == 503 and "not served by any live host" in answer["error"]["message"], answer
 
