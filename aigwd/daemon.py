@@ -39,6 +39,8 @@ from .storeconfig import node_name
 from .systemd import Notifier
 
 STATUS_INTERVAL_S = 5.0
+# A relayed request may take its deadline (queue.timeout_s) plus this, for the host running it to say so.
+RELAY_GRACE_S = 5.0
 
 
 class StartupError(Exception):
@@ -245,9 +247,17 @@ class Daemon:
         services.fleet = registry
         services.forwarder = Forwarder(registry, secret, ca_file=cfg.fleet.ca_file,
                                        timeout_s=cfg.server.admin_wait_s + 10)
+        if secret:
+            from .fleet.relay import Relay
+
+            # The deadline a request has here, and a little for the other host to say it passed.
+            services.relay = Relay(registry, secret, deadline_s=cfg.queue.timeout_s + RELAY_GRACE_S,
+                                   ca_file=cfg.fleet.ca_file)
 
     @staticmethod
     async def _leave_fleet(services: Services) -> None:
+        if services.relay is not None:
+            await services.relay.close()
         if services.fleet is not None:
             await services.fleet.leave()
 

@@ -153,9 +153,10 @@ class Gateway:
                           deadline=now_mono + timeout, data=live, subject=subject)
                 return await self._submit_shared(rt, live, payload), job
             if not rt.replicas:
-                raise ApiError(503, f"Model {model} is not served on this host ({self.fleet.node}): requests held "
-                                    "on the connection (/v1), PDFs and batches run on a host that serves their "
-                                    "model; send them there, or use /api/chat and GET /api/requests/{id}",
+                raise ApiError(503, f"Model {model} is not served on this host ({self.fleet.node}): PDFs and batch "
+                                    "lines run on a host that serves their model, and /v1 requests are relayed "
+                                    "to one only with [fleet] secret_file set; send them there, or use /api/chat "
+                                    "and GET /api/requests/{id}",
                                {"Retry-After": "5"})
         if stream:
             # Bounded: a slow reader slows the upstream read instead of growing memory.

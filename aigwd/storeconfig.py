@@ -133,9 +133,10 @@ class FleetConfig:
                            "host. Empty: server.listen, with the host name when it listens on every address.",
                         _address)
     secret_file: str = opt("", "File holding the secret hosts present to each other when one forwards an admin "
-                               "action to another (the same file on every host, readable by the daemon only, "
-                               "at least 32 characters). Empty: actions naming another host are refused, and "
-                               "so are calls from other hosts.")
+                               "action to another or relays a /v1 request for a model it does not serve (the "
+                               "same file on every host, readable by the daemon only, at least 32 characters). "
+                               "Empty: actions naming another host are refused, /v1 requests for a model not "
+                               "served here answer 503, and calls from other hosts are refused.")
     ca_file: str = opt("", "CA certificates to trust for https:// addresses of other hosts. Empty: the system's.")
     heartbeat_s: float = opt(1.0, "How often this host writes its row in the fleet's registry.", positive)
     lost_after_s: float = opt(5.0, "A host whose last heartbeat is older than this is shown as lost, and its node "

@@ -83,6 +83,8 @@ class Admission:
     pdf: bool = False  # the image slot holds a PDF: opened by open_document before the gateway takes it
     document: Prepared | None = None  # a PDF, opened and within its bounds: its pages are OCR'd one by one
     meter: Meter = field(default_factory=Meter)  # its accounting, and what it holds against quotas
+    # Fleet mode: another host runs it (this one does not serve its model); checked here, charged there.
+    elsewhere: bool = False
 
     def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
         """The gateway's submit, not yet awaited: a route holding the connection shields it."""
@@ -104,14 +106,17 @@ def release_quota(meter: Meter) -> None:
         meter.release = None
 
 
-async def admit(request: web.Request, kind: str | None) -> Admission:
-    """Every check of a submission, in order; kind None is the OpenAI route (the model decides)."""
+async def admit(request: web.Request, kind: str | None, *, relayed: bool = False) -> Admission:
+    """Every check of a submission, in order; kind None is the OpenAI route (the model decides). A request
+    `relayed` by another host of the fleet was rate limited there; one this host would relay (`elsewhere`)
+    comes back after the body's checks, its quotas and usage left to the host that runs it."""
     services = request.app[SERVICES]
     claims = request[CLAIMS]
     parsed = read_headers(request.headers, request.get(API_KEY))
     if kind == "ocr":
         parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
-    await rate_limit(request, services, parsed.client_id)
+    if not relayed:
+        await rate_limit(request, services, parsed.client_id)
     store_down = services.gateway.store.unavailable
     if store_down is not None:  # refused before the upload: nothing could be accepted anyway
         raise ApiError(503, f"The gateway cannot accept requests right now: {store_down}; retry later",
@@ -120,6 +125,9 @@ async def admit(request: web.Request, kind: str | None) -> Admission:
     raw = await request.read()
     admission = check_body(services, raw, parsed, request.headers, kind, admin=request[ROLE] == "admin",
                            subject=claims.sub, account=claims.uid)
+    relay = services.relay
+    if kind is None and not relayed and relay is not None and relay.wanted(admission.backend):
+        return replace(admission, elsewhere=True)
     key = request.get(API_KEY)
     admission = metered(services, admission, key.id if key is not None else "")
     stream = kind is None and bool(admission.body.get("stream"))

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..control.plane import ControlPlane
     from ..fleet.forward import Forwarder
     from ..fleet.registry import FleetRegistry
+    from ..fleet.relay import Relay
 
 
 @dataclass(eq=False)
@@ -49,6 +50,8 @@ class Services:
     # Fleet mode ([store] url): the registry of hosts, and the forwarding of admin actions to them.
     fleet: FleetRegistry | None = None
     forwarder: Forwarder | None = None
+    # Held /v1 requests for a model this host does not serve go to a host that does (with a fleet secret).
+    relay: Relay | None = None
 
 
 SERVICES = web.AppKey("services", Services)

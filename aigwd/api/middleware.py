@@ -12,14 +12,16 @@ from .. import logs
 from ..auth import apikeys
 from ..auth.tokens import Claims, TokenError
 from ..errors import ApiError
+from ..fleet import relay
 from ..store import StoreError
 from .context import SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# /fleet/v1/command takes no token: it checks the fleet secret itself (api/fleet_routes.py).
-PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json", "/fleet/v1/command"})
+# The /fleet/v1 routes take no token: they check the fleet secret themselves (api/fleet_routes.py).
+PUBLIC_PATHS = frozenset({"/health", "/auth/token", "/auth/refresh", "/openapi.json", "/fleet/v1/command",
+                          relay.PATH})
 # Submissions read their body themselves, after the rate limit: a limited client's body is never read.
-SUBMISSION_PATHS = frozenset({"/api/chat", "/api/ocr", "/v1/chat/completions"})
+SUBMISSION_PATHS = frozenset({"/api/chat", "/api/ocr", "/v1/chat/completions", relay.PATH})
 # Uploads streamed to disk by their handler, within their own bound: never read into memory here.
 STREAMED_PATHS = frozenset({"/v1/files"})
 # Room for the multipart framing and the purpose field around an uploaded file.
@@ -89,6 +91,10 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
 def authenticate(request: web.Request) -> None:
     """Who sends this request (claims and role on the request), or 401/403."""
     services = request.app[SERVICES]
+    trusted = relay.trusted_headers_in(request.headers)
+    if trusted is not None:  # the client's identity as one host tells another: never from a client
+        raise ApiError(403, f"{trusted} is set only by the hosts of a fleet, on {relay.PATH} with the fleet "
+                            "secret; leave it out")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

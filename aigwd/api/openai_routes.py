@@ -15,10 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..fleet.relay import Identity
 from ..gateway import Live
-from .admission import admit
+from .admission import Admission, admit
 from .context import SERVICES, Services
-from .middleware import openai_error
+from .middleware import API_KEY, ROLE, openai_error
 
 # While a streaming request waits, an SSE comment says where it stands this often.
 POSITION_INTERVAL_S = 1.0
@@ -35,8 +36,16 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await run_chat(request)
+
+
+async def run_chat(request: web.Request, *, relayed: bool = False) -> web.StreamResponse:
+    """A held request: run here, or (fleet mode, model not served here) relayed to a host that serves it.
+    One `relayed` here from another host was rate limited there and never goes further."""
     services = request.app[SERVICES]
-    admission = await admit(request, None)
+    admission = await admit(request, None, relayed=relayed)
+    if admission.elsewhere:
+        return await _relay(request, services, admission)
     stream = bool(admission.body.get("stream"))
     submitting = admission.submit(services, sync=True, stream=stream)
     small = len(admission.raw) <= services.gateway.store.spool_threshold
@@ -60,6 +69,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # The connection closed (aiohttp cancels the handler): nobody can collect this answer.
         await asyncio.shield(_client_gone(services, live))
         raise
+
+
+async def _relay(request: web.Request, services: Services, admission: Admission) -> web.StreamResponse:
+    relay = services.relay
+    assert relay is not None
+    key = request.get(API_KEY)
+    headers = admission.headers
+    who = Identity(subject=admission.subject, account=admission.account, role=request[ROLE],
+                   key_id=key.id if key is not None else "", client_id=headers.client_id,
+                   priority=headers.priority.label, resolution=headers.resolution)
+    # The body as the client sent it: the host that runs it asks for usage and opens a PDF itself.
+    return await relay.relay(request, admission.backend, admission.model, await request.read(), who)
 
 
 async def _client_gone(services: Services, live: Live) -> None:

@@ -174,6 +174,15 @@ def _client_paths() -> dict[str, Any]:
             "security": [{"fleet": []}],
             "requestBody": _body({"type": "object", "required": ["command", "args", "actor", "from", "to"]}),
             "responses": {"200": _json(OBJECT, 200), **_errors(400, 403, 409, 503)}}},
+        "/fleet/v1/chat/completions": {"post": {
+            "summary": "Fleet mode, host to host: a /v1/chat/completions request another host relays for a model "
+                       "it does not serve (needs the fleet secret in X-Aigw-Fleet-Secret, not a token; the "
+                       "client named in X-Aigw-Fleet-Subject, -Account, -Role and -Key-Id)",
+            "security": [{"fleet": []}],
+            "parameters": [*_CLIENT_HEADERS, _RESOLUTION], "requestBody": _body(_ref("ChatBody")),
+            "responses": {"200": {"description": "OK", "content": {
+                JSON: {"schema": OBJECT}, "text/event-stream": {"schema": {"type": "string"}}}},
+                          **_errors(400, 401, 403, 404, 413, 502, 503, 504, openai=True)}}},
     }
 
 

@@ -90,6 +90,11 @@ class ApiKeyDirectory:
     def lookup(self, secret: str) -> ApiKey | None:
         return self._by_hash.get(digest(secret))
 
+    def by_id(self, key_id: str) -> ApiKey | None:
+        """A key that is not revoked, by its id."""
+        key = self._by_id.get(key_id)
+        return key if key is not None and key.revoked_at is None else None
+
     def revoke(self, key_id: str, at: float) -> ApiKey | None:
         key = self._by_id.get(key_id)
         if key is not None:
