@@ -60,7 +60,10 @@ def fleet_models(local: dict[str, Any], mine: dict[str, Any], hosts: list[Host],
             nodes.setdefault(name, []).append({"node": me, "host": LIVE, "address": None, **summary})
     for name in sorted(set(out) | set(nodes)):
         rows = nodes.get(name, [])
-        served_by = [r["node"] for r in rows if r["host"] == LIVE and r.get("is_healthy")]
+        # A host that leaves the model to the others lists it as "elsewhere" (healthy for its own /health),
+        # but it serves none of it.
+        served_by = [r["node"] for r in rows
+                     if r["host"] == LIVE and r.get("is_healthy") and r.get("status") != "elsewhere"]
         row = out.setdefault(name, {"name": name, "status": "elsewhere" if served_by else "unserved",
                                     "is_healthy": bool(served_by), "replicas": []})
         row["nodes"] = rows

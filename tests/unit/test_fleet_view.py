@@ -100,6 +100,14 @@ def test_models_gain_a_host_dimension_and_unserved_models_say_so() -> None:
     assert gone["deepseek"]["fleet"] == "served by no live host"
 
 
+def test_a_host_that_leaves_a_model_to_the_others_does_not_serve_it() -> None:
+    mine = host_summary(LOCAL_MODELS, LOCAL_QUEUES)
+    left = {"gemma": {"status": "elsewhere", "is_healthy": True, "replicas": []}}
+    merged = fleet_models(LOCAL_MODELS, mine, [host("gpu1", mine), host("gpu2", left)], "gpu1", lost_after_s=5)
+    assert merged["gemma"]["served_by"] == ["gpu1"]
+    assert [n["node"] for n in merged["gemma"]["nodes"]] == ["gpu1", "gpu2"]
+
+
 def test_the_fleet_list_shows_each_host_state() -> None:
     listed = fleet_hosts([host("gpu1", {}, age=99.0), host("gpu2", {"gemma": {}}, age=30.0),
                           host("gpu3", {}, stopped=True)], "gpu1", 5)
