@@ -402,6 +402,7 @@ class Gateway:
         try:
             if live.lease is not None and self.fleet is not None:
                 if not await self.fleet.finish(live):
+                    # Waiters on this host were already answered with this outcome (at least once).
                     logs.event("result_fenced", request_id=rec.id, outcome=rec.status,
                                reason="this host's lease was lost; the outcome was not written")
             elif live.has_row:
@@ -421,8 +422,9 @@ class Gateway:
     async def lookup(self, request_id: str) -> tuple[RequestRecord, int | None] | None:
         """The record and, while queued, its 1-based position in its queue."""
         live = self.live.get(request_id)
-        # A leased request's outcome counts once written: until then the shared row answers.
-        if live is not None and not (live.lease is not None and live.record.status in FINAL_STATUSES):
+        # On the host that ran it, a leased request's outcome answers from memory while it is written (fenced),
+        # as a single host answers before its write; the other hosts read the written row.
+        if live is not None:
             rec = live.record
             position = None
             if rec.status == "queued" and rec.backend in self.backends:
@@ -440,7 +442,7 @@ class Gateway:
     async def wait(self, request_id: str, timeout_s: float) -> None:
         live = self.live.get(request_id)
         if timeout_s > 0 and self.fleet is not None and (live is None or live.lease is not None):
-            await self.fleet.wait(request_id, timeout_s)  # wherever it runs, until its outcome is written
+            await self.fleet.wait(request_id, timeout_s)  # wherever it runs, until it ends
             return
         if live is None or timeout_s <= 0:
             return

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from aigwd.fleet.queue import SharedQueue
+from aigwd.fleet.queue import _CLAIM, SharedQueue
 from aigwd.store.postgres import PgTarget, PostgresStore
 from aigwd.store.records import REQUEST_COLUMNS
 from bench.procs import Procs, free_port
@@ -92,6 +92,39 @@ async def claims_per_second(target: PgTarget, seconds: float, hosts: int, batch:
     return {"claims_per_s": claimed / elapsed, "claimed": claimed, "seconds": elapsed, "hosts": hosts,
             "batch": batch, "depth": depth, "claim_p50_ms": percentile(latencies, 0.5) * 1000,
             "claim_p99_ms": percentile(latencies, 0.99) * 1000}
+
+
+async def claim_cost(server: PgServer, depths: tuple[int, ...], count: int = 200) -> dict[str, float]:
+    """One claim statement of 8 alone (nothing else running), by the number of requests waiting: what ranking
+    the waiting rows costs. Each claim is rolled back, so every one sees the same queue."""
+    out: dict[str, float] = {}
+    for depth in depths:
+        target = PgTarget(server.url(server.create_database()), str(server.password_file))
+        store = PostgresStore(target, node="bench-cost")
+        await store.open()  # creates the schema
+        await store.close()
+        conn = await target.connect()
+        try:
+            now = time.time()
+            await conn.executemany(_INSERT, [
+                (str(uuid.uuid4()), f"user{i % 20}", f"c{i % 3}", "bench", MODEL, "chat",
+                 ("high", "normal", "low")[i % 3], None, "queued", now, now + 300, None, None, None, None, 0,
+                 None, False, "acct", b"{}", "producer") for i in range(depth)])
+            await conn.execute("UPDATE requests SET fleet = true")
+            await conn.execute("ANALYZE requests")
+            stmt = await conn.prepare(_CLAIM)
+            times = []
+            for _ in range(count):
+                tx = conn.transaction()
+                await tx.start()
+                started = time.perf_counter()
+                await stmt.fetch("bench", "bench-cost", 8, 5.0, 60.0, None, 1 << 20)
+                times.append(time.perf_counter() - started)
+                await tx.rollback()
+            out[str(depth)] = percentile(times, 0.5) * 1000
+        finally:
+            await conn.close()
+    return out
 
 
 # --- hosts -----------------------------------------------------------------------------------------
@@ -217,6 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["claims_wide"] = await claims_per_second(target, args.seconds, hosts=3, batch=32, depth=200)
             fast = PgTarget(target.url, target.password_file, synchronous_commit=False)
             figures["claims_async"] = await claims_per_second(fast, args.seconds, hosts=3, batch=8, depth=200)
+            figures["claim_cost"] = await claim_cost(server, (20, 200, 2000))
             password_hash = await asyncio.to_thread(hash_password, "bench-password")
             print("latency ...", flush=True)
             sqlite = start_host(procs, work, "sqlite", password_hash, store=None, fleet=None)
@@ -247,6 +281,7 @@ def report(f: dict[str, Any], command: str) -> str:
     c, c1, lat, fo = f["claims"], f["claims_single"], f["latency"], f["failover"]
     added = lat["postgres"]["p50_ms"] - lat["sqlite"]["p50_ms"]
     added_async = lat["postgres_async"]["p50_ms"] - lat["sqlite"]["p50_ms"]
+    cost: dict[str, float] = f.get("claim_cost", {})
 
     def ms(path: str) -> str:
         return f"{lat[path]['p50_ms']:.2f} / {lat[path]['p99_ms']:.2f} ms"
@@ -260,6 +295,8 @@ def report(f: dict[str, Any], command: str) -> str:
         ("claims per second, 1 host claiming 1 at a time", f"{c1['claims_per_s']:.0f}"),
         (f"one claim statement p50 / p99 ({c['hosts']} hosts, {c['depth']} waiting)",
          f"{c['claim_p50_ms']:.1f} / {c['claim_p99_ms']:.1f} ms"),
+        ("one claim statement of 8 alone, p50 with " + " / ".join(cost) + " waiting",
+         " / ".join(f"{v:.2f}" for v in cost.values()) + " ms"),
         ("POST /api/chat + GET ?wait=, one host on SQLite, p50 / p99", ms("sqlite")),
         ("the same, one host on PostgreSQL (fleet mode), p50 / p99", ms("postgres")),
         ("PostgreSQL over SQLite at p50", f"{added:+.2f} ms"),
@@ -288,19 +325,21 @@ PostgreSQL 15 started by the bench with fsync and synchronous commit on (durable
 
 - Claims: {c['claimed']} in {c['seconds']:.1f} s with {c['depth']} requests waiting (a fleet-wide max_waiting).
   One claim statement ranks every waiting request of the model (classes, aging, turns: window functions over
-  the waiting rows, O(waiting)), then locks the first ones it can by primary key: about 4 ms for 8 of 200 on
-  this machine when it is idle, so claims per statement decide the rate, and a host claims as many as it has
-  free slots at once. Every claim and every outcome is a commit; with synchronous_commit on each waits for
+  the waiting rows, O(waiting): see the statement alone at three depths), then locks the first ones it can by
+  primary key, so claims per statement decide the rate, and a host claims as many as it has free slots at
+  once. Ranking only a head of each client's requests would not bound it: what makes the rows many is many
+  clients (a subject's turn needs the first request of each), and a client's own backlog is already short
+  here. Every claim and every outcome is a commit; with synchronous_commit on each waits for
   the WAL flush to this machine's disk (a few ms here), and the hosts' group-commit writers share one flush
   between a burst of claims and outcomes. On 2 cores PostgreSQL, the producer and three claimers share the
   CPU: the figures are bounded by CPU and WAL flushes, never by row locks (SKIP LOCKED: claimers never wait
-  on each other). The gap between runs with synchronous_commit on and off is within this machine's noise.
+  on each other); runs minutes apart differ by a third with the machine's other load.
 - Latency: {args_line(f)}. A request that finds a free slot on the host that took it is stored already
-  leased to that host (one commit, as SQLite's one), runs from memory, and its outcome is one more commit
-  that must be durable before the waiting client is answered (SQLite's outcome is written behind the answer);
-  a waiter then reads the row. With synchronous_commit on the two WAL flushes to this disk are most of the
-  difference; off, what is left is round trips to PostgreSQL on the shared cores. The p99 is the CPU
-  contention of 2 cores between the daemon, the stand-in, PostgreSQL and the client.
+  leased to that host (one commit, as SQLite's one) and runs from memory; its end answers the waiting
+  client on that host at once, and its outcome is written (one more commit, fenced by the lease) behind the
+  answer, as SQLite's is. What is left is the commit of the submission and round trips to PostgreSQL on the
+  shared cores. The p99 is the CPU contention of 2 cores between the daemon, the stand-in, PostgreSQL and
+  the client.
 - Failover: {fo['moved']} requests were held by the killed host ({fo['completed']} completed elsewhere).
   They return to the queue once the lease lapses (at most lease_s after the last renewal) plus up to 0.5 s
   for the next sweep of a surviving host, then start at once on a host with a free slot: lease_s bounds

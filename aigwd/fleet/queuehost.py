@@ -130,30 +130,34 @@ class FleetQueue:
     async def finish(self, live: Live) -> bool:
         rec = live.record
         assert live.lease is not None
+        # Waiters on this host are answered now, from memory (the gateway reads the outcome there until it is
+        # written), as a single host answers before its write; other hosts' waiters wait for the written row.
+        self._on_done(None, 0, DONE_CHANNEL, rec.id)
         written = await self.queue.finish(rec.id, live.lease, rec.status, rec.finished_at or time.time(),
                                           rec.result, rec.error, rec.served_resolution)
         if self.held.get(rec.id) == live.lease:
             del self.held[rec.id]
-        if written:  # waiters here need not wait for the notification's round trip
-            self._on_done(None, 0, DONE_CHANNEL, rec.id)
         return written
 
     async def wait(self, request_id: str, timeout_s: float) -> None:
-        """Until the request has ended, wherever it runs (its outcome written), or timeout_s."""
+        """Until the request has ended, or timeout_s: on this host as soon as its outcome is known here (it
+        ran here), on the others once its outcome is written."""
         event = asyncio.Event()
         self._waiters.setdefault(request_id, set()).add(event)
         deadline = time.monotonic() + timeout_s
-        live = self.gateway.live.get(request_id)
-        # Running here and not ended: its outcome is written (and notified) after this registration.
-        local = live is not None and live.lease is not None and live.record.status not in FINAL_STATUSES
         try:
             while True:
-                if not local:
+                live = self.gateway.live.get(request_id)
+                if live is not None and live.lease is not None:
+                    # Running here: its end wakes this waiter (finish, after this registration); ended here,
+                    # its outcome is in memory while it is written.
+                    if live.record.status in FINAL_STATUSES:
+                        return
+                else:
                     # Read after listening: an end written before this read is seen here, one after notifies.
                     rec = await self.store.get_request(request_id)
                     if rec is None or rec.status in FINAL_STATUSES:
                         return
-                local = False
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return

@@ -90,6 +90,31 @@ async def test_restart_under_load_loses_nothing_accepted(
     assert held and max(held) > 0, host.output()[-3000:]  # outcomes waited in memory for the database
 
 
+async def test_the_host_that_ran_a_request_answers_its_waiters_before_the_outcome_is_written(
+        own_pg: PgServer, make_host: Callable[..., Daemon], session: aiohttp.ClientSession) -> None:
+    """As a single host does: the outcome answers ?wait= on the host that ran it from memory while it is being
+    written; here the database is away, so the write waits for it and the answer does not."""
+    target = PgTarget(own_pg.url(own_pg.create_database()), str(own_pg.password_file))
+    host = make_host(target, "solo", standin=("--latency", "3.0"))
+    client = Client(session, host.url)
+    await client.login()
+    status, body = await client.chat("answered from memory")
+    assert status == 202, body
+    request_id = body["request_id"]
+    await asyncio.to_thread(own_pg.pause)  # stopped while the request runs (leased to this host at its 202)
+    try:
+        status, view, _ = await client.call("GET", f"/api/requests/{request_id}?wait=20")
+        assert status == 200, view
+        assert view["status"] == "completed", view
+    finally:
+        await asyncio.to_thread(own_pg.resume)
+
+    async def written() -> bool:
+        return bool((await _rows(target, [request_id])).get(request_id, ("",))[0] == "completed")
+
+    await async_wait_until(written, 30, "the outcome written once the database is back")
+
+
 async def _degraded(client: Client) -> dict[str, Any] | None:
     body = await health(client)
     return body if body["status"] == "degraded" else None
