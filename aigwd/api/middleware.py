@@ -38,6 +38,9 @@ _OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_t
                  429: "rate_limit_exceeded", 503: "queue_full"}
 
 
+_OPENAI_PATHS = ("/v1/", "/fleet/v1/chat/")
+
+
 def openai_error(status: int, message: str) -> dict[str, object]:
     """OpenAI's error shape, so its clients raise the matching exception."""
     return {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "param": None,
@@ -46,8 +49,9 @@ def openai_error(status: int, message: str) -> dict[str, object]:
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None,
                    path: str = "") -> web.Response:
-    """`{"detail": ...}` as in the API contract; OpenAI's shape on the /v1 routes."""
-    body = openai_error(status, detail) if path.startswith("/v1/") else {"detail": detail}
+    """`{"detail": ...}` as in the API contract; OpenAI's shape on the /v1 routes, and on the hop another host
+    of a fleet relays a /v1 request over (its answer goes back to a /v1 client as it is)."""
+    body = openai_error(status, detail) if path.startswith(_OPENAI_PATHS) else {"detail": detail}
     return web.json_response(body, status=status, headers=headers)
 
 

@@ -176,7 +176,7 @@ async def test_the_identity_headers_of_the_hop_are_refused_without_the_fleet_sec
     for extra in ({}, {SECRET_HEADER: SECRET[:-1] + "x"}, {"Authorization": f"Bearer {a.token}"}):
         async with session.post(a.url + relay.PATH, json=body(max_tokens=2), headers={**trusted, **extra}) as resp:
             assert resp.status == 403, await resp.text()
-            assert "fleet secret" in (await resp.json())["detail"]
+            assert "fleet secret" in (await resp.json())["error"]["message"]
     # On a client's own route, with its own token: refused, whatever the claimed identity.
     status, answer, _ = await a.call("POST", V1, json_body=body(max_tokens=2), headers=a.headers(**trusted))
     assert status == 403 and relay.SUBJECT_HEADER in answer["error"]["message"], answer
