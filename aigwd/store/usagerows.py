@@ -111,6 +111,19 @@ def totals_sql(mark: Mark, group_by: str, granularity: str, *, subject: bool, af
             f"GROUP BY {bucket}, {column}{having} ORDER BY bucket, grp LIMIT {mark(n + 1)}")
 
 
+def totals_query(mark: Mark, group_by: str, granularity: str, start: int, end: int, limit: int, *,
+                 subject: str | None, after: tuple[int, str] | None) -> tuple[str, list[object]]:
+    """totals_sql and its parameters, in the order it names them."""
+    sql = totals_sql(mark, group_by, granularity, subject=subject is not None, after=after is not None)
+    params: list[object] = [start, end]
+    if subject is not None:
+        params.append(subject)
+    if after is not None:
+        params.extend(after)
+    params.append(max(0, limit))
+    return sql, params
+
+
 def day_sql(mark: Mark, scope: str, names: int) -> str:
     """(name, requests, tokens, GPU-seconds) of one quota scope's names in [start, end): $1, $2, then names."""
     column = SCOPE_COLUMNS[scope]

@@ -11,7 +11,7 @@ from ..usagerows import (
     UsageTotal,
     day_sql,
     total_from_row,
-    totals_sql,
+    totals_query,
     upsert_sql,
 )
 from .tables import Read, affected
@@ -42,13 +42,7 @@ class PgUsageTable:
 
     async def totals(self, group_by: str, granularity: str, start: int, end: int, limit: int, *,
                      subject: str | None = None, after: tuple[int, str] | None = None) -> list[UsageTotal]:
-        sql = totals_sql(_mark, group_by, granularity, subject=subject is not None, after=after is not None)
-        params: list[object] = [start, end]
-        if subject is not None:
-            params.append(subject)
-        if after is not None:
-            params.extend(after)
-        params.append(max(0, limit))
+        sql, params = totals_query(_mark, group_by, granularity, start, end, limit, subject=subject, after=after)
 
         async def read(conn: asyncpg.Connection) -> list[UsageTotal]:
             return [total_from_row(tuple(r)) for r in await conn.fetch(sql, *params)]
