@@ -31,9 +31,6 @@ def _why_not() -> str | None:
     return cannot_boot()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    TIER.summary(terminalreporter)
-
 
 @pytest.fixture(scope="session")
 def deb() -> Path:

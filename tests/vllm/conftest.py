@@ -63,9 +63,6 @@ def why_not() -> str | None:
     return None
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    TIER.summary(terminalreporter)
-
 
 @pytest.fixture(scope="session")
 def vllm_available() -> None:
