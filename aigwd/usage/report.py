@@ -76,12 +76,22 @@ async def query(table: UsageStore, args: dict[str, Any], *, max_range_days: int,
     return [view(r, args["group_by"]) for r in rows], last
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula; names in the rows come from
+# clients (X-Client-ID, user and key names), so such a cell gets a leading quote, as OWASP advises for
+# CSV injection. Numbers are written as they are.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    return f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """A list of flat objects as CSV, a header row first."""
+    """A list of flat objects as CSV, a header row first; text that a spreadsheet would run is quoted."""
     out = io.StringIO()
     if not rows:
         return ""
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
     return out.getvalue()
