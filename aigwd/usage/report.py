@@ -91,7 +91,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     if not rows:
         return ""
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore", lineterminator="\n")
+    # Lines end in CRLF as RFC 4180 (text/csv) says; a field holding either character is then quoted.
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
     return out.getvalue()
