@@ -212,7 +212,9 @@ class Daemon:
                 from .store.postgres import PostgresStore
 
                 assert isinstance(store, PostgresStore)
-                await stack.enter_async_context(shared_client_state(store, services))
+                shared = await stack.enter_async_context(shared_client_state(
+                    store, cfg, services.users, services.api_keys, services.tokens))
+                services.limiter, services.login_throttle = shared.limiter, shared.login_throttle
             await gateway.recover()
             if self.fleet is not None:
                 await self.fleet.start()

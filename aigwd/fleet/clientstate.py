@@ -1,16 +1,21 @@
 """What the hosts of a fleet hold in common about clients and accounts, set up for one daemon: the rate
-limiter and login throttle on PostgreSQL, and the account changes heard from the other hosts."""
+limiter and login throttle on PostgreSQL, and the account changes heard from the other hosts. The daemon
+puts the limiter and throttle in place of its host-local ones."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 
 from .. import logs
-from ..api.context import Services
+from ..auth.apikeys import ApiKeyDirectory
+from ..auth.tokens import TokenService
+from ..auth.users import UserDirectory
+from ..config import Config
 from ..store.postgres import PostgresStore
 from ..store.postgres.writer import CONNECTION_ERRORS
 from .accounts import AccountSync
@@ -21,8 +26,15 @@ POOL_SIZE = 4  # leases and login checks: short statements, one each
 PURGE_INTERVAL_S = 60.0
 
 
-def _throttle(pool: asyncpg.Pool, services: Services) -> FleetLoginThrottle:
-    auth = services.cfg.auth
+@dataclass(frozen=True)
+class SharedClientState:
+    limiter: FleetRateLimiter
+    login_throttle: FleetLoginThrottle
+    accounts: AccountSync
+
+
+def _throttle(pool: asyncpg.Pool, cfg: Config) -> FleetLoginThrottle:
+    auth = cfg.auth
     throttle = FleetLoginThrottle(pool)
     throttle.configure(per_user=auth.login_attempts_per_user, per_address=auth.login_attempts_per_address,
                        in_flight=auth.login_checks_in_flight_per_address, max_s=auth.login_lockout_max_s)
@@ -30,20 +42,20 @@ def _throttle(pool: asyncpg.Pool, services: Services) -> FleetLoginThrottle:
 
 
 @contextlib.asynccontextmanager
-async def shared_client_state(store: PostgresStore, services: Services) -> AsyncIterator[AccountSync]:
-    """Swap the host-local limiter and throttle for the fleet's, and keep accounts in step; undone on exit."""
+async def shared_client_state(store: PostgresStore, cfg: Config, users: UserDirectory, api_keys: ApiKeyDirectory,
+                              tokens: TokenService) -> AsyncIterator[SharedClientState]:
+    """The fleet's limiter and throttle, and accounts kept in step with the other hosts; stopped on exit."""
     pool = await store.target.pool(POOL_SIZE)
     try:
-        rl = services.cfg.rate_limit
+        rl = cfg.rate_limit
         limiter = FleetRateLimiter(pool, rl.per_minute, rl.burst)
         limiter.configure(rl)
-        services.limiter = limiter
-        throttle = services.login_throttle = _throttle(pool, services)
-        sync = AccountSync(store.target, services.users, services.api_keys, services.tokens)
+        throttle = _throttle(pool, cfg)
+        sync = AccountSync(store.target, users, api_keys, tokens)
         sync.start()
         purge = asyncio.create_task(_purge(limiter, throttle))
         try:
-            yield sync
+            yield SharedClientState(limiter, throttle, sync)
         finally:
             purge.cancel()
             await sync.close()
