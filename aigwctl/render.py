@@ -207,8 +207,19 @@ def usage_chart(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def queue(body: dict[str, Any]) -> str:
+    """This host's queue of a model, then (fleet mode) the model's queue across the fleet."""
+    here = pairs({k: v for k, v in body.items() if k != "fleet"})
+    fleet = body.get("fleet")
+    if not isinstance(fleet, dict):
+        return here
+    return f"{here}\n\nacross the fleet:\n" + "\n".join(f"  {line}" for line in pairs(fleet).splitlines())
+
+
 def render(command: str, body: Any) -> str:
     """The answer to `command` for a terminal."""
+    if command == "queue" and isinstance(body, dict):
+        return queue(body)
     if command == "usage" and isinstance(body, list):
         return usage_chart(body)
     if command == "status" and isinstance(body, dict):

@@ -134,7 +134,10 @@ async def queue(ctx: Context, args: dict[str, Any]) -> Result:
     rt = gateway.backends.get(name)
     if rt is None:
         raise not_found(f"Model {asked[:100]} not available")
-    return Result({"model": name, **rt.stats()})
+    body: dict[str, Any] = {"model": name, **rt.stats()}
+    if gateway.fleet is not None:  # this host's queue holds only what it claimed: the fleet's as well
+        body["fleet"] = await gateway.fleet.stats(name, rt.queues.max_waiting)
+    return Result(body)
 
 
 COMMANDS = (

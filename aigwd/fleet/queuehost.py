@@ -33,6 +33,7 @@ from ..store.postgres.writer import CONNECTION_ERRORS
 from ..store.records import RequestRecord, StoreError
 from ..storeconfig import node_name
 from .queue import DONE_CHANNEL, QUEUE_CHANNEL, Claimed, SharedQueue
+from .queuestats import fleet_queue_stats
 
 REAP_EVERY_S = 0.5  # a lapsed lease is taken back within this (and a commit) of lapsing
 LISTEN_BACKOFF_MAX_S = 10.0
@@ -178,6 +179,9 @@ class FleetQueue:
         # Runs once the job's task has ended (its done callbacks, which free the slot, run first).
         await asyncio.sleep(0)
         self.wake(backend)
+
+    async def stats(self, backend: str, max_waiting: int) -> dict[str, object]:
+        return {"node": self._node, **await fleet_queue_stats(self.store, backend, max_waiting)}
 
     def wake(self, backend: str) -> None:
         event = self._wake.get(backend)

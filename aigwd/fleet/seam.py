@@ -31,6 +31,10 @@ class SharedQueue(Protocol):
     async def slot_freed(self, backend: str) -> None:
         ...
 
+    async def stats(self, backend: str, max_waiting: int) -> dict[str, object]:
+        """The model's queue across the fleet (aigwd/fleet/queuestats.py)."""
+        ...
+
     @property
     def node(self) -> str:
         ...

@@ -92,6 +92,10 @@ async def test_hosts_share_one_queue_and_a_killed_hosts_work_runs_elsewhere(
         done = await order[(i + 1) % 3].finished(request_id)
         assert done["status"] == "completed", done
     ran = await rows(pg_target, ids)
+    # Any host's /admin/queue adds the model's queue across the fleet, host-c's too (it serves no model).
+    status, body, _ = await clients["host-c"].call("GET", "/admin/queue/gemma")
+    assert status == 200 and body["processing"] == 0, body
+    assert body["fleet"]["node"] == "host-c" and body["fleet"]["waiting"] == 0, body
     assert all(r["attempts"] == 1 and r["claimed_by"] in ("host-a", "host-b") and list(r["nodes"]) == [r["claimed_by"]]
                for r in ran.values()), ran
     # Cancelled on a host other than the one that took it.

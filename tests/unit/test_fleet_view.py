@@ -141,3 +141,13 @@ def test_check_refuses_a_fleet_secret_others_can_read(tmp_path: Path, capsys: py
     config.write_text(f'[store]\nurl = "postgresql://aigw@127.0.0.1:1/aigw"\n[fleet]\nsecret_file = "{secret}"\n')
     assert cli.main(["--config", str(config), "--check"]) == cli.EXIT_FAILURE
     assert "is open to other users (mode 640): chmod 600" in capsys.readouterr().err
+
+
+def test_the_queue_shows_this_host_then_the_fleet() -> None:
+    local = {"model": "gemma", "processing": 1, "waiting": 0, "max_concurrent": 4}
+    assert "across the fleet" not in render.render("queue", local)
+    shown = render.render("queue", {**local, "fleet": {"node": "gpu1", "waiting": 7, "max_waiting": 100,
+                                                       "processing_by_node": {"gpu1": 1, "gpu2": 3}}})
+    here, fleet = shown.split("\n\nacross the fleet:\n")
+    assert "max_concurrent" in here and "gpu2" not in here
+    assert fleet.splitlines()[1].split() == ["waiting", "7"] and '"gpu2": 3' in fleet
