@@ -21,6 +21,7 @@ from ..batches.files import TooLarge, new_file_id
 from ..batches.room import FILES, OPEN_BATCHES
 from ..batches.runner import deadline
 from ..batches.shapes import batch_object, file_object
+from ..bounds import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 from ..errors import ApiError, bad_request
 from ..store.batches import BatchRecord, FileRecord
 from .admission import rate_limit, read_headers
@@ -31,7 +32,6 @@ from .validation import parse_json
 ENDPOINTS = ("/v1/chat/completions",)
 WINDOWS = ("24h",)
 MAX_FILENAME = 256
-MAX_METADATA = 16
 _PURPOSE_BYTES = 64
 BATCH_CLIENT_ID = "batches"
 _BATCH_FIELDS = frozenset({"input_file_id", "endpoint", "completion_window", "metadata"})
@@ -206,11 +206,11 @@ async def _own_batch(request: web.Request, runner: BatchRunner) -> BatchRecord:
 def _metadata(value: Any) -> dict[str, str] | None:
     if value is None:
         return None
-    if (not isinstance(value, dict) or len(value) > MAX_METADATA
-            or not all(isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-                       for k, v in value.items())):
-        raise bad_request(f"metadata must be an object of at most {MAX_METADATA} string pairs, keys up to 64 "
-                          "characters, values up to 512")
+    if (not isinstance(value, dict) or len(value) > MAX_METADATA_PAIRS
+            or not all(isinstance(k, str) and len(k) <= MAX_METADATA_KEY and isinstance(v, str)
+                       and len(v) <= MAX_METADATA_VALUE for k, v in value.items())):
+        raise bad_request(f"metadata must be an object of at most {MAX_METADATA_PAIRS} string pairs, keys up to "
+                          f"{MAX_METADATA_KEY} characters, values up to {MAX_METADATA_VALUE}")
     return dict(value)
 
 

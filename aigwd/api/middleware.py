@@ -11,6 +11,7 @@ from aiohttp import web
 from .. import logs
 from ..auth import apikeys
 from ..auth.tokens import Claims, TokenError
+from ..bounds import BATCH_CREATE_MAX_BYTES
 from ..errors import ApiError
 from ..fleet import relay
 from ..store import StoreError
@@ -140,6 +141,9 @@ def body_limit(request: web.Request) -> tuple[int, str]:
     if request.path in STREAMED_PATHS and request.method == "POST":
         mib = request.app[SERVICES].cfg.batches.max_file_mib
         return int(mib * 1024 * 1024) + MULTIPART_SLACK, f"{mib:g} MiB for a file (batches.max_file_mib)"
+    if request.path == "/v1/batches" and request.method == "POST":  # metadata may be larger than the small bound
+        limit = max(BATCH_CREATE_MAX_BYTES, int(cfg.max_small_body_kib * 1024))
+        return limit, f"{limit // 1024} KiB for a batch"
     return int(cfg.max_small_body_kib * 1024), f"{cfg.max_small_body_kib:g} KiB on this route"
 
 
