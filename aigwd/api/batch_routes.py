@@ -3,14 +3,18 @@ retrieve, cancel), in OpenAI's shapes so its clients work unchanged, with the au
 
 Files and batches belong to the account that made them: any other gets 404, as if they did not exist.
 An upload is streamed to <state_dir>/files within batches.max_file_mib and batches.upload_timeout_s.
+In a fleet a batch runs on the host that keeps its input file; a call naming a file or batch another host
+keeps is passed to that host as the client sent it (with the fleet secret), and its answer passed back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -75,11 +79,48 @@ def _page(items: list[dict[str, Any]], limit: int) -> web.Response:
 # --- files ---------------------------------------------------------------------------------------
 
 
+class KeptElsewhere(Exception):
+    """The file or batch a call names is kept on another host of the fleet (its files are on that disk)."""
+
+    def __init__(self, node: str, what: str) -> None:
+        super().__init__(node, what)
+        self.node, self.what = node, what
+
+
+async def _not_found(request: web.Request, runner: BatchRunner, kind: str, object_id: str) -> ApiError:
+    """The 404 for a file or batch not here, unless another host keeps it: then KeptElsewhere."""
+    what = f"{'File' if kind == 'file' else 'Batch'} {object_id}"
+    relay = request.app[SERVICES].relay
+    if relay is None or not relay.is_hop(request):  # a call passed on from another host is answered here
+        node = await runner.table.holder(kind, object_id)
+        if node is not None:
+            raise KeptElsewhere(node, what)
+    return ApiError(404, f"No such {'File' if kind == 'file' else 'Batch'} object: {object_id}")
+
+
+def passed_on(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A route whose file or batch may be kept on another host: the call goes there, as the client sent it."""
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except KeptElsewhere as where:
+            relay = request.app[SERVICES].relay
+            if relay is None:  # no fleet secret: hosts do not pass calls to each other
+                raise ApiError(404, f"{where.what} is kept on host {where.node} of the fleet; send this call "
+                                    "to that host") from None
+            body = await request.read() if request.body_exists else None
+            return await relay.pass_to(request, where.node, where.what, body)
+
+    return route
+
+
 async def _own_file(request: web.Request, runner: BatchRunner) -> FileRecord:
-    file_id = request.match_info["file_id"]
-    rec = await runner.table.get_file(file_id[:100])
+    file_id = request.match_info["file_id"][:100]
+    rec = await runner.table.get_file(file_id)
     if rec is None or rec.account != request[CLAIMS].uid:
-        raise ApiError(404, f"No such File object: {file_id[:100]}")
+        raise await _not_found(request, runner, "file", file_id)
     return rec
 
 
@@ -199,7 +240,7 @@ async def _own_batch(request: web.Request, runner: BatchRunner) -> BatchRecord:
     batch_id = request.match_info["batch_id"][:100]
     rec = runner.current(batch_id) or await runner.table.get_batch(batch_id)
     if rec is None or rec.account != request[CLAIMS].uid:
-        raise ApiError(404, f"No such Batch object: {batch_id}")
+        raise await _not_found(request, runner, "batch", batch_id)
     return rec
 
 
@@ -217,8 +258,12 @@ def _metadata(value: Any) -> dict[str, str] | None:
 async def create_batch(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     runner, cfg, claims = _runner(services), services.cfg.batches, request[CLAIMS]
-    await _rate_limit(request, services)
     body = parse_json(await request.read())
+    file_id = body.get("input_file_id")
+    source = await runner.table.get_file(file_id[:100]) if isinstance(file_id, str) else None
+    if source is None and isinstance(file_id, str):
+        await _not_found(request, runner, "file", file_id[:100])  # kept on another host: the batch runs there
+    await _rate_limit(request, services)  # here, or on the host it is passed to: charged once
     unknown = sorted(set(body) - _BATCH_FIELDS)
     if unknown:
         raise bad_request(f"Unknown field {unknown[0][:64]!r}; a batch takes {', '.join(sorted(_BATCH_FIELDS))}")
@@ -227,8 +272,6 @@ async def create_batch(request: web.Request) -> web.Response:
     if body.get("completion_window") not in WINDOWS:
         raise bad_request("completion_window must be 24h")
     metadata = _metadata(body.get("metadata"))
-    file_id = body.get("input_file_id")
-    source = await runner.table.get_file(file_id[:100]) if isinstance(file_id, str) else None
     if source is None or source.account != claims.uid:
         raise ApiError(404, f"No such File object: {str(file_id)[:100]}")
     if source.purpose != "batch":
@@ -277,10 +320,10 @@ async def list_batches(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/files", upload_file)
     app.router.add_get("/v1/files", list_files)
-    app.router.add_get("/v1/files/{file_id}", retrieve_file)
-    app.router.add_delete("/v1/files/{file_id}", delete_file)
-    app.router.add_get("/v1/files/{file_id}/content", file_content)
-    app.router.add_post("/v1/batches", create_batch)
+    app.router.add_get("/v1/files/{file_id}", passed_on(retrieve_file))
+    app.router.add_delete("/v1/files/{file_id}", passed_on(delete_file))
+    app.router.add_get("/v1/files/{file_id}/content", passed_on(file_content))
+    app.router.add_post("/v1/batches", passed_on(create_batch))
     app.router.add_get("/v1/batches", list_batches)
-    app.router.add_get("/v1/batches/{batch_id}", retrieve_batch)
-    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
+    app.router.add_get("/v1/batches/{batch_id}", passed_on(retrieve_batch))
+    app.router.add_post("/v1/batches/{batch_id}/cancel", passed_on(cancel_batch))

@@ -5,6 +5,9 @@ and the client's identity in headers only a fleet-authenticated call may set. Th
 passes the bytes on as they come, queue-position comments included. A client gone here closes the hop, which
 cancels the request there. A request is sent to a second host only when the first could not be reached (or
 refused it with a 503 before accepting it): nothing a host accepted is ever sent twice.
+
+The same hop carries Batch API calls for a file or batch kept on another host's disk (`pass_to`): the
+client's own credentials go with it, and that host checks them against the accounts all hosts share.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from aiohttp import web
 
 from .. import logs
 from ..errors import ApiError
-from .forward import SECRET_HEADER
+from .forward import SECRET_HEADER, secret_matches
 from .registry import LIVE, FleetRegistry, Host
 
 if TYPE_CHECKING:
@@ -45,6 +48,8 @@ POOL_LIMIT = 256
 TRIES = 2
 READ_CHUNK = 64 * 1024
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Request-Id", "X-Accel-Buffering", "Retry-After")
+# What a Batch API call passed to another host keeps of the client's: its credentials and what it sent.
+_HOP_HEADERS = ("Authorization", "Content-Type", "X-Client-ID")
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,32 @@ class Relay:
         raise ApiError(502 if len(failures) == len(hosts[:TRIES]) else 503,
                        f"no host that serves {model} could be reached: {'; '.join(failures)}; retry later",
                        {"Retry-After": "5"})
+
+    def is_hop(self, request: web.Request) -> bool:
+        """Whether another host of the fleet passed this call on (it is answered here, never passed again)."""
+        return secret_matches(self.secret, request.headers.get(SECRET_HEADER))
+
+    async def pass_to(self, request: web.Request, node: str, what: str, body: bytes | None) -> web.StreamResponse:
+        """Send the client's call as it came (its own credentials, which every host checks against the shared
+        accounts) to the host `node` that keeps `what`, and pass its answer on (a Batch API call for a file or
+        batch kept on another host's disk). Once sent, never sent again."""
+        host = next((h for h in self.registry.hosts() if h.node == node), None)
+        if host is None or host.state(self.registry.lost_after_s) != LIVE:
+            raise ApiError(503, f"{what} is kept on host {node}, which is not live now; retry when it is back",
+                           {"Retry-After": "30"})
+        headers = {SECRET_HEADER: self.secret, **{k: request.headers[k] for k in _HOP_HEADERS if k in request.headers}}
+        try:
+            resp = await self._client().request(
+                request.method, host.address.rstrip("/") + request.path_qs, data=body, headers=headers,
+                ssl=self._ssl if host.address.startswith("https:") else True)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logs.event("hop_failed", level=logging.WARNING, node=node, reason=str(exc) or type(exc).__name__)
+            raise ApiError(502, f"{what} is kept on host {node}, which did not answer: "
+                                f"{str(exc) or type(exc).__name__}; retry later", {"Retry-After": "5"}) from None
+        try:
+            return await self._pass_on(request, resp, host)
+        finally:
+            resp.close()
 
     @staticmethod
     async def _pass_on(request: web.Request, resp: aiohttp.ClientResponse, host: Host) -> web.StreamResponse:

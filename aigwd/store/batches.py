@@ -148,6 +148,10 @@ class BatchTable:
 
         return await self._readers.run(read)
 
+    async def holder(self, kind: str, object_id: str) -> str | None:
+        """Another host that keeps it: none, on a store of one host's own."""
+        return None
+
     async def file_in_use(self, file_id: str) -> bool:
         """Whether a batch not yet ended reads this file."""
         def read(conn: sqlite3.Connection) -> bool:

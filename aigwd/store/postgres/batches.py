@@ -1,8 +1,9 @@
 """Batches and their files in PostgreSQL: the same contract as the SQLite table (aigwd/store/batches.py).
 
-A batch's files are on the disk of the host that took the upload, so each host sees, resumes and serves
-only its own batches and files (the `node` column); a client sends a batch's calls to the host that holds
-it (the balancer keeps it there, or the client names the host).
+A batch's files are on the disk of the host that took the upload, so each host resumes and serves only its
+own batches and files (the `node` column). An account's lists show its files and batches on every host, and
+`holder` names the host that keeps one, so that a call for it made elsewhere is passed on there
+(aigwd/fleet/relay.py).
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ class PgBatchTable:
 
     async def files(self, account: str, limit: int, *, purpose: str | None = None, after: str | None = None,
                     newest_first: bool = True) -> list[FileRecord]:
-        """A page of an account's files; `after` is the id of the last file of the page before."""
+        """A page of an account's files, on any host; `after` is the id of the last file of the page before."""
         cmp, order = ("<", "DESC") if newest_first else (">", "ASC")
-        where = ["account = $1", "node = $2"]
-        args: list[Any] = [account, self._node]
+        where = ["account = $1"]
+        args: list[Any] = [account]
         if purpose:
             args.append(purpose)
             where.append(f"purpose = ${len(args)}")
@@ -134,6 +135,18 @@ class PgBatchTable:
         result: bool = await self._read(read)
         return result
 
+    async def holder(self, kind: str, object_id: str) -> str | None:
+        """The host that keeps this file (`kind` "file") or batch, when it is another host."""
+        table = "batch_files" if kind == "file" else "batches"
+
+        async def read(conn: asyncpg.Connection) -> str | None:
+            node = await conn.fetchval(f"SELECT node FROM {table} WHERE id = $1 AND node <> $2", object_id,
+                                       self._node)
+            return str(node) if node is not None else None
+
+        result: str | None = await self._read(read)
+        return result
+
     # --- batches -------------------------------------------------------------------------------
 
     async def add_batch(self, rec: BatchRecord) -> None:
@@ -166,12 +179,16 @@ class PgBatchTable:
 
     async def batches(self, limit: int, *, account: str | None = None, after: str | None = None,
                       open_only: bool = False) -> list[BatchRecord]:
-        """This host's batches, newest first; `after` is the id of the last batch of the page before."""
-        where = ["node = $1"]
-        args: list[Any] = [self._node]
+        """An account's batches on any host, or (no account) this host's, newest first; `after` is the id of the
+        last batch of the page before."""
+        where: list[str] = []
+        args: list[Any] = []
         if account is not None:
             args.append(account)
             where.append(f"account = ${len(args)}")
+        else:
+            args.append(self._node)
+            where.append(f"node = ${len(args)}")
         if open_only:
             where.append(f"status IN {_OPEN}")
         if after:
