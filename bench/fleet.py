@@ -112,7 +112,7 @@ async def claims_per_second(target: PgTarget, seconds: float, hosts: int, batch:
             await store.close()
     return {"claims_per_s": claimed / elapsed, "claimed": claimed, "seconds": elapsed, "hosts": hosts,
             "batch": batch, "depth": depth, "claim_p50_ms": percentile(latencies, 0.5) * 1000,
-            "claim_p99_ms": percentile(latencies, 0.99) * 1000}
+            "claim_p99_ms": percentile(latencies, 0.99) * 1000, "calls": len(latencies)}
 
 
 async def claim_cost(server: PgServer, depths: tuple[int, ...], count: int = 200) -> dict[str, float]:

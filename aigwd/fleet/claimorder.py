@@ -53,11 +53,11 @@ _CLASSES = ("high", "normal", "low")
 # (those this host can lock too) exchange turns: the leased take the lowest, the others keep the rest in their
 # clients' turn order, so the turns the subject still holds are its next ones.
 _TAKE = f"""held AS MATERIALIZED (
-    SELECT r.id, r.turn, r.client_turn, r.queued_at, l.lane, l.subject FROM requests r
-    JOIN locked l ON l.slot_id = r.id
-    WHERE r.id = ANY(ARRAY(SELECT slot_id FROM locked WHERE slot_id NOT IN (SELECT id FROM locked)))
-      AND r.fleet AND r.status = 'queued'
-    FOR UPDATE OF r SKIP LOCKED),
+    SELECT r.id, r.turn, r.client_turn, r.queued_at, l.lane, l.subject
+    FROM (SELECT slot_id, lane, subject FROM locked WHERE slot_id NOT IN (SELECT id FROM locked)) l
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.turn, q.client_turn, q.queued_at FROM requests q
+        WHERE q.id = l.slot_id AND q.status = 'queued' FOR UPDATE SKIP LOCKED) r),
 members AS (
     SELECT id, lane, subject, true AS go, turn, client_turn, queued_at, place FROM locked
     UNION ALL
@@ -98,40 +98,37 @@ def claim_sql(n: int, aging_s: float, of_modes: bool) -> str:
         return f"({_STARTED} - {steps * aging_s!r}::float8)"
 
     def scan(lane: int, priority: str, after: int, upto: int, order: str, key: str) -> str:
-        """One lane's rows of one class in `order`, queued within (before(after), before(upto)] when aging;
-        skipped at once when none are."""
+        """One lane's requests of one class in `order` (an index's), queued within (before(after),
+        before(upto)] when aging."""
         bounds = "".join((f" AND r.queued_at > {before(after)}" if after else "",
                           f" AND r.queued_at <= {before(upto)}" if upto else ""))
-        guard = (f" AND EXISTS (SELECT 1 FROM requests r WHERE {waiting} AND r.priority = '{priority}'{bounds})"
-                 if bounds else "")
         return f"""(SELECT r.id, r.subject, r.queued_at, {lane} AS lane, {key}::float8 AS key FROM requests r
-            WHERE {waiting} AND r.priority = '{priority}'{bounds}{guard} ORDER BY {order} LIMIT {limit})"""
+            WHERE {waiting} AND r.priority = '{priority}'{bounds} ORDER BY {order} LIMIT {limit})"""
 
-    def aged(lane: int, *sources: tuple[str, int, int]) -> str:
-        """An aged lane: requests of lower classes, in turn order relative to their class's virtual time."""
+    def by_age(lane: int, sources: tuple[tuple[str, int, int], ...], *, reached: bool) -> str:
+        """Requests of several classes by age: oldest first (the overdue lane), or (reached) in the order they
+        reached the lane's class, aging_s after their queued_at for each class they moved up (an aged lane)."""
         scans = " UNION ALL ".join(
-            scan(lane, p, after, upto, "r.turn, r.queued_at",
-                 f"r.turn - (SELECT min(v.turn) FROM requests v WHERE v.fleet AND v.status = 'queued' "
-                 f"AND v.backend = $1 AND v.priority = '{p}')")
+            scan(lane, p, after, upto, "r.queued_at", f"r.queued_at + {upto * aging_s if reached else 0.0!r}")
             for p, after, upto in sources)
-        return f"(SELECT * FROM ({scans}) a ORDER BY key, queued_at, id LIMIT {limit})"
+        return f"(SELECT * FROM ({scans}) a ORDER BY key LIMIT {limit})"
 
     if aging_s > 0:
-        overdue = " UNION ALL ".join(scan(0, p, 0, k, "r.queued_at", "r.queued_at") for k, p in enumerate(_CLASSES, 1))
         lanes = " UNION ALL ".join((
-            f"(SELECT * FROM ({overdue}) o ORDER BY key LIMIT {limit})",
-            scan(1, "high", 1, 0, "r.turn, r.queued_at", "r.turn"),
-            aged(2, ("normal", 2, 1), ("low", 3, 2)),
-            scan(3, "normal", 1, 0, "r.turn, r.queued_at", "r.turn"),
-            aged(4, ("low", 2, 1)),
-            scan(5, "low", 1, 0, "r.turn, r.queued_at", "r.turn")))
+            by_age(0, (("high", 0, 1), ("normal", 0, 2), ("low", 0, 3)), reached=False),
+            scan(1, "high", 0, 0, "r.turn, r.queued_at", "r.turn"),
+            by_age(2, (("normal", 2, 1), ("low", 3, 2)), reached=True),
+            scan(3, "normal", 0, 0, "r.turn, r.queued_at", "r.turn"),
+            by_age(4, (("low", 2, 1),), reached=True),
+            scan(5, "low", 0, 0, "r.turn, r.queued_at", "r.turn")))
         own = f" AND r.queued_at > {before(1)}"
     else:
         lanes = " UNION ALL ".join(scan(lane, p, 0, 0, "r.turn, r.queued_at", "r.turn")
                                    for lane, p in OWN_LANES.items())
         own = ""
     return f"""
-WITH cand AS (SELECT * FROM ({lanes}) u LIMIT {limit}),
+WITH read AS (SELECT * FROM ({lanes}) u LIMIT {limit}),
+cand AS (SELECT DISTINCT ON (id) * FROM read ORDER BY id, lane),
 slots AS (
     SELECT c.*, row_number() OVER (ORDER BY c.lane, c.key, c.queued_at, c.id) AS place,
         row_number() OVER (PARTITION BY c.lane, c.subject ORDER BY c.key, c.queued_at, c.id) AS k
@@ -150,9 +147,11 @@ pairs AS (
     FROM slots s LEFT JOIN picks p ON p.lane = s.lane AND p.subject = s.subject AND p.k = s.k),
 locked AS MATERIALIZED (
     SELECT pr.place, pr.lane, pr.subject, pr.slot_id, r.id, r.turn, r.client_turn, r.queued_at
-    FROM requests r JOIN pairs pr ON pr.pick_id = r.id
-    WHERE r.id = ANY(ARRAY(SELECT pick_id FROM pairs)) AND r.fleet AND r.status = 'queued'
-    ORDER BY pr.place LIMIT {n} FOR UPDATE OF r SKIP LOCKED),
+    FROM (SELECT * FROM pairs ORDER BY place) pr
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.turn, q.client_turn, q.queued_at FROM requests q
+        WHERE q.id = pr.pick_id AND q.status = 'queued' FOR UPDATE SKIP LOCKED) r
+    ORDER BY pr.place LIMIT {n}),
 {_TAKE}"""
 
 

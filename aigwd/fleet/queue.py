@@ -149,12 +149,29 @@ SELECT (SELECT count(*) FROM notified) AS notified, (SELECT count(*) FROM lapsed
     AS ended
 """
 
+# A waiting request cancelled hands its turn to its subject's last waiting one in its class, and the subject's
+# counter steps back when the turn freed was the last it gave: the subject's turns stay consecutive, so the
+# requests it still has lose no round to the cancelled ones.
 _CANCEL = f"""
-WITH gone AS (
+WITH was AS (SELECT status = 'queued' AS waiting FROM requests WHERE id = $1),
+gone AS (
     UPDATE requests SET status = 'cancelled', finished_at = {_NOW}, payload = NULL,
         error = CASE WHEN lease_until IS NULL THEN $2 ELSE $2 || ' while processing' END, lease_until = NULL
     WHERE id = $1 AND fleet AND status IN ('queued', 'processing')
-    RETURNING {', '.join(REQUEST_COLUMNS)})
+    RETURNING {', '.join(REQUEST_COLUMNS)}, turn AS gone_turn),
+last AS (
+    SELECT r.id, r.turn FROM requests r, gone g
+    WHERE (SELECT waiting FROM was) AND r.fleet AND r.status = 'queued' AND r.backend = g.backend
+      AND r.priority = g.priority AND r.subject = g.subject AND r.turn > g.gone_turn
+    ORDER BY r.turn DESC LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
+filled AS (UPDATE requests r SET turn = g.gone_turn FROM gone g, last l WHERE r.id = l.id RETURNING r.id),
+freed AS (
+    SELECT coalesce((SELECT turn FROM last), g.gone_turn) AS turn, g.backend, g.priority, g.subject
+    FROM gone g WHERE (SELECT waiting FROM was)),
+stepped AS (
+    UPDATE fleet_subject_turns t SET next_turn = f.turn FROM freed f
+    WHERE t.backend = f.backend AND t.priority = f.priority AND t.subject = f.subject AND t.next_turn = f.turn + 1
+    RETURNING t.subject)
 SELECT gone.*, pg_notify('{DONE_CHANNEL}', gone.id) FROM gone
 """
 
