@@ -309,9 +309,9 @@ def report(f: dict[str, Any], command: str) -> str:
         ("claims per second, 3 hosts claiming 32 at a time (4 replicas of 8 slots each)",
          f"{f['claims_wide']['claims_per_s']:.0f}"),
         ("claims per second, 1 host claiming 1 at a time", f"{c1['claims_per_s']:.0f}"),
-        (f"one claim statement p50 / p99 ({c['hosts']} hosts, {c['depth']} waiting)",
+        (f"one claim p50 / p99 ({c['hosts']} hosts, {c['depth']} waiting)",
          f"{c['claim_p50_ms']:.1f} / {c['claim_p99_ms']:.1f} ms"),
-        ("one claim statement of 8 alone, p50 with " + " / ".join(cost) + " waiting",
+        ("one claim of 8 alone, p50 with " + " / ".join(cost) + " waiting",
          " / ".join(f"{v:.2f}" for v in cost.values()) + " ms"),
         ("POST /api/chat + GET ?wait=, one host on SQLite, p50 / p99", ms("sqlite")),
         ("the same, one host on PostgreSQL (fleet mode), p50 / p99", ms("postgres")),
@@ -340,12 +340,12 @@ PostgreSQL 15 started by the bench with fsync and synchronous commit on (durable
 {table}
 
 - Claims: {c['claimed']} in {c['seconds']:.1f} s with {c['depth']} requests waiting (a fleet-wide max_waiting).
-  One claim statement ranks every waiting request of the model (classes, aging, turns: window functions over
-  the waiting rows, O(waiting): see the statement alone at three depths), then locks the first ones it can by
-  primary key, so claims per statement decide the rate, and a host claims as many as it has free slots at
-  once. Ranking only a head of each client's requests would not bound it: what makes the rows many is many
-  clients (a subject's turn needs the first request of each), and a client's own backlog is already short
-  here. Every claim and every outcome is a commit; with synchronous_commit on each waits for
+  One claim statement reads the first requests of each lane by index, in the turns they were given when
+  stored (at most 3 x the claim + 16 rows, stopping at the lane that fills them), and locks the ones it takes
+  by primary key: its cost follows the claim, not the queue (see the statement alone at three depths). The
+  producer stores requests with the turns the submit statement would give them (every subject keeps
+  requests waiting, so each one's next turn is its counter). A host claims as many as it has free slots at
+  once. Every claim and every outcome is a commit; with synchronous_commit on each waits for
   the WAL flush to this machine's disk (a few ms here), and the hosts' group-commit writers share one flush
   between a burst of claims and outcomes. On 2 cores PostgreSQL, the producer and three claimers share the
   CPU: the figures are bounded by CPU and WAL flushes, never by row locks (SKIP LOCKED: claimers never wait
