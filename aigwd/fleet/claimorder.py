@@ -9,15 +9,18 @@ Lanes, first to last, as a single host's queue (aigwd/scheduling/fairqueue.py) o
 
 Every request gets two turns when it is stored (the submit statement, from fleet_subject_turns and
 fleet_client_turns): its subject's next turn in its class, never behind the class's virtual time (its lowest
-waiting turn), so a subject that was away joins the current round instead of saving up turns, and one with
-1,000 waiting holds turns far ahead while another's single request gets the next one; and its client's turn
-within the subject, the same way one level down. An own lane goes in turn order, and which of the subject's
-requests fills each of its turns is decided at the claim: the first in its clients' turn order. The turns of
-the ones claimed and of the ones left are then exchanged within the subject, so the turns it still holds are
-its next ones. An aged lane goes in turn order relative to each class's virtual time.
+waiting turn, or the last claimed when that is lower), so a subject that was away joins the current round
+instead of saving up turns, and one with 1,000 waiting holds turns far ahead while another's single request
+gets the next one; and its client's turn within the subject, the same way one level down. An own lane goes
+in turn order, and which of the subject's requests fills each of its turns is decided at the claim: the
+first in its clients' turn order. The turns of the ones claimed and of the ones left are then exchanged
+within the subject, so the turns it still holds are its next ones. An aged lane goes in the order its
+requests reached the class.
 
-A claim reads each lane by index, at most `candidates(n)` rows in all, and stops at the lane that fills them
-(a lane with nothing in its age range is not scanned), so its cost follows the claim, not the queue.
+A claim reads the lanes in order, each by an index (own lanes by turn, the others by age), at most
+`candidates(n)` rows in all, and stops at the lane that fills them, so its cost follows the claim, not the
+queue. An own lane's scan also meets its class's aged and overdue requests (they are older, so their turns
+come first): they count once, in the earlier lane that holds them.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def claim_sql(n: int, aging_s: float, of_modes: bool) -> str:
     found), each an own lane's turn of its subject, paired with the subject's request that fills it: its k-th
     turn with its k-th request in client-turn order. The requests are locked in that order, skipping those
     another host is claiming, up to n. Without aging every request is in its class's own lane; of_modes: only
-    requests of the modes in $2."""
+    requests of the modes in $5."""
     limit = candidates(n)
     waiting = _WAITING + (_OF_MODES if of_modes else "")
 
