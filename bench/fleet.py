@@ -26,7 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from aigwd.fleet.queue import _CLAIM, SharedQueue
+from aigwd.fleet.claimorder import claim_rows
+from aigwd.fleet.queue import SharedQueue
 from aigwd.store.postgres import PgTarget, PostgresStore
 from aigwd.store.records import REQUEST_COLUMNS
 from bench.procs import Procs, free_port
@@ -36,8 +37,30 @@ from tests.pgserver import PgServer, why_not
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
 MODEL = "bench-chat"
-_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload, node, fleet) "
-           f"VALUES ({', '.join(f'${i + 1}' for i in range(len(REQUEST_COLUMNS) + 2))}, true)")
+_INSERT = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}, payload, node, turn, client_turn, fleet) "
+           f"VALUES ({', '.join(f'${i + 1}' for i in range(len(REQUEST_COLUMNS) + 4))}, true)")
+
+
+class Turns:
+    """The turns the submit statement would give a producer's requests: every subject and client of the bench
+    keeps requests waiting, so each one's next turn is its counter (the virtual time never passes it)."""
+
+    def __init__(self) -> None:
+        self.next: dict[tuple[str, ...], int] = {}
+
+    def take(self, *key: str) -> int:
+        turn = self.next.get(key, 0)
+        self.next[key] = turn + 1
+        return turn
+
+    def rows(self, start: int, count: int, now: float) -> list[tuple[Any, ...]]:
+        out = []
+        for i in range(start, start + count):
+            subject, client, priority = f"user{i % 20}", f"c{i % 3}", ("high", "normal", "low")[i % 3]
+            out.append((str(uuid.uuid4()), subject, client, "bench", MODEL, "chat", priority, None, "queued", now,
+                        now + 300, None, None, None, None, 0, None, False, "acct", b"{}", "producer",
+                        self.take(priority, subject), self.take(priority, subject, client)))
+        return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,18 +80,16 @@ async def claims_per_second(target: PgTarget, seconds: float, hosts: int, batch:
     stop = time.monotonic() + seconds
     claimed = 0
     latencies: list[float] = []
-    subjects = [f"user{i}" for i in range(20)]
+    turns, made = Turns(), 0
 
     async def produce() -> None:
+        nonlocal made
         while time.monotonic() < stop:
             waiting = await producer.fetchval("SELECT count(*) FROM requests WHERE fleet AND status = 'queued'")
             missing = depth - int(waiting)
             if missing > 0:
-                now = time.time()
-                await producer.executemany(_INSERT, [
-                    (str(uuid.uuid4()), subjects[i % len(subjects)], f"c{i % 3}", "bench", MODEL, "chat",
-                     ("high", "normal", "low")[i % 3], None, "queued", now, now + 300, None, None, None, None, 0,
-                     None, False, "acct", b"{}", "producer") for i in range(missing)])
+                await producer.executemany(_INSERT, turns.rows(made, missing, time.time()))
+                made += missing
             await asyncio.sleep(0.005)
 
     async def consume(queue: SharedQueue) -> None:
@@ -91,12 +112,12 @@ async def claims_per_second(target: PgTarget, seconds: float, hosts: int, batch:
             await store.close()
     return {"claims_per_s": claimed / elapsed, "claimed": claimed, "seconds": elapsed, "hosts": hosts,
             "batch": batch, "depth": depth, "claim_p50_ms": percentile(latencies, 0.5) * 1000,
-            "claim_p99_ms": percentile(latencies, 0.99) * 1000}
+            "claim_p99_ms": percentile(latencies, 0.99) * 1000, "calls": len(latencies)}
 
 
 async def claim_cost(server: PgServer, depths: tuple[int, ...], count: int = 200) -> dict[str, float]:
-    """One claim statement of 8 alone (nothing else running), by the number of requests waiting: what ranking
-    the waiting rows costs. Each claim is rolled back, so every one sees the same queue."""
+    """One claim of 8 alone (nothing else running), by the number of requests waiting: whether the claim's
+    cost follows the queue's length. Each claim is rolled back, so every one sees the same queue."""
     out: dict[str, float] = {}
     for depth in depths:
         target = PgTarget(server.url(server.create_database()), str(server.password_file))
@@ -105,20 +126,15 @@ async def claim_cost(server: PgServer, depths: tuple[int, ...], count: int = 200
         await store.close()
         conn = await target.connect()
         try:
-            now = time.time()
-            await conn.executemany(_INSERT, [
-                (str(uuid.uuid4()), f"user{i % 20}", f"c{i % 3}", "bench", MODEL, "chat",
-                 ("high", "normal", "low")[i % 3], None, "queued", now, now + 300, None, None, None, None, 0,
-                 None, False, "acct", b"{}", "producer") for i in range(depth)])
-            await conn.execute("UPDATE requests SET fleet = true")
+            await conn.executemany(_INSERT, Turns().rows(0, depth, time.time()))
             await conn.execute("ANALYZE requests")
-            stmt = await conn.prepare(_CLAIM)
             times = []
             for _ in range(count):
                 tx = conn.transaction()
                 await tx.start()
                 started = time.perf_counter()
-                await stmt.fetch("bench", "bench-cost", 8, 5.0, 60.0, None, 1 << 20)
+                await claim_rows(conn, "bench", "bench-cost", 8, lease_s=5.0, aging_s=60.0, modes=None,
+                                 payload_max=1 << 20)
                 times.append(time.perf_counter() - started)
                 await tx.rollback()
             out[str(depth)] = percentile(times, 0.5) * 1000
@@ -293,9 +309,9 @@ def report(f: dict[str, Any], command: str) -> str:
         ("claims per second, 3 hosts claiming 32 at a time (4 replicas of 8 slots each)",
          f"{f['claims_wide']['claims_per_s']:.0f}"),
         ("claims per second, 1 host claiming 1 at a time", f"{c1['claims_per_s']:.0f}"),
-        (f"one claim statement p50 / p99 ({c['hosts']} hosts, {c['depth']} waiting)",
+        (f"one claim p50 / p99 ({c['hosts']} hosts, {c['depth']} waiting)",
          f"{c['claim_p50_ms']:.1f} / {c['claim_p99_ms']:.1f} ms"),
-        ("one claim statement of 8 alone, p50 with " + " / ".join(cost) + " waiting",
+        ("one claim of 8 alone, p50 with " + " / ".join(cost) + " waiting",
          " / ".join(f"{v:.2f}" for v in cost.values()) + " ms"),
         ("POST /api/chat + GET ?wait=, one host on SQLite, p50 / p99", ms("sqlite")),
         ("the same, one host on PostgreSQL (fleet mode), p50 / p99", ms("postgres")),
@@ -324,12 +340,12 @@ PostgreSQL 15 started by the bench with fsync and synchronous commit on (durable
 {table}
 
 - Claims: {c['claimed']} in {c['seconds']:.1f} s with {c['depth']} requests waiting (a fleet-wide max_waiting).
-  One claim statement ranks every waiting request of the model (classes, aging, turns: window functions over
-  the waiting rows, O(waiting): see the statement alone at three depths), then locks the first ones it can by
-  primary key, so claims per statement decide the rate, and a host claims as many as it has free slots at
-  once. Ranking only a head of each client's requests would not bound it: what makes the rows many is many
-  clients (a subject's turn needs the first request of each), and a client's own backlog is already short
-  here. Every claim and every outcome is a commit; with synchronous_commit on each waits for
+  One claim statement reads the first requests of each lane by index, in the turns they were given when
+  stored (at most 3 x the claim + 16 rows, stopping at the lane that fills them), and locks the ones it takes
+  by primary key: its cost follows the claim, not the queue (see the statement alone at three depths). The
+  producer stores requests with the turns the submit statement would give them (every subject keeps
+  requests waiting, so each one's next turn is its counter). A host claims as many as it has free slots at
+  once. Every claim and every outcome is a commit; with synchronous_commit on each waits for
   the WAL flush to this machine's disk (a few ms here), and the hosts' group-commit writers share one flush
   between a burst of claims and outcomes. On 2 cores PostgreSQL, the producer and three claimers share the
   CPU: the figures are bounded by CPU and WAL flushes, never by row locks (SKIP LOCKED: claimers never wait

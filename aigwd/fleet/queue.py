@@ -7,8 +7,8 @@ that token, so a host whose lease lapsed (it hung, or was cut off from the datab
 the request) writes nothing: a result is written once. Times of leases come from the database's clock, so
 hosts with skewed clocks still agree on when a lease lapsed.
 
-The claim order follows a single host's queue (aigwd/scheduling/fairqueue.py) as far as one statement can;
-README "Running a fleet" lists the differences.
+The claim order follows a single host's queue (aigwd/scheduling/fairqueue.py) from turns stored with each
+request (aigwd/fleet/claimorder.py); README "Running a fleet" lists the differences.
 """
 
 from __future__ import annotations
@@ -20,81 +20,70 @@ import asyncpg
 
 from ..store.postgres import PostgresStore
 from ..store.records import REQUEST_COLUMNS, RequestRecord
+from .claimorder import NOW as _NOW
+from .claimorder import claim_rows, claimed_record
 
 QUEUE_CHANNEL = "aigw_queue"  # payload: the backend that has new work
 DONE_CHANNEL = "aigw_done"  # payload: the id of a request that ended
-_NOW = "extract(epoch FROM clock_timestamp())::float8"
-_CLAIM_COLUMNS = ("id", "subject", "client_id", "backend", "model", "kind", "priority", "resolution", "queued_at",
-                  "deadline_at", "started_at", "attempts", "sync", "account", "lease_token")
-
-# Within a class, a subject's k-th waiting request has turn (its requests running fleet-wide) + k, and within
-# the subject its clients take turns the same way: the subject with least in flight goes next, as a rotation
-# would send it. A request that waited aging_s moves up a class (behind the class's own requests, as a single
-# host's aged lane), and one that waited a full aging_s more after reaching high is overdue: it goes first.
-# The first candidates in that order are then locked one by one by primary key, skipping those another host
-# is claiming at the same moment (four times the claim, plus 64, are looked at).
-_CLAIM = f"""
-WITH clock AS (SELECT {_NOW} AS now),
-running AS (
-    SELECT subject, client_id, count(*) AS n FROM requests
-    WHERE fleet AND status = 'processing' AND backend = $1 GROUP BY subject, client_id),
-subject_running AS (SELECT subject, sum(n) AS n FROM running GROUP BY subject),
-waiting AS (
-    SELECT r.id, r.subject, r.client_id, r.queued_at,
-           CASE r.priority WHEN 'high' THEN 2 WHEN 'normal' THEN 1 ELSE 0 END AS base,
-           CASE WHEN $5 > 0 THEN floor(greatest(0, clock.now - r.queued_at) / $5) ELSE 0 END AS steps
-    FROM requests r, clock
-    WHERE r.fleet AND r.status = 'queued' AND r.backend = $1 AND r.deadline_at > clock.now
-      AND ($6::text[] IS NULL OR r.resolution = ANY($6::text[]))),
-classed AS (
-    SELECT w.*, least(w.base + w.steps, 2) AS cls, w.base + w.steps > 2 AS overdue,
-           w.base + w.steps > w.base AND w.base < 2 AS aged,
-           coalesce(c.n, 0) + row_number() OVER (PARTITION BY least(w.base + w.steps, 2),
-               w.base + w.steps > w.base AND w.base < 2, w.subject, w.client_id ORDER BY w.queued_at, w.id)
-               AS client_turn,
-           coalesce(s.n, 0) AS subject_load
-    FROM waiting w
-    LEFT JOIN running c ON c.subject = w.subject AND c.client_id = w.client_id
-    LEFT JOIN subject_running s ON s.subject = w.subject),
-ranked AS (
-    SELECT k.*, k.subject_load + row_number() OVER (PARTITION BY k.cls, k.aged, k.subject
-               ORDER BY k.client_turn, k.queued_at, k.id) AS turn
-    FROM classed k),
-candidates AS (
-    SELECT array_agg(id ORDER BY place) AS ids FROM (
-        SELECT id, row_number() OVER (ORDER BY overdue DESC, CASE WHEN overdue THEN queued_at END, cls DESC, aged,
-                                      turn, client_turn, queued_at, id) AS place
-        FROM ranked ORDER BY place LIMIT $3 * 4 + 64) t),
-picked AS (
-    SELECT r.id FROM unnest((SELECT ids FROM candidates)) WITH ORDINALITY AS c(id, place)
-    JOIN requests r ON r.id = c.id
-    WHERE r.fleet AND r.status = 'queued'
-    ORDER BY c.place LIMIT $3 FOR UPDATE OF r SKIP LOCKED)
-UPDATE requests r SET status = 'processing', claimed_by = $2, started_at = (SELECT now FROM clock),
-    lease_until = (SELECT now FROM clock) + $4, lease_token = r.lease_token + 1, attempts = r.attempts + 1,
-    nodes = array_append(r.nodes, $2::text)
-FROM picked WHERE r.id = picked.id
-RETURNING {', '.join(f'r.{c}' for c in _CLAIM_COLUMNS)},
-    CASE WHEN octet_length(r.payload) <= $7 THEN r.payload END AS payload
-"""
 
 # A new request, stored if the model's waiting requests ($15) and the subject's ($16) leave room; leased at
 # once to the submitting host (its first lease: token 1) when it asked ($17, the lease) and nothing waits.
+# It takes its subject's next turn in its class and its client's next turn within the subject
+# (aigwd/fleet/claimorder.py), never behind the class's virtual time (the subject's, for the client turn): its
+# lowest waiting turn, or the highest running one when that is lower (the last claimed: as a request being
+# served sets a fair queue's clock), or without either the last turn given. The counters move on; the
+# per-model lock the caller holds orders the hosts' submissions.
 _SUBMIT = f"""
 WITH counts AS (
     SELECT count(*) AS total, count(*) FILTER (WHERE subject = $2) AS mine FROM requests
     WHERE fleet AND status = 'queued' AND backend = $4),
 taken AS (SELECT $17::float8 IS NOT NULL AND total = 0 AS yes, {_NOW} AS now FROM counts),
+clocks AS (
+    SELECT coalesce(least(
+            (SELECT min(turn) FROM requests WHERE fleet AND status = 'queued' AND backend = $4 AND priority = $7),
+            (SELECT max(turn) FROM requests
+             WHERE fleet AND status = 'processing' AND backend = $4 AND priority = $7)),
+            (SELECT max(next_turn) - 1 FROM fleet_subject_turns WHERE backend = $4 AND priority = $7), 0) AS v,
+        coalesce(least(
+            (SELECT min(client_turn) FROM requests
+             WHERE fleet AND status = 'queued' AND backend = $4 AND priority = $7 AND subject = $2),
+            (SELECT max(client_turn) FROM requests
+             WHERE fleet AND status = 'processing' AND backend = $4 AND priority = $7 AND subject = $2)),
+            (SELECT max(next_turn) - 1 FROM fleet_client_turns WHERE backend = $4 AND priority = $7 AND subject = $2),
+            0) AS v_subject),
+turns AS (
+    SELECT greatest(c.v, coalesce((SELECT next_turn FROM fleet_subject_turns
+                                   WHERE backend = $4 AND priority = $7 AND subject = $2), 0)) AS turn,
+        greatest(c.v_subject, coalesce((SELECT next_turn FROM fleet_client_turns
+                                        WHERE backend = $4 AND priority = $7 AND subject = $2 AND client_id = $3), 0))
+            AS client_turn
+    FROM clocks c),
 added AS (
     INSERT INTO requests (id, subject, client_id, backend, model, kind, priority, resolution, status, queued_at,
         deadline_at, sync, account, payload, node, fleet, attempts, claimed_by, started_at, lease_until,
-        lease_token, nodes)
+        lease_token, nodes, turn, client_turn)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN t.yes THEN 'processing' ELSE 'queued' END, $9, $10, $11,
         $12, $13, $14::text, true, CASE WHEN t.yes THEN 1 ELSE 0 END, CASE WHEN t.yes THEN $14::text END,
         CASE WHEN t.yes THEN t.now END, CASE WHEN t.yes THEN t.now + $17::float8 END,
-        CASE WHEN t.yes THEN 1 ELSE 0 END, CASE WHEN t.yes THEN ARRAY[$14::text] ELSE '{{}}'::text[] END
-    FROM counts c, taken t WHERE c.total < $15 AND c.mine < $16
-    RETURNING status, started_at)
+        CASE WHEN t.yes THEN 1 ELSE 0 END, CASE WHEN t.yes THEN ARRAY[$14::text] ELSE '{{}}'::text[] END,
+        g.turn, g.client_turn
+    FROM counts c, taken t, turns g WHERE c.total < $15 AND c.mine < $16
+    RETURNING status, started_at, turn, client_turn),
+subject_next AS (
+    INSERT INTO fleet_subject_turns (backend, priority, subject, next_turn) SELECT $4, $7, $2, turn + 1 FROM added
+    ON CONFLICT (backend, priority, subject) DO UPDATE SET next_turn = excluded.next_turn),
+client_next AS (
+    INSERT INTO fleet_client_turns (backend, priority, subject, client_id, next_turn)
+    SELECT $4, $7, $2, $3, client_turn + 1 FROM added
+    ON CONFLICT (backend, priority, subject, client_id) DO UPDATE SET next_turn = excluded.next_turn),
+-- A counter at or behind its virtual time gives the turn a new one would: dropped, which bounds the tables by
+-- the subjects (and a subject's clients) with requests waiting.
+subjects_behind AS (
+    DELETE FROM fleet_subject_turns WHERE backend = $4 AND priority = $7 AND subject <> $2
+        AND next_turn <= (SELECT v FROM clocks) AND EXISTS (SELECT 1 FROM added)),
+clients_behind AS (
+    DELETE FROM fleet_client_turns WHERE backend = $4 AND priority = $7 AND subject = $2 AND client_id <> $3
+        AND next_turn <= (SELECT v_subject FROM clocks) AND EXISTS (SELECT 1 FROM added))
 SELECT c.total, c.mine, a.status, a.started_at,
     CASE WHEN a.status = 'queued' THEN pg_notify('{QUEUE_CHANNEL}', $4) END AS notified
 FROM counts c LEFT JOIN added a ON true
@@ -160,12 +149,29 @@ SELECT (SELECT count(*) FROM notified) AS notified, (SELECT count(*) FROM lapsed
     AS ended
 """
 
+# A waiting request cancelled hands its turn to its subject's last waiting one in its class, and the subject's
+# counter steps back when the turn freed was the last it gave: the subject's turns stay consecutive, so the
+# requests it still has lose no round to the cancelled ones.
 _CANCEL = f"""
-WITH gone AS (
+WITH was AS (SELECT status = 'queued' AS waiting FROM requests WHERE id = $1),
+gone AS (
     UPDATE requests SET status = 'cancelled', finished_at = {_NOW}, payload = NULL,
         error = CASE WHEN lease_until IS NULL THEN $2 ELSE $2 || ' while processing' END, lease_until = NULL
     WHERE id = $1 AND fleet AND status IN ('queued', 'processing')
-    RETURNING {', '.join(REQUEST_COLUMNS)})
+    RETURNING {', '.join(REQUEST_COLUMNS)}, turn AS gone_turn),
+last AS (
+    SELECT r.id, r.turn FROM requests r, gone g
+    WHERE (SELECT waiting FROM was) AND r.fleet AND r.status = 'queued' AND r.backend = g.backend
+      AND r.priority = g.priority AND r.subject = g.subject AND r.turn > g.gone_turn
+    ORDER BY r.turn DESC LIMIT 1 FOR UPDATE OF r SKIP LOCKED),
+filled AS (UPDATE requests r SET turn = g.gone_turn FROM gone g, last l WHERE r.id = l.id RETURNING r.id),
+freed AS (
+    SELECT coalesce((SELECT turn FROM last), g.gone_turn) AS turn, g.backend, g.priority, g.subject
+    FROM gone g WHERE (SELECT waiting FROM was)),
+stepped AS (
+    UPDATE fleet_subject_turns t SET next_turn = f.turn FROM freed f
+    WHERE t.backend = f.backend AND t.priority = f.priority AND t.subject = f.subject AND t.next_turn = f.turn + 1
+    RETURNING t.subject)
 SELECT gone.*, pg_notify('{DONE_CHANNEL}', gone.id) FROM gone
 """
 
@@ -225,19 +231,15 @@ class SharedQueue:
             return []
 
         async def op(conn: asyncpg.Connection) -> list[Any]:
-            return list(await conn.fetch(_CLAIM, backend, self.node, n, lease_s, aging_s, modes, payload_max))
+            return await claim_rows(conn, backend, self.node, n, lease_s=lease_s, aging_s=aging_s, modes=modes,
+                                    payload_max=payload_max)
 
         rows = await self.store.write(op)
         out = []
         for row in rows:
-            rec = RequestRecord(id=row["id"], subject=row["subject"], client_id=row["client_id"],
-                                backend=row["backend"], model=row["model"], kind=row["kind"],
-                                priority=row["priority"], resolution=row["resolution"], status="processing",
-                                queued_at=row["queued_at"], deadline_at=row["deadline_at"],
-                                started_at=row["started_at"], attempts=row["attempts"], sync=row["sync"],
-                                account=row["account"])
             payload = row["payload"]
-            out.append(Claimed(rec, int(row["lease_token"]), bytes(payload) if payload is not None else None))
+            out.append(Claimed(claimed_record(row), int(row["lease_token"]),
+                               bytes(payload) if payload is not None else None))
         return out
 
     async def renew(self, held: dict[str, int], lease_s: float) -> set[str]:

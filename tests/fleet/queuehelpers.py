@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from aigwd.fleet.queue import SharedQueue
@@ -45,3 +46,22 @@ async def put(queue: SharedQueue, *recs: RequestRecord, max_waiting: int = 1000,
         admitted = await queue.submit(rec, b'{"model": "gemma-3-4b-it"}', max_waiting=max_waiting,
                                       subject_cap=subject_cap)
         assert admitted.outcome == "ok", admitted
+
+
+PAYLOAD_MAX = 1 << 20
+
+
+async def claim(queue: SharedQueue, n: int = 1, *, lease_s: float = 5.0, aging_s: float = 60.0,
+                modes: list[str] | None = None) -> list[Any]:
+    return await queue.claim("gemma", n, modes=modes, lease_s=lease_s, aging_s=aging_s, payload_max=PAYLOAD_MAX)
+
+
+async def claim_ids(queue: SharedQueue, n: int = 1, **options: Any) -> list[str]:
+    return [c.record.id for c in await claim(queue, n, **options)]
+
+
+async def row(store: PostgresStore, request_id: str) -> asyncpg.Record:
+    async def read(conn: asyncpg.Connection) -> asyncpg.Record:
+        return await conn.fetchrow("SELECT * FROM requests WHERE id = $1", request_id)
+
+    return await store.read(read)

@@ -5,34 +5,13 @@ cancellation from any host, and the notifications that wake hosts."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-import asyncpg
 
 from aigwd.fleet.queue import DONE_CHANNEL, QUEUE_CHANNEL, SharedQueue
 from aigwd.store.postgres import PostgresStore
 
-from .queuehelpers import pg_store, put, queues, request
+from .queuehelpers import claim, claim_ids, pg_store, put, queues, request, row
 
 __all__ = ["pg_store"]
-
-PAYLOAD_MAX = 1 << 20
-
-
-async def claim(queue: SharedQueue, n: int = 1, *, lease_s: float = 5.0, aging_s: float = 60.0,
-                modes: list[str] | None = None) -> list[Any]:
-    return await queue.claim("gemma", n, modes=modes, lease_s=lease_s, aging_s=aging_s, payload_max=PAYLOAD_MAX)
-
-
-async def claim_ids(queue: SharedQueue, n: int = 1, **options: Any) -> list[str]:
-    return [c.record.id for c in await claim(queue, n, **options)]
-
-
-async def row(store: PostgresStore, request_id: str) -> asyncpg.Record:
-    async def read(conn: asyncpg.Connection) -> asyncpg.Record:
-        return await conn.fetchrow("SELECT * FROM requests WHERE id = $1", request_id)
-
-    return await store.read(read)
 
 
 async def test_classes_go_in_order_high_normal_low(pg_store: PostgresStore) -> None:

@@ -250,6 +250,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (scope, name)
         )""",
     ),
+    # 7: the shared queue's stored turns (aigwd/fleet/queue.py). A request gets its subject's turn in its
+    # class and its client's turn within the subject when it is stored, from the counters below, so a claim
+    # reads the first few rows of each lane by index instead of ranking every waiting request.
+    (
+        """ALTER TABLE requests ADD COLUMN turn BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN client_turn BIGINT NOT NULL DEFAULT 0""",
+        # A class's own lane in turn order, and the class's lowest waiting turn (its virtual time).
+        "CREATE INDEX requests_fleet_turns ON requests(backend, priority, turn, queued_at) "
+        "WHERE fleet AND status = 'queued'",
+        # A subject's requests in its clients' turn order (which of them fills the subject's next turn).
+        "CREATE INDEX requests_fleet_client_turns ON requests(backend, priority, subject, client_turn, queued_at) "
+        "WHERE fleet AND status = 'queued'",
+        # Waiting requests by age: the overdue lane and the aged lanes' bounds.
+        "CREATE INDEX requests_fleet_age ON requests(backend, priority, queued_at) WHERE fleet AND status = 'queued'",
+        # The next turn of a subject in a model's class, and of a client within its subject. Rows at or behind
+        # the class's virtual time are dropped as requests are stored: they hold nothing a new row would not.
+        """CREATE TABLE fleet_subject_turns (
+            backend TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            next_turn BIGINT NOT NULL,
+            PRIMARY KEY (backend, priority, subject)
+        )""",
+        """CREATE TABLE fleet_client_turns (
+            backend TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            next_turn BIGINT NOT NULL,
+            PRIMARY KEY (backend, priority, subject, client_id)
+        )""",
+        # The counters behind the virtual time, found without reading the others.
+        "CREATE INDEX fleet_subject_turns_next ON fleet_subject_turns(backend, priority, next_turn)",
+        "CREATE INDEX fleet_client_turns_next ON fleet_client_turns(backend, priority, subject, next_turn)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
