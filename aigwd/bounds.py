@@ -20,9 +20,9 @@ MAX_CURSOR = 256  # an admin list's cursor, as handed out
 
 # A batch's metadata, as OpenAI bounds it: 16 pairs, keys of 64 characters, values of 512.
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
-# POST /v1/batches: room for the largest metadata written with every character escaped (\uXXXX: 6 bytes)
-# and the other fields; the small-body limit of the other routes would refuse valid ones.
-BATCH_CREATE_MAX_BYTES = 64 * 1024
+# POST /v1/batches: room for the largest metadata written with every character escaped (a character outside
+# the BMP is a pair of \uXXXX: 12 bytes) and the other fields; the small-body limit would refuse valid ones.
+BATCH_CREATE_MAX_BYTES = 128 * 1024
 
 LIST_LIMIT_DEFAULT = 100  # rows of an admin list when no `limit` is given
 LIST_LIMIT_MAX = 1000  # the largest `limit` accepted

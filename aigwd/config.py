@@ -148,7 +148,7 @@ class ServerConfig:
     max_body_mib: float = opt(32.0, "Largest request body accepted, in MiB; larger bodies get 413.", positive)
     max_small_body_kib: float = opt(8.0, "Largest request body, in KiB, on every route but the submissions "
                                           "(/api/chat, /api/ocr, /v1/chat/completions), uploads (/v1/files) "
-                                          "and new batches (/v1/batches: 64 KiB): login, refresh, admin, "
+                                          "and new batches (/v1/batches: 128 KiB): login, refresh, admin, "
                                           "DELETE. Checked before any of the body is read; larger gets 413.",
                                      positive)
     body_read_timeout_s: float = opt(30.0, "A request body not fully received in this many seconds gets 408 "

@@ -92,7 +92,7 @@ async def _not_found(request: web.Request, runner: BatchRunner, kind: str, objec
     what = f"{'File' if kind == 'file' else 'Batch'} {object_id}"
     relay = request.app[SERVICES].relay
     if relay is None or not relay.is_hop(request):  # a call passed on from another host is answered here
-        node = await runner.table.holder(kind, object_id)
+        node = await runner.table.holder(kind, object_id, request[CLAIMS].uid)
         if node is not None:
             raise KeptElsewhere(node, what)
     return ApiError(404, f"No such {'File' if kind == 'file' else 'Batch'} object: {object_id}")

@@ -47,9 +47,12 @@ POOL_LIMIT = 256
 # Hosts one request is offered to: the chosen one, and the next once when that one cannot be reached.
 TRIES = 2
 READ_CHUNK = 64 * 1024
-_PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Request-Id", "X-Accel-Buffering", "Retry-After")
+_PASSED_HEADERS = ("Content-Type", "Cache-Control", "X-Request-Id", "X-Accel-Buffering", "Retry-After",
+                   "WWW-Authenticate")
 # What a Batch API call passed to another host keeps of the client's: its credentials and what it sent.
 _HOP_HEADERS = ("Authorization", "Content-Type", "X-Client-ID")
+HOP_POOL_LIMIT = 64  # Batch API calls open to other hosts at once
+HOP_READ_S = 60.0  # a passed-on call whose answer stops moving this long is cut
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Relay:
         self.deadline_s = deadline_s
         self._ssl = ssl.create_default_context(cafile=ca_file or None)
         self._session: aiohttp.ClientSession | None = None
+        self._hop_session: aiohttp.ClientSession | None = None
 
     def wanted(self, rt: ModelService) -> bool:
         """Whether a held request for `rt` goes to another host: none served here, or all down here while a
@@ -109,10 +113,21 @@ class Relay:
                 timeout=aiohttp.ClientTimeout(total=self.deadline_s, sock_connect=CONNECT_S), auto_decompress=False)
         return self._session
 
+    def _hop_client(self) -> aiohttp.ClientSession:
+        """Batch API calls have connections of their own, so slow downloads never hold the ones relayed
+        requests need; a download may take as long as it keeps moving."""
+        if self._hop_session is None:
+            self._hop_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=HOP_POOL_LIMIT),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_S, sock_read=HOP_READ_S),
+                auto_decompress=False)
+        return self._hop_session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._hop_session):
+            if session is not None:
+                await session.close()
+        self._session = self._hop_session = None
 
     def _headers(self, who: Identity) -> dict[str, str]:
         headers = {SECRET_HEADER: self.secret, SUBJECT_HEADER: who.subject, ACCOUNT_HEADER: who.account,
@@ -181,9 +196,10 @@ class Relay:
                            {"Retry-After": "30"})
         headers = {SECRET_HEADER: self.secret, **{k: request.headers[k] for k in _HOP_HEADERS if k in request.headers}}
         try:
-            resp = await self._client().request(
+            # Never to another address: a redirect would carry the fleet secret there.
+            resp = await self._hop_client().request(
                 request.method, host.address.rstrip("/") + request.path_qs, data=body, headers=headers,
-                ssl=self._ssl if host.address.startswith("https:") else True)
+                allow_redirects=False, ssl=self._ssl if host.address.startswith("https:") else True)
         except (aiohttp.ClientError, TimeoutError) as exc:
             logs.event("hop_failed", level=logging.WARNING, node=node, reason=str(exc) or type(exc).__name__)
             raise ApiError(502, f"{what} is kept on host {node}, which did not answer: "

@@ -148,7 +148,7 @@ class BatchTable:
 
         return await self._readers.run(read)
 
-    async def holder(self, kind: str, object_id: str) -> str | None:
+    async def holder(self, kind: str, object_id: str, account: str) -> str | None:
         """Another host that keeps it: none, on a store of one host's own."""
         return None
 

@@ -62,9 +62,9 @@ class BatchStore(Protocol):
     async def file_in_use(self, file_id: str) -> bool:
         ...
 
-    async def holder(self, kind: str, object_id: str) -> str | None:
-        """In a fleet, the other host that keeps this file (`kind` "file") or batch (its files are on that
-        host's disk); None when this host does, or nobody."""
+    async def holder(self, kind: str, object_id: str, account: str) -> str | None:
+        """In a fleet, the other host that keeps this file (`kind` "file") or batch of `account` (its files are
+        on that host's disk); None when this host does, or nobody (another account's is nobody's)."""
         ...
 
     async def add_batch(self, rec: BatchRecord) -> None:

@@ -56,11 +56,12 @@ async def test_a_batch_is_reached_through_any_host(make_host: Callable[..., Daem
             await on_a.files.retrieve(uploaded.id)
         with pytest.raises(openai.NotFoundError):  # nobody keeps it: 404 from the host asked
             await on_b.batches.retrieve("batch_000000000000000000000000")
-        # Another account reaches nothing through either host.
+        # Another account reaches nothing through either host, nor learns where it is kept.
         other = Client(session, b.url)
         await other.login("admin", "admin")
-        status, _, _ = await other.call("GET", f"/v1/batches/{batch.id}", headers=other.headers(None))
-        assert status == 404
+        status, body, headers = await other.call("GET", f"/v1/batches/{batch.id}", headers=other.headers(None))
+        assert status == 404 and body["error"]["message"] == f"No such Batch object: {batch.id}", body
+        assert "X-Aigw-Served-By" not in headers
     finally:
         await on_a.close()
         await on_b.close()

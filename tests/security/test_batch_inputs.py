@@ -100,9 +100,10 @@ async def test_upload_and_batch_bounds(make_daemon, session) -> None:
         assert status == 400 and field in body["error"]["message"], body
     status, body = await create(client, "file-../../etc/passwd")
     assert status == 404
-    # The largest metadata OpenAI allows, every character escaped (about 55 KiB), is taken; more is a 413.
-    largest = {f"{i:02d}" + "é" * 62: "é" * 512 for i in range(16)}
-    status, body = await create(client, uploaded["id"], metadata={**largest, "x" * 64: "y" * 20_000})
+    # The largest metadata OpenAI allows, every character escaped as a surrogate pair (about 108 KiB), is
+    # taken; more is a 413.
+    largest = {f"{i:02d}" + "\U0001F600" * 62: "\U0001F600" * 512 for i in range(16)}
+    status, body = await create(client, uploaded["id"], metadata={**largest, "x" * 64: "y" * 40_000})
     assert status == 413 and "KiB for a batch" in body["error"]["message"], body
     status, first = await create(client, uploaded["id"], metadata=largest)
     assert status == 200 and first["metadata"] == largest, first

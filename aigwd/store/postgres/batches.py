@@ -135,13 +135,13 @@ class PgBatchTable:
         result: bool = await self._read(read)
         return result
 
-    async def holder(self, kind: str, object_id: str) -> str | None:
-        """The host that keeps this file (`kind` "file") or batch, when it is another host."""
+    async def holder(self, kind: str, object_id: str, account: str) -> str | None:
+        """The host that keeps this file (`kind` "file") or batch of `account`, when it is another host."""
         table = "batch_files" if kind == "file" else "batches"
 
         async def read(conn: asyncpg.Connection) -> str | None:
-            node = await conn.fetchval(f"SELECT node FROM {table} WHERE id = $1 AND node <> $2", object_id,
-                                       self._node)
+            node = await conn.fetchval(f"SELECT node FROM {table} WHERE id = $1 AND account = $2 AND node <> $3",
+                                       object_id, account, self._node)
             return str(node) if node is not None else None
 
         result: str | None = await self._read(read)

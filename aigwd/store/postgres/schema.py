@@ -285,6 +285,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX fleet_subject_turns_next ON fleet_subject_turns(backend, priority, next_turn)",
         "CREATE INDEX fleet_client_turns_next ON fleet_client_turns(backend, priority, subject, next_turn)",
     ),
+    # 8: an account's files and batches listed across the hosts of a fleet (aigwd/store/postgres/batches.py).
+    (
+        "CREATE INDEX batch_files_account_everywhere ON batch_files(account, created_at, id)",
+        "CREATE INDEX batches_account_everywhere ON batches(account, created_at, id)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
