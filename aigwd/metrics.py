@@ -5,6 +5,7 @@ prometheus-client renders the text format; a registry per daemon keeps tests ind
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -72,31 +73,41 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class UsageCounters:
-    """Usage by model and class (never by user or client: those are unbounded)."""
+class UsageCounters(Collector):
+    """Usage by model and class (never by user or client: those are unbounded). Summed in plain numbers as
+    requests end and read when Prometheus scrapes: three locked counter increments per request cost more
+    than the rest of its accounting."""
+
+    _FAMILIES = (
+        ("aigw_usage_prompt_tokens", "Prompt tokens of requests that reached a model server, as the server "
+                                     "counted them"),
+        ("aigw_usage_completion_tokens", "Completion tokens of requests that reached a model server, as the "
+                                         "server counted them"),
+        ("aigw_usage_gpu_seconds", "Seconds requests held a model-server slot"),
+    )
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.prompt = Counter("aigw_usage_prompt_tokens", "Prompt tokens of requests that reached a model server, "
-                              "as the server counted them", ["model", "class"], registry=registry)
-        self.completion = Counter("aigw_usage_completion_tokens", "Completion tokens of requests that reached a "
-                                  "model server, as the server counted them", ["model", "class"], registry=registry)
-        self.gpu = Counter("aigw_usage_gpu_seconds", "Seconds requests held a model-server slot",
-                           ["model", "class"], registry=registry)
-        # Bounded: served models x 3 classes.
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        # (model, class) -> [prompt tokens, completion tokens, GPU-seconds, when the series began]. Bounded:
+        # served models x 3 classes. Written and read on the event loop only.
+        self._totals: dict[tuple[str, str], list[float]] = {}
+        registry.register(self)
 
     def count(self, model: str, priority: str, prompt: int, completion: int, gpu_s: float) -> None:
-        children = self._children.get((model, priority))
-        if children is None:
-            children = self._children[(model, priority)] = (
-                self.prompt.labels(model, priority), self.completion.labels(model, priority),
-                self.gpu.labels(model, priority))
-        if prompt:
-            children[0].inc(prompt)
-        if completion:
-            children[1].inc(completion)
+        totals = self._totals.get((model, priority))
+        if totals is None:
+            totals = self._totals[(model, priority)] = [0, 0, 0.0, time.time()]
+        totals[0] += prompt
+        totals[1] += completion
         if gpu_s > 0:
-            children[2].inc(gpu_s)
+            totals[2] += gpu_s
+
+    def collect(self) -> Iterator[Any]:
+        families = [CounterMetricFamily(name, help_text, labels=["model", "class"])
+                    for name, help_text in self._FAMILIES]
+        for (model, priority), totals in list(self._totals.items()):
+            for i, family in enumerate(families):
+                family.add_metric([model, priority], float(totals[i]), created=totals[3])
+        yield from families
 
 
 class _StateCollector(Collector):
