@@ -117,7 +117,8 @@ async def admit(request: web.Request, kind: str | None, *, relayed: bool = False
     comes back after the body's checks, its quotas and usage left to the host that runs it."""
     services = request.app[SERVICES]
     claims = request[CLAIMS]
-    parsed = read_headers(request.headers, request.get(API_KEY))
+    key = request.get(API_KEY)
+    parsed = read_headers(request.headers, key)
     if kind == "ocr":
         parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
     if not relayed:
@@ -134,7 +135,6 @@ async def admit(request: web.Request, kind: str | None, *, relayed: bool = False
     if kind is None and not relayed and relay is not None and relay.wanted(admission.backend):
         admission.elsewhere = True
         return admission
-    key = request.get(API_KEY)
     metered(services, admission, key.id if key is not None else "")
     stream = kind is None and bool(admission.body.get("stream"))
     try:
