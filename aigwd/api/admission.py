@@ -27,7 +27,7 @@ from ..pdf.document import Prepared
 from ..pdf.documents import pdf_of
 from ..priority import Priority
 from ..service import ModelService
-from ..usage import ADMITTED, Meter, ask_for_usage
+from ..usage import Meter, ask_for_usage
 from . import validation
 from .context import SERVICES, Services
 from .middleware import API_KEY, CLAIMS, ROLE, read_body
@@ -92,7 +92,7 @@ class Admission:
         """The gateway's submit, not yet awaited: a route holding the connection shields it."""
         submitting = services.gateway.submit(self.backend, subject=self.subject, headers=self.headers,
                                              model=self.model, payload=self.raw, sync=sync, stream=stream,
-                                             account=self.account, document=self.document)
+                                             account=self.account, document=self.document, meter=self.meter)
         # Only a request that holds part of a quota needs a step to give it back if it is not accepted.
         return submitting if self.meter.release is None else _released_if_refused(submitting, self.meter)
 
@@ -145,7 +145,6 @@ async def admit(request: web.Request, kind: str | None, *, relayed: bool = False
     except BaseException:
         release_quota(admission.meter)
         raise
-    ADMITTED.set(admission.meter)  # taken by the request the gateway creates next, in this task (usage/meter.py)
     return admission
 
 
@@ -214,11 +213,10 @@ def batch_line_submitter(services: Services) -> Callable[[bytes, str, str, str],
             raise bad_request("a PDF is not available in a batch line; send its pages as images, or the PDF "
                               "to /v1/chat/completions")
         metered(services, admission, "")  # a batch's lines count against its owner's quotas
-        ADMITTED.set(admission.meter)
         try:
             return await services.gateway.submit(admission.backend, subject=subject, headers=admission.headers,
                                                  model=admission.model, payload=raw, sync=True, account=account,
-                                                 background=True)
+                                                 background=True, meter=admission.meter)
         except BaseException:
             release_quota(admission.meter)
             raise
