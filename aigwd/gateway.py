@@ -35,7 +35,7 @@ from .scheduling.fairqueue import Job
 from .scheduling.modelqueue import REQUEUED, QueueFull
 from .service import Events, ModelService, Replica
 from .store import MissingModelRecord, RequestRecord, Store, StoreError
-from .usage import Accountant, Meter, take_admitted
+from .usage import Accountant, Meter
 
 FINAL_STATUSES = frozenset({"completed", "failed", "timeout", "cancelled"})
 # A request interrupted this many times by daemon restarts fails instead of running again.
@@ -71,7 +71,7 @@ class Live:
     # Fleet mode: the token of this host's lease on it in the shared queue; its outcome is written fenced.
     lease: int | None = None
     # Its accounting: API key, quota held, tokens reported (made by the admission, aigwd/usage/meter.py).
-    meter: Meter = field(default_factory=take_admitted)
+    meter: Meter = field(default_factory=Meter)
 
 
 class Gateway:
@@ -119,13 +119,15 @@ class Gateway:
 
     async def submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
                      payload: bytes, sync: bool = False, stream: bool = False, account: str | None = None,
-                     document: Prepared | None = None, background: bool = False) -> Live:
-        """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once. A PDF
-        (`document`) is not queued itself: its pages are, once it is accepted."""
+                     document: Prepared | None = None, background: bool = False,
+                     meter: Meter | None = None) -> Live:
+        """Queue a checked submission (aigwd/api/admission.py); its headers were parsed there, once, and its
+        `meter` made there (its API key and what it holds against quotas). A PDF (`document`) is not queued
+        itself: its pages are, once it is accepted."""
         try:
             live, job = await self._submit(rt, subject=subject, headers=headers, model=model, payload=payload,
                                            sync=sync, stream=stream, account=account, document=document,
-                                           background=background)
+                                           background=background, meter=meter)
         except BaseException:
             if document is not None:
                 await asyncio.shield(self.documents.abandon(document))
@@ -136,7 +138,7 @@ class Gateway:
 
     async def _submit(self, rt: ModelService, *, subject: str, headers: RequestHeaders, model: str,
                       payload: bytes, sync: bool, stream: bool, account: str | None,
-                      document: Prepared | None, background: bool) -> tuple[Live, Job]:
+                      document: Prepared | None, background: bool, meter: Meter | None) -> tuple[Live, Job]:
         client_id, priority, resolution = headers.client_id, headers.priority, headers.resolution
         now_wall, now_mono = time.time(), time.monotonic()
         timeout = self.cfg.queue.timeout_s
@@ -144,7 +146,7 @@ class Gateway:
             id=str(uuid.uuid4()), subject=subject, client_id=client_id, backend=rt.cfg.name, model=model,
             kind=rt.cfg.kind, priority=priority.label, resolution=resolution, status="queued",
             queued_at=now_wall, deadline_at=now_wall + timeout, sync=sync, account=account)
-        live = Live(rec, payload, background=background)
+        live = Live(rec, payload, background=background, meter=meter if meter is not None else Meter())
         if self.fleet is not None:
             # /api requests go to the fleet's queue; what is held on a connection (/v1), a PDF's pages and
             # batch lines run on this host, which must then serve the model.

@@ -17,9 +17,11 @@ _logger = logging.getLogger("aigw")
 
 # C0 controls, DEL, C1 controls (NEL among them), the Unicode line and paragraph separators, and the
 # bidirectional overrides that reorder what a terminal shows.
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_CHARS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+UNSAFE = re.compile(f"[{_UNSAFE_CHARS}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
+# A value written as it is has none of these: whitespace, quotes, '=', backslashes, unsafe characters.
+_NOT_PLAIN = re.compile(r'[\s"=\\' + _UNSAFE_CHARS + "]")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -34,8 +36,10 @@ def escape_controls(text: str) -> str:
 
 
 def _quote(value: Any) -> str:
-    text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    if text and not _NEEDS_QUOTES.search(text) and not UNSAFE.search(text):
+    if isinstance(value, float):
+        return f"{value:.3f}"  # digits, a sign and a point, or inf/nan: never quoted, so not searched
+    text = str(value)
+    if text and not _NOT_PLAIN.search(text):  # one search for both reasons to quote
         return text
     return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import RESOLUTIONS
+from .plainmetrics import PlainCollector, PlainCounter, PlainHistogram
 from .priority import URGENT_FIRST
 
 if TYPE_CHECKING:
@@ -30,17 +31,18 @@ VERDICTS = ("healthy", "degraded", "failed", "unavailable")
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("aigw_requests", "Requests by backend and outcome (completed, failed, timeout, "
-                                "cancelled, rejected_429, rejected_503, rejected_404)", ["backend", "outcome"],
-                                registry=self.registry)
-        self.queue_wait = Histogram("aigw_queue_wait_seconds", "Time from acceptance to the start of processing",
-                                    ["backend", "priority"], buckets=BUCKETS, registry=self.registry)
-        self.service_time = Histogram("aigw_service_seconds", "Time from the start of processing to the end",
-                                      ["backend"], buckets=BUCKETS, registry=self.registry)
+        self.requests = PlainCounter("aigw_requests", "Requests by backend and outcome (completed, failed, "
+                                     "timeout, cancelled, rejected_429, rejected_503, rejected_404)",
+                                     ["backend", "outcome"])
+        self.queue_wait = PlainHistogram("aigw_queue_wait_seconds", "Time from acceptance to the start of "
+                                         "processing", ["backend", "priority"], BUCKETS)
+        self.service_time = PlainHistogram("aigw_service_seconds", "Time from the start of processing to the end",
+                                           ["backend"], BUCKETS)
+        self.registry.register(PlainCollector(self.requests, self.queue_wait, self.service_time))
         self.batch_lines = Counter("aigw_batch_lines", "Batch lines by outcome (completed, failed, expired, "
                                    "cancelled)", ["outcome"], registry=self.registry)
         # Bounded: backends x 3 priorities x the few outcomes.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
         self.usage = UsageCounters(self.registry)
 
     def bind(self, gateway: Gateway, supervisor: Supervisor | None, gpu: GpuMonitor | None) -> None:
@@ -49,24 +51,24 @@ class Metrics:
 
     def finished(self, backend: str, priority: str, outcome: str, wait_s: float | None,
                  service_s: float | None) -> None:
-        # The labelled children, looked up once per combination: labels() takes a lock and builds keys.
+        # The series of a combination, looked up once per combination.
         key = (backend, priority, outcome)
         children = self._children.get(key)
         if children is None:
-            children = self._children[key] = (self.requests.labels(backend, outcome),
-                                              self.queue_wait.labels(backend, priority),
-                                              self.service_time.labels(backend))
-        children[0].inc()
+            children = self._children[key] = (self.requests.series((backend, outcome)),
+                                              self.queue_wait.series((backend, priority)),
+                                              self.service_time.series((backend,)))
+        children[0][0] += 1
         if wait_s is not None:
-            children[1].observe(max(0.0, wait_s))
+            self.queue_wait.observe(children[1], max(0.0, wait_s))
         if service_s is not None:
-            children[2].observe(max(0.0, service_s))
+            self.service_time.observe(children[2], max(0.0, service_s))
 
     def batch_line(self, outcome: str) -> None:
         self.batch_lines.labels(outcome).inc()
 
     def rejected(self, backend: str, status: int) -> None:
-        self.requests.labels(backend or "-", f"rejected_{status}").inc()
+        self.requests.series((backend or "-", f"rejected_{status}"))[0] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -76,27 +78,26 @@ class UsageCounters:
     """Usage by model and class (never by user or client: those are unbounded)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.prompt = Counter("aigw_usage_prompt_tokens", "Prompt tokens of requests that reached a model server, "
-                              "as the server counted them", ["model", "class"], registry=registry)
-        self.completion = Counter("aigw_usage_completion_tokens", "Completion tokens of requests that reached a "
-                                  "model server, as the server counted them", ["model", "class"], registry=registry)
-        self.gpu = Counter("aigw_usage_gpu_seconds", "Seconds requests held a model-server slot",
-                           ["model", "class"], registry=registry)
+        self.prompt = PlainCounter("aigw_usage_prompt_tokens", "Prompt tokens of requests that reached a model "
+                                   "server, as the server counted them", ["model", "class"])
+        self.completion = PlainCounter("aigw_usage_completion_tokens", "Completion tokens of requests that "
+                                       "reached a model server, as the server counted them", ["model", "class"])
+        self.gpu = PlainCounter("aigw_usage_gpu_seconds", "Seconds requests held a model-server slot",
+                                ["model", "class"])
+        registry.register(PlainCollector(self.prompt, self.completion, self.gpu))
         # Bounded: served models x 3 classes.
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str], tuple[list[float], list[float], list[float]]] = {}
 
     def count(self, model: str, priority: str, prompt: int, completion: int, gpu_s: float) -> None:
-        children = self._children.get((model, priority))
+        key = (model, priority)
+        children = self._children.get(key)
         if children is None:
-            children = self._children[(model, priority)] = (
-                self.prompt.labels(model, priority), self.completion.labels(model, priority),
-                self.gpu.labels(model, priority))
-        if prompt:
-            children[0].inc(prompt)
-        if completion:
-            children[1].inc(completion)
+            children = self._children[key] = (self.prompt.series(key), self.completion.series(key),
+                                              self.gpu.series(key))
+        children[0][0] += prompt
+        children[1][0] += completion
         if gpu_s > 0:
-            children[2].inc(gpu_s)
+            children[2][0] += gpu_s
 
 
 class _StateCollector(Collector):

@@ -21,7 +21,7 @@ from typing import Any
 from aigwd.gateway import Live
 from aigwd.metrics import Metrics
 from aigwd.store import RequestRecord
-from aigwd.usage import ADMITTED, Accountant, Meter
+from aigwd.usage import Accountant, Meter
 from aigwd.usage.settings import QuotaLimit, QuotasConfig, UsageConfig
 
 ANSWER = json.dumps({
@@ -44,11 +44,10 @@ def per_request(acct: Accountant, n: int) -> float:
     start = time.process_time()
     for i in range(n):
         meter = acct.admit("alice", "key1", "app", 512)
-        ADMITTED.set(meter)
         rec = RequestRecord(id=str(i), subject="alice", client_id="app", backend="gemma", model="gemma-3-4b-it",
                             kind="chat", priority="normal", resolution=None, status="completed", queued_at=now,
                             deadline_at=now + 300, started_at=now + 0.001, finished_at=now + 0.05, result=ANSWER)
-        acct.finished(Live(rec, None))
+        acct.finished(Live(rec, None, meter=meter))
     return (time.process_time() - start) / n * 1e6
 
 
@@ -57,11 +56,10 @@ def baseline(n: int) -> float:
     now = time.time()
     start = time.process_time()
     for i in range(n):
-        ADMITTED.set(Meter())
         rec = RequestRecord(id=str(i), subject="alice", client_id="app", backend="gemma", model="gemma-3-4b-it",
                             kind="chat", priority="normal", resolution=None, status="completed", queued_at=now,
                             deadline_at=now + 300, started_at=now + 0.001, finished_at=now + 0.05, result=ANSWER)
-        Live(rec, None)
+        Live(rec, None, meter=Meter())
     return (time.process_time() - start) / n * 1e6
 
 

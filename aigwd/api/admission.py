@@ -27,7 +27,7 @@ from ..pdf.document import Prepared
 from ..pdf.documents import pdf_of
 from ..priority import Priority
 from ..service import ModelService
-from ..usage import ADMITTED, Meter, ask_for_usage
+from ..usage import Meter, ask_for_usage
 from . import validation
 from .context import SERVICES, Services
 from .middleware import API_KEY, CLAIMS, ROLE, read_body
@@ -68,9 +68,11 @@ async def rate_limit(request: web.Request, services: Services, client_id: str) -
         raise ApiError(429, detail, {"Retry-After": str(retry)})
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False, slots=True)
 class Admission:
-    """A submission that passed every check, ready for the gateway."""
+    """A submission that passed every check, ready for the gateway. Its later steps (the meter, the body
+    asking for usage, an opened PDF) are set in place: a copy of every field per step is a measurable part
+    of a request's CPU."""
 
     kind: str  # "chat" or "ocr"
     model: str
@@ -88,16 +90,19 @@ class Admission:
 
     def submit(self, services: Services, *, sync: bool = False, stream: bool = False) -> Coroutine[Any, Any, Live]:
         """The gateway's submit, not yet awaited: a route holding the connection shields it."""
-        return self._submit(services, sync, stream)
+        submitting = services.gateway.submit(self.backend, subject=self.subject, headers=self.headers,
+                                             model=self.model, payload=self.raw, sync=sync, stream=stream,
+                                             account=self.account, document=self.document, meter=self.meter)
+        # Only a request that holds part of a quota needs a step to give it back if it is not accepted.
+        return submitting if self.meter.release is None else _released_if_refused(submitting, self.meter)
 
-    async def _submit(self, services: Services, sync: bool, stream: bool) -> Live:
-        try:
-            return await services.gateway.submit(self.backend, subject=self.subject, headers=self.headers,
-                                                  model=self.model, payload=self.raw, sync=sync, stream=stream,
-                                                  account=self.account, document=self.document)
-        except BaseException:
-            release_quota(self.meter)  # not accepted: it holds nothing
-            raise
+
+async def _released_if_refused(submitting: Coroutine[Any, Any, Live], meter: Meter) -> Live:
+    try:
+        return await submitting
+    except BaseException:
+        release_quota(meter)  # not accepted: it holds nothing
+        raise
 
 
 def release_quota(meter: Meter) -> None:
@@ -112,7 +117,8 @@ async def admit(request: web.Request, kind: str | None, *, relayed: bool = False
     comes back after the body's checks, its quotas and usage left to the host that runs it."""
     services = request.app[SERVICES]
     claims = request[CLAIMS]
-    parsed = read_headers(request.headers, request.get(API_KEY))
+    key = request.get(API_KEY)
+    parsed = read_headers(request.headers, key)
     if kind == "ocr":
         parsed = with_resolution(parsed, request.headers, services.cfg.ocr.default_resolution)
     if not relayed:
@@ -127,28 +133,26 @@ async def admit(request: web.Request, kind: str | None, *, relayed: bool = False
                            subject=claims.sub, account=claims.uid)
     relay = services.relay
     if kind is None and not relayed and relay is not None and relay.wanted(admission.backend):
-        return replace(admission, elsewhere=True)
-    key = request.get(API_KEY)
-    admission = metered(services, admission, key.id if key is not None else "")
+        admission.elsewhere = True
+        return admission
+    metered(services, admission, key.id if key is not None else "")
     stream = kind is None and bool(admission.body.get("stream"))
     try:
         if stream and not admission.pdf:
             # The final usage chunk is asked for, to count the tokens; passed on only when the client asked.
-            raw, admission.meter.client_wants_usage = ask_for_usage(admission.raw, admission.body)
-            admission = replace(admission, raw=raw)
-        admission = await open_document(services, admission, stream=stream)
+            admission.raw, admission.meter.client_wants_usage = ask_for_usage(admission.raw, admission.body)
+        await open_document(services, admission, stream=stream)
     except BaseException:
         release_quota(admission.meter)
         raise
-    ADMITTED.set(admission.meter)  # taken by the request the gateway creates next, in this task (usage/meter.py)
     return admission
 
 
-def metered(services: Services, admission: Admission, api_key: str) -> Admission:
+def metered(services: Services, admission: Admission, api_key: str) -> None:
     """The quotas of the request's user, API key and client (429 when one is used up), and its meter."""
-    meter = services.gateway.usage.admit(admission.subject, api_key, admission.headers.client_id,
-                                         _completion_bound(admission.body, admission.backend.cfg.max_tokens_limit))
-    return replace(admission, meter=meter)
+    admission.meter = services.gateway.usage.admit(
+        admission.subject, api_key, admission.headers.client_id,
+        _completion_bound(admission.body, admission.backend.cfg.max_tokens_limit))
 
 
 def _completion_bound(body: dict[str, Any], limit: int) -> int:
@@ -185,16 +189,15 @@ def check_body(services: Services, raw: bytes, parsed: RequestHeaders, headers: 
                      account=account, pdf=pdf)
 
 
-async def open_document(services: Services, admission: Admission, *, stream: bool) -> Admission:
+async def open_document(services: Services, admission: Admission, *, stream: bool) -> None:
     """A PDF's pages, opened in its own render process off the event loop; 400 or 413 when it cannot or may
     not be. Anything else passes as it is."""
     if not admission.pdf:
-        return admission
+        return
     data = pdf_of(admission.body)
     assert data is not None  # checked by check_body
-    document = await services.gateway.documents.prepare(data, admission.body, stream=stream,
-                                                        subject=admission.subject)
-    return replace(admission, document=document)
+    admission.document = await services.gateway.documents.prepare(data, admission.body, stream=stream,
+                                                                  subject=admission.subject)
 
 
 def batch_line_submitter(services: Services) -> Callable[[bytes, str, str, str], Awaitable[Live]]:
@@ -209,12 +212,11 @@ def batch_line_submitter(services: Services) -> Callable[[bytes, str, str, str],
         if admission.pdf:
             raise bad_request("a PDF is not available in a batch line; send its pages as images, or the PDF "
                               "to /v1/chat/completions")
-        admission = metered(services, admission, "")  # a batch's lines count against its owner's quotas
-        ADMITTED.set(admission.meter)
+        metered(services, admission, "")  # a batch's lines count against its owner's quotas
         try:
             return await services.gateway.submit(admission.backend, subject=subject, headers=admission.headers,
                                                  model=admission.model, payload=raw, sync=True, account=account,
-                                                 background=True)
+                                                 background=True, meter=admission.meter)
         except BaseException:
             release_quota(admission.meter)
             raise

@@ -23,7 +23,7 @@ from .admin_routes import plane_of
 from .clientaddr import client_address
 from .context import SERVICES
 from .middleware import API_KEY, CLAIMS, ROLE
-from .openai_routes import run_chat
+from .openai_routes import chat_completions
 
 
 def check_secret(request: web.Request) -> None:
@@ -82,7 +82,7 @@ async def relayed_chat(request: web.Request) -> web.StreamResponse:
         role = user.role  # the directory's role, as for a token
     request[CLAIMS] = Claims(sub=subject, role=role, typ="relayed", jti=key_id, fam="", iat=0, exp=0, uid=account)
     request[ROLE] = role
-    return await run_chat(request, relayed=True)
+    return await chat_completions(request, relayed=True)
 
 
 def add_routes(app: web.Application) -> None:

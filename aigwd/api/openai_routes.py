@@ -35,11 +35,7 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await run_chat(request)
-
-
-async def run_chat(request: web.Request, *, relayed: bool = False) -> web.StreamResponse:
+async def chat_completions(request: web.Request, *, relayed: bool = False) -> web.StreamResponse:
     """A held request: run here, or (fleet mode, model not served here) relayed to a host that serves it.
     One `relayed` here from another host was rate limited there and never goes further."""
     services = request.app[SERVICES]

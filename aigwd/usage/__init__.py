@@ -2,6 +2,6 @@
 limits that follow (quotas.py), and the reports (report.py)."""
 
 from .accountant import Accountant
-from .meter import ADMITTED, Meter, ask_for_usage, take_admitted
+from .meter import Meter, ask_for_usage
 
-__all__ = ["ADMITTED", "Accountant", "Meter", "ask_for_usage", "take_admitted"]
+__all__ = ["Accountant", "Meter", "ask_for_usage"]

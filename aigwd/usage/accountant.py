@@ -78,11 +78,14 @@ class Accountant:
         row.queue_wait_s += max(0.0, rec.started_at - rec.queued_at)
         row.ocr_pages += pages
         self._gw.metrics.usage.count(rec.model, rec.priority, prompt, completion, gpu_s)
-        self.quotas.charge(QuotaBook.scopes(rec.subject, meter.api_key, rec.client_id),
-                           Use(1, prompt + completion, gpu_s), ended)
+        if self.quotas.any_set():
+            self.quotas.charge(QuotaBook.scopes(rec.subject, meter.api_key, rec.client_id),
+                               Use(1, prompt + completion, gpu_s), ended)
 
     def admit(self, subject: str, api_key: str, client_id: str, max_tokens: int) -> Meter:
         """The quota check before a request is queued (429 when one is used up), and the request's meter."""
+        if not self.quotas.any_set():
+            return Meter(api_key=api_key)
         release = self.quotas.admit(QuotaBook.scopes(subject, api_key, client_id), max_tokens, time.time())
         return Meter(api_key=api_key, release=release)
 

@@ -1,9 +1,9 @@
 """What one request's accounting needs beyond its record: the API key it came with, the quota it holds, and
 its token counts as the model server reported them (a streamed answer's final usage chunk included).
 
-The admission (aigwd/api/admission.py) makes a Meter and hands it to the request being accepted through
-`ADMITTED`, a context variable: the gateway creates the request's live state in the admission's own task,
-so the meter is in place before the request can run, without the submit path carrying it.
+The admission (aigwd/api/admission.py) makes a Meter and hands it to the gateway's submit, which puts it in
+the request's live state before the request can run; a request picked up again after a restart, or from
+the fleet's queue, gets a fresh one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 # A stream's usage chunk is the only event with this key that is not null (vLLM leaves it out elsewhere).
@@ -110,16 +109,3 @@ def ask_for_usage(raw: bytes, body: dict[str, object]) -> tuple[bytes, bool]:
     changed = dict(body)
     changed["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return json.dumps(changed).encode(), False
-
-
-ADMITTED: ContextVar[Meter | None] = ContextVar("aigw_admitted_meter", default=None)
-
-
-def take_admitted() -> Meter:
-    """The meter the admission made for the request being created now (once); a fresh one otherwise
-    (requests picked up again after a restart)."""
-    meter = ADMITTED.get()
-    if meter is None:
-        return Meter()
-    ADMITTED.set(None)
-    return meter

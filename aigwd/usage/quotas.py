@@ -61,6 +61,14 @@ class QuotaBook:
 
     # --- which quotas apply ------------------------------------------------------------------------
 
+    def any_set(self) -> bool:
+        """Whether any quota is set (at run time or in the config file). Without one, a request neither checks
+        nor charges quotas: no lookups per scope on every request of a gateway that sets none."""
+        if self.runtime:
+            return True
+        cfg = self._config()
+        return bool(cfg.users or cfg.keys or cfg.clients)
+
     def limit(self, scope: str, name: str) -> QuotaLimit | None:
         found = self.runtime.get((scope, name))
         if found is None:
