@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -288,6 +289,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print("failover ...", flush=True)
             fail_target = PgTarget(server.url(server.create_database()), str(server.password_file))
             figures["failover"] = await failover(procs, work, password_hash, fail_target, lease_s=5.0)
+    except BaseException:
+        print(f"the hosts' logs are kept in {work}", flush=True)
+        raise
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     finally:
         server.stop()
     return figures
