@@ -87,15 +87,14 @@ class KeptElsewhere(Exception):
         self.node, self.what = node, what
 
 
-async def _not_found(request: web.Request, runner: BatchRunner, kind: str, object_id: str) -> ApiError:
-    """The 404 for a file or batch not here, unless another host keeps it: then KeptElsewhere."""
-    what = f"{'File' if kind == 'file' else 'Batch'} {object_id}"
+async def _check_elsewhere(request: web.Request, runner: BatchRunner, kind: str, object_id: str) -> None:
+    """KeptElsewhere when another host keeps the caller's file (`kind` "file") or batch of this id."""
     relay = request.app[SERVICES].relay
-    if relay is None or not relay.is_hop(request):  # a call passed on from another host is answered here
-        node = await runner.table.holder(kind, object_id, request[CLAIMS].uid)
-        if node is not None:
-            raise KeptElsewhere(node, what)
-    return ApiError(404, f"No such {'File' if kind == 'file' else 'Batch'} object: {object_id}")
+    if relay is not None and relay.is_hop(request):  # a call passed on from another host is answered here
+        return
+    node = await runner.table.holder(kind, object_id, request[CLAIMS].uid)
+    if node is not None:
+        raise KeptElsewhere(node, f"{'File' if kind == 'file' else 'Batch'} {object_id}")
 
 
 def passed_on(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -120,7 +119,8 @@ async def _own_file(request: web.Request, runner: BatchRunner) -> FileRecord:
     file_id = request.match_info["file_id"][:100]
     rec = await runner.table.get_file(file_id)
     if rec is None or rec.account != request[CLAIMS].uid:
-        raise await _not_found(request, runner, "file", file_id)
+        await _check_elsewhere(request, runner, "file", file_id)
+        raise ApiError(404, f"No such File object: {file_id}")
     return rec
 
 
@@ -240,7 +240,8 @@ async def _own_batch(request: web.Request, runner: BatchRunner) -> BatchRecord:
     batch_id = request.match_info["batch_id"][:100]
     rec = runner.current(batch_id) or await runner.table.get_batch(batch_id)
     if rec is None or rec.account != request[CLAIMS].uid:
-        raise await _not_found(request, runner, "batch", batch_id)
+        await _check_elsewhere(request, runner, "batch", batch_id)
+        raise ApiError(404, f"No such Batch object: {batch_id}")
     return rec
 
 
@@ -262,7 +263,7 @@ async def create_batch(request: web.Request) -> web.Response:
     file_id = body.get("input_file_id")
     source = await runner.table.get_file(file_id[:100]) if isinstance(file_id, str) else None
     if source is None and isinstance(file_id, str):
-        await _not_found(request, runner, "file", file_id[:100])  # kept on another host: the batch runs there
+        await _check_elsewhere(request, runner, "file", file_id[:100])  # kept elsewhere: the batch runs there
     await _rate_limit(request, services)  # here, or on the host it is passed to: charged once
     unknown = sorted(set(body) - _BATCH_FIELDS)
     if unknown:

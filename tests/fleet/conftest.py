@@ -75,9 +75,4 @@ def make_host(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     yield make
     for daemon in hosts:
-        kids = daemon.children()
-        daemon.stop()
-        for kid in kids:
-            with contextlib.suppress(psutil.Error):
-                if not gone(kid):
-                    kid.kill()
+        daemon.stop_leaving_nothing()

@@ -4,7 +4,6 @@ import the start_fleet and session fixtures from here."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -12,11 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from aigwd.store.postgres import PgTarget
-from tests.integration.conftest import Client, Daemon, chat_backend, free_port, gone, session, write_config
+from tests.integration.conftest import Client, Daemon, chat_backend, free_port, session, write_config
 
 __all__ = ["Client", "Daemon", "session", "start_fleet"]
 
@@ -58,9 +56,4 @@ def start_fleet(tmp_path: Path, pg_target: PgTarget) -> Iterator[Callable[..., l
 
     yield start
     for d in daemons:
-        kids = d.children()
-        d.stop()
-        for k in kids:
-            with contextlib.suppress(psutil.Error):
-                if not gone(k):
-                    k.kill()
+        d.stop_leaving_nothing()

@@ -3,16 +3,14 @@ serving host's model server (it hears of the waiting work), and runs there."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import psutil
 import pytest
 
 from aigwd.store.postgres import PgTarget
-from tests.integration.conftest import Client, Daemon, chat_backend, free_port, gone, write_config
+from tests.integration.conftest import Client, Daemon, chat_backend, free_port, write_config
 
 
 @pytest.fixture
@@ -34,12 +32,7 @@ def front_and_gpu(pg_target: PgTarget, tmp_path: Path) -> Iterator[tuple[Daemon,
         yield made[1], made[0]
     finally:
         for daemon in made:
-            kids = daemon.children()
-            daemon.stop()
-            for kid in kids:
-                with contextlib.suppress(psutil.Error):
-                    if not gone(kid):
-                        kid.kill()
+            daemon.stop_leaving_nothing()
 
 
 async def test_work_accepted_elsewhere_starts_an_on_demand_server(

@@ -7,7 +7,6 @@ host that dies mid-stream ends the stream with an error event; the rate limit is
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import psutil
 import pytest
 
 from aigwd.fleet import relay
@@ -28,7 +26,6 @@ from tests.integration.conftest import (
     async_wait_until,
     chat_backend,
     free_port,
-    gone,
     write_config,
 )
 
@@ -65,12 +62,7 @@ def hosts(pg_target: PgTarget, tmp_path: Path, secret_file: Path) -> Iterator[di
         yield made
     finally:
         for daemon in made.values():
-            kids = daemon.children()
-            daemon.stop()
-            for kid in kids:
-                with contextlib.suppress(psutil.Error):
-                    if not gone(kid):
-                        kid.kill()
+            daemon.stop_leaving_nothing()
 
 
 async def in_flight(session: aiohttp.ClientSession, backend: Backend) -> int:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from aigwd.store.postgres import PgTarget
-from tests.integration.conftest import Backend, Client, Daemon, chat_backend, free_port, gone, write_config
+from tests.integration.conftest import Backend, Client, Daemon, chat_backend, free_port, write_config
 
 LEASE_S = 2.0
 NODES = ("host-a", "host-b", "host-c")
@@ -51,12 +51,7 @@ def hosts(pg_target: PgTarget, tmp_path: Path) -> Iterator[dict[str, Daemon]]:
         yield made
     finally:
         for daemon in made.values():
-            kids = daemon.children()
-            daemon.stop()
-            for kid in kids:
-                with contextlib.suppress(psutil.Error):
-                    if not gone(kid):
-                        kid.kill()
+            daemon.stop_leaving_nothing()
 
 
 async def standin_completed(session: aiohttp.ClientSession, backend: Backend) -> int:

@@ -168,6 +168,15 @@ class Daemon:
                 self.proc.wait(5)
         return self.proc.returncode
 
+    def stop_leaving_nothing(self) -> None:
+        """A test's teardown: stop the daemon, then kill whatever of its children outlived it."""
+        kids = self.children()
+        self.stop()
+        for kid in kids:
+            with contextlib.suppress(psutil.Error):
+                if not gone(kid):
+                    kid.kill()
+
 
 def gone(proc: psutil.Process) -> bool:
     try:
@@ -205,12 +214,7 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     yield make
     for d in daemons:
-        kids = d.children()
-        d.stop()
-        for k in kids:
-            with contextlib.suppress(psutil.Error):
-                if not gone(k):
-                    k.kill()
+        d.stop_leaving_nothing()
 
 
 class Client:
