@@ -65,7 +65,8 @@ async def test_backend_killed_mid_stream(make_daemon, session: aiohttp.ClientSes
                            what="the killed server to be restarted")
     status, answer = await user.chat("after")
     assert status == 202
-    assert (await account(user, admin, [answer["request_id"]]))[answer["request_id"]]["status"] == "completed"
+    after = (await account(user, admin, [answer["request_id"]]))[answer["request_id"]]
+    assert after["status"] == "completed", after
 
 
 async def test_backend_answers_garbage(make_daemon, session: aiohttp.ClientSession) -> None:
